@@ -1,0 +1,19 @@
+"""FAMOUS for Blender: segment, mesh and quantify organelles in volume EM stacks.
+
+Only ``register``/``unregister`` live here. Blender modules are imported inside
+them so that ``famous_addon.core`` stays importable without Blender.
+"""
+
+__version__ = "0.1.0"
+
+
+def register():
+    from . import ui
+
+    ui.register()
+
+
+def unregister():
+    from . import ui
+
+    ui.unregister()

@@ -1,0 +1,187 @@
+"""The ``famous`` command line.
+
+Core commands (``info``, ``phantom``, ``run``) live here; the detector,
+comparison and quantification commands are added by their modules in
+:mod:`famous_addon.commands`. Known errors print as one clear line and exit
+with status 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from .core.errors import Cancelled, FamousError
+
+COMMAND_MODULES = ("detector", "compare", "quantify")
+
+
+def _voxel_size(parser):
+    parser.add_argument(
+        "--voxel-size",
+        nargs=3,
+        type=float,
+        metavar=("Z", "Y", "X"),
+        help="voxel size in nm (z, y, x); overrides the file's metadata",
+    )
+
+
+def cmd_info(args) -> int:
+    from .core.stack import open_stack
+
+    stack = open_stack(args.stack, args.voxel_size)
+    z, y, x = stack.shape
+    print(f"stack:       {stack.path}")
+    print(f"format:      {stack.kind}")
+    print(f"shape:       {z} slices x {y} rows x {x} columns (Z, Y, X)")
+    print(f"dtype:       {stack.dtype}")
+    if stack.voxel_size_nm:
+        vz, vy, vx = stack.voxel_size_nm
+        print(f"voxel size:  {vz:g} x {vy:g} x {vx:g} nm (z, y, x; {stack.voxel_source})")
+        print(f"extent:      {z * vz / 1e3:.2f} x {y * vy / 1e3:.2f} x {x * vx / 1e3:.2f} µm")
+    else:
+        print("voxel size:  unknown: give it with --voxel-size Z Y X (nm)")
+    for note in stack.notes:
+        print(f"note:        {note}")
+    # Run-time estimate from per-slice reading + extraction throughput measured on
+    # 2 cores (benchmarks/pipeline.py): about 40 ms per megapixel and slice, plus
+    # the detector's forward passes (~60 ms per 608x608 tile on 2 cores).
+    mpx = y * x / 1e6
+    tiles = max(1, round(y / 512)) * max(1, round(x / 512))
+    seconds = z * (0.04 * mpx + 0.06 * tiles)
+    print(
+        f"estimate:    ~{seconds / 60:.1f} min on 2 cores with the detector "
+        f"(~{z * 0.04 * mpx / 60:.1f} min with --boxes); "
+        f"memory ~{max(200, 30 * mpx * 8 + 200):.0f} MB (one slice at a time)"
+    )
+    return 0
+
+
+def cmd_phantom(args) -> int:
+    from .core.progress import TqdmProgress
+    from .core.synthetic import write_phantom
+
+    bar = TqdmProgress("phantom")
+    try:
+        info = write_phantom(
+            args.out,
+            shape=tuple(args.shape),
+            seed=args.seed,
+            voxel_size_nm=tuple(args.voxel_size),
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    print(f"phantom written to {args.out}")
+    if isinstance(info, dict) and info.get("counts"):
+        for name, n in info["counts"].items():
+            print(f"  {name:<16} {n}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .core.pipeline import RunSettings, run_pipeline
+    from .core.progress import TqdmProgress
+
+    settings = RunSettings(
+        layers_to_scan=args.layers_to_scan,
+        tolerance=args.tolerance,
+        merge_bridges=not args.no_merge,
+    )
+    bar = TqdmProgress("famous run")
+    try:
+        summary = run_pipeline(
+            args.stack,
+            args.classes,
+            args.out,
+            boxes=args.boxes,
+            model=args.model,
+            backend=args.backend,
+            voxel_size_nm=args.voxel_size,
+            labels=args.labels,
+            workers=args.workers,
+            dask_scheduler=args.dask_scheduler,
+            resume=args.resume,
+            settings=settings,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    print(summary.table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="famous",
+        description="FAMOUS: segment, mesh and quantify organelles in volume EM stacks.",
+    )
+    subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = subs.add_parser("info", help="shape, dtype, voxel size, run-time and memory estimate")
+    p.add_argument("stack", help="multi-page TIFF, folder of slices, or MRC")
+    _voxel_size(p)
+    p.set_defaults(func=cmd_info)
+
+    p = subs.add_parser("phantom", help="write a synthetic vEM stack with ground truth")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--shape", nargs=3, type=int, default=[64, 512, 512], metavar=("Z", "Y", "X"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--voxel-size", nargs=3, type=float, default=[10.0, 10.0, 10.0], metavar=("Z", "Y", "X"),
+        help="voxel size in nm (z, y, x)",
+    )
+    p.set_defaults(func=cmd_phantom)
+
+    p = subs.add_parser("run", help="detect, extract, link: stack -> run folder")
+    p.add_argument("stack", help="multi-page TIFF, folder of slices, or MRC")
+    p.add_argument("--classes", required=True, help="class TOML, obj.names, or fibsem/yeast")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--boxes", help="folder of per-slice YOLO .txt files (name ends in slice index)")
+    src.add_argument("--model", help="detector model folder (model.cfg, model.weights, ...)")
+    p.add_argument("--out", required=True, help="run folder to create")
+    _voxel_size(p)
+    p.add_argument("--labels", action="store_true", help="also write labels.tif")
+    p.add_argument("--workers", type=int, default=1, help="local processes for the per-slice stage")
+    p.add_argument("--dask-scheduler", metavar="ADDR", help="run slices on this dask.distributed scheduler")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "cuda_fp16"])
+    p.add_argument("--layers-to-scan", type=int, default=50, help="Algorithm 4 look-back (slices)")
+    p.add_argument("--tolerance", type=float, default=0.2, help="Algorithm 4 centre tolerance")
+    p.add_argument("--no-merge", action="store_true", help="do not join bridged organelles")
+    p.set_defaults(func=cmd_run)
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.commands.{name}" and exc.name != f"{__package__}.commands":
+                raise
+            continue
+        module.add_parsers(subs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``famous`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        return args.func(args) or 0
+    except FamousError as exc:
+        print(f"famous {args.command}: error: {exc.message}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print(
+            f"famous {args.command}: stopped after {time.perf_counter() - t0:.0f} s; "
+            "rerun with --resume to continue.",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,550 @@
+"""The bpy-free pipeline: stack + boxes -> linked organelles, point clouds, labels.
+
+Stages (each in its own module):
+
+1. per slice (:func:`process_slice`): boxes from the box source, pixels from
+   :mod:`.extract`. A pure function of (slice, boxes, classes, pixel size);
+   its result is cached in ``RUN/cache`` so a killed run resumes where it
+   stopped. It runs in this process, in local worker processes
+   (``workers > 1``) or on a running ``dask.distributed`` cluster.
+2. linking (:mod:`.link`): Algorithm 4, then the optional bridge merge.
+3. point clouds (:mod:`.pointcloud`) with per-class outlier removal, the
+   organelle table and, on request, ``labels.tif``, all written to the run
+   folder (:mod:`.runfolder`).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import runfolder as rf
+from .boxes import YoloTxtBoxes
+from .classes import ClassConfig, load_classes
+from .errors import FamousError
+from .extract import SliceResult, segment_slice
+from .link import link_boxes, merge_labels, overlap_pairs
+from .pointcloud import mask_points, outlier_masks, to_world
+from .progress import ProgressFn, silent, sub
+from .stack import Stack, open_stack
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Options of the linking and point-cloud stages (recorded in run.json)."""
+
+    layers_to_scan: int = 50
+    tolerance: float = 0.2
+    merge_bridges: bool = True
+    merge_min_overlap: float = 0.5
+    points: str = "outline"
+    outlier_k: int = 8
+    outlier_std: float = 2.0
+
+
+@dataclass
+class RunSummary:
+    """What a finished run produced."""
+
+    path: Path
+    counts: dict[str, int]
+    n_detections: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A short per-class summary for the terminal."""
+        width = max([len(c) for c in self.counts] + [5])
+        lines = [f"{'class':<{width}}  organelles"]
+        lines += [f"{c:<{width}}  {n:>10}" for c, n in self.counts.items()]
+        lines.append(f"{self.n_detections} detections, {self.seconds:.1f} s -> {self.path}")
+        return "\n".join(lines)
+
+
+def _versions() -> dict:
+    import cv2
+    import scipy
+    import tifffile
+
+    from .. import __version__
+
+    return {
+        "famous": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "scipy": scipy.__version__,
+        "tifffile": tifffile.__version__,
+    }
+
+
+def make_box_source(
+    stack: Stack,
+    classes: ClassConfig,
+    boxes: str | Path | None = None,
+    model: str | Path | None = None,
+    backend: str = "auto",
+):
+    """The box source for a run: per-slice YOLO files or the YOLOv4 detector.
+
+    Everything is checked here, before any slice is processed.
+    """
+    if (boxes is None) == (model is None):
+        raise FamousError(
+            "give exactly one source of boxes.",
+            fix="use --boxes DIR (YOLO txt per slice) or --model MODEL_DIR (trained detector).",
+        )
+    if boxes is not None:
+        source = YoloTxtBoxes(boxes, stack.shape[1:], len(classes), n_slices=stack.shape[0])
+        source.validate()
+        return source
+    from .detect import load_detector
+
+    return load_detector(model, classes, backend=backend)
+
+
+def process_slice(stack: Stack, source, classes: ClassConfig, pixel_nm: float, k: int) -> dict:
+    """The per-slice stage: boxes of slice ``k`` and their masks, as arrays."""
+    image = stack.read(k)
+    result = segment_slice(image, source(k, image), classes, pixel_nm)
+    return result.to_arrays()
+
+
+def _cache_path(out: Path, k: int) -> Path:
+    return out / rf.CACHE_DIR / f"slice_{k:05d}.npz"
+
+
+def _load_slice(out: Path, k: int) -> SliceResult:
+    with np.load(_cache_path(out, k)) as z:
+        return SliceResult.from_arrays(z)
+
+
+def _run_slices(stack, source, classes, pixel_nm, todo, out, workers, dask_scheduler, progress):
+    """Compute and cache the slices in ``todo`` with the chosen executor."""
+    total = max(len(todo), 1)
+
+    def store(k, arrays, done):
+        rf.save_npz(_cache_path(out, k), **arrays)
+        progress(done / total, f"slice {k + 1}/{stack.shape[0]}")
+
+    if dask_scheduler:
+        from distributed import Client, as_completed
+
+        with Client(dask_scheduler) as client:
+            remote = client.scatter([stack, source, classes], broadcast=True)
+            futures = {
+                client.submit(process_slice, *remote, pixel_nm, k, pure=False): k for k in todo
+            }
+            for done, fut in enumerate(as_completed(futures), 1):
+                store(futures[fut], fut.result(), done)
+                fut.release()
+        return
+    if workers <= 1:
+        for done, k in enumerate(todo, 1):
+            store(k, process_slice(stack, source, classes, pixel_nm, k), done)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # "spawn": forked children of a process that holds OpenCV or Blender threads
+    # can deadlock; spawn starts clean interpreters.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pending, queue, done = {}, list(todo), 0
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                k = queue.pop(0)
+                pending[pool.submit(process_slice, stack, source, classes, pixel_nm, k)] = k
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                done += 1
+                store(pending.pop(fut), fut.result(), done)
+
+
+def _paint(shape, result: SliceResult, det_labels: np.ndarray) -> np.ndarray:
+    """Label image of a slice: ``det_labels[i] + 1`` on detection i's mask.
+
+    Larger masks are painted first so that a small organelle inside a large
+    box (a vesicle on the nucleus) stays visible.
+    """
+    img = np.zeros(shape, np.int64)
+    areas = result.areas()
+    for i in np.argsort(-areas, kind="stable"):
+        if det_labels[i] < 0:
+            continue
+        x0, y0, x1, y1 = result.bounds[i]
+        view = img[y0:y1, x0:x1]
+        view[result.mask(i)] = det_labels[i] + 1
+    return img
+
+
+def _fingerprint(stack: Stack, classes: ClassConfig, source) -> dict:
+    """What the cached per-slice results depend on; a resume must match it."""
+    describe = getattr(source, "describe", lambda: {"kind": type(source).__name__})
+    return {
+        "input": str(Path(stack.path).resolve()),
+        "shape": list(stack.shape),
+        "voxel_size_nm": list(stack.voxel_size_nm),
+        "classes": classes.to_dict(),
+        "boxes": describe(),
+    }
+
+
+def _prepare_out(out: Path, resume: bool, fingerprint: dict) -> None:
+    info_path = out / rf.RUN_JSON
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        if not resume:
+            state = "a finished run" if info.get("status") == "complete" else "an interrupted run"
+            raise FamousError(
+                f"already holds {state}; results are never overwritten.",
+                out,
+                "add --resume to continue it, or choose another --out folder.",
+            )
+        if info.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            raise FamousError(
+                "holds a run made with other input, classes or boxes, so it cannot be resumed.",
+                out,
+                "choose another --out folder for this input.",
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise FamousError(
+            "exists, is not empty and is not a FAMOUS run folder.",
+            out,
+            "choose a new or empty --out folder.",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_pipeline(
+    stack: str | Path | Stack,
+    classes: str | Path | ClassConfig,
+    out: str | Path,
+    *,
+    boxes: str | Path | None = None,
+    model: str | Path | None = None,
+    backend: str = "auto",
+    voxel_size_nm: tuple[float, float, float] | None = None,
+    labels: bool = False,
+    workers: int = 1,
+    dask_scheduler: str | None = None,
+    resume: bool = False,
+    settings: RunSettings | None = None,
+    progress: ProgressFn | None = None,
+) -> RunSummary:
+    """Run the bpy-free pipeline and write a run folder.
+
+    Parameters
+    ----------
+    stack : path or Stack
+        The image stack (see :func:`~famous_addon.core.stack.open_stack`).
+    classes : path or ClassConfig
+        Class TOML, ``obj.names`` or preset name.
+    out : path
+        Run folder to create (or to resume).
+    boxes, model : path
+        Exactly one: a folder of per-slice YOLO txt files, or a detector model folder.
+    backend : {"auto", "cpu", "cuda", "cuda_fp16"}
+        DNN backend for ``model``.
+    voxel_size_nm : (z, y, x), optional
+        Overrides the stack's metadata.
+    labels : bool
+        Also write ``labels.tif``.
+    workers : int
+        Local processes for the per-slice stage.
+    dask_scheduler : str, optional
+        Address of a running ``dask.distributed`` scheduler for the per-slice stage.
+    resume : bool
+        Continue a run in ``out`` that was interrupted (cached slices are reused).
+    settings : RunSettings, optional
+        Linking and point-cloud options.
+    progress : callable, optional
+        ``progress(fraction, message)``; may raise ``Cancelled``.
+
+    Returns
+    -------
+    RunSummary
+    """
+    t_start = time.perf_counter()
+    progress = progress or silent
+    settings = settings or RunSettings()
+    out = Path(out)
+    if not isinstance(stack, Stack):
+        stack = open_stack(stack, voxel_size_nm)
+    elif voxel_size_nm is not None:
+        stack = open_stack(stack.path, voxel_size_nm)
+    vs = stack.require_voxel_size()
+    if not isinstance(classes, ClassConfig):
+        classes = load_classes(classes)
+    source = make_box_source(stack, classes, boxes, model, backend)
+    fingerprint = _fingerprint(stack, classes, source)
+    _prepare_out(out, resume, fingerprint)
+    if stack.dtype != np.uint8 and stack.window is None:
+        stack.window = stack.estimate_window()
+    info = {
+        "status": "running",
+        "fingerprint": fingerprint,
+        "versions": _versions(),
+        "input": stack.describe(),
+        "classes": classes.to_dict(),
+        "class_notes": list(classes.notes),
+        "boxes": fingerprint["boxes"],
+        "settings": asdict(settings),
+        "labels": labels,
+        "timings_s": {},
+    }
+    rf.write_json(out / rf.RUN_JSON, info)
+    timings = info["timings_s"]
+
+    # 1. per-slice stage (cached)
+    t0 = time.perf_counter()
+    n_slices = stack.shape[0]
+    todo = [k for k in range(n_slices) if not _cache_path(out, k).is_file()]
+    pixel_nm = float(np.sqrt(vs[1] * vs[2]))
+    _run_slices(
+        stack, source, classes, pixel_nm, todo, out, workers, dask_scheduler, sub(progress, 0, 0.7)
+    )
+    timings["slices"] = time.perf_counter() - t0
+    timings["slices_computed"] = len(todo)
+
+    # 2. linking
+    t0 = time.perf_counter()
+    progress(0.7, "linking slices")
+    det = _gather_detections(out, n_slices)
+    labels0 = link_boxes(
+        det["slice"], det["cls"], det["xywh"], settings.layers_to_scan, settings.tolerance
+    )
+    det_labels = labels0
+    if settings.merge_bridges and len(labels0):
+        det_labels = _merge_bridges(out, stack, det, labels0, settings, sub(progress, 0.72, 0.8))
+    det_labels = _drop_empty(det_labels, det["area"])
+    timings["linking"] = time.perf_counter() - t0
+
+    # 3. point clouds, organelle table, labels
+    t0 = time.perf_counter()
+    organelles, clouds = _assemble(out, stack, classes, det, det_labels, labels, settings, sub(progress, 0.8, 0.97))
+    timings["assemble"] = time.perf_counter() - t0
+
+    progress(0.97, "writing the run folder")
+    outlier_stats = _write_outputs(out, classes, det, det_labels, organelles, clouds, settings)
+    counts = {name: 0 for name in classes.names}
+    for o in organelles:
+        counts[o["class"]] += 1
+    seconds = time.perf_counter() - t_start
+    info.update(
+        status="complete",
+        input=stack.describe(),
+        counts=counts,
+        n_detections=int(len(det_labels)),
+        outliers=outlier_stats,
+        timings_s={**timings, "total": seconds},
+    )
+    rf.write_json(out / rf.RUN_JSON, info)
+    progress(1.0, "done")
+    return RunSummary(out, counts, int(len(det_labels)), seconds, info["timings_s"])
+
+
+def _gather_detections(out: Path, n_slices: int) -> dict:
+    """Boxes and mask areas of every cached slice (masks stay on disk)."""
+    sl, boxes, areas = [], [], []
+    for k in range(n_slices):
+        r = _load_slice(out, k)
+        if len(r):
+            sl.append(np.full(len(r), k))
+            boxes.append(r.boxes)
+            areas.append(r.areas())
+    if not sl:
+        return {
+            "slice": np.zeros(0, np.int64),
+            "cls": np.zeros(0, np.int64),
+            "xywh": np.zeros((0, 4)),
+            "score": np.zeros(0),
+            "area": np.zeros(0, np.int64),
+            "start": np.zeros(n_slices + 1, np.int64),
+        }
+    b = np.concatenate(boxes)
+    s = np.concatenate(sl)
+    start = np.searchsorted(s, np.arange(n_slices + 1))
+    return {
+        "slice": s,
+        "cls": b[:, 0].astype(np.int64),
+        "xywh": b[:, 1:5],
+        "score": b[:, 5],
+        "area": np.concatenate(areas),
+        "start": start,
+    }
+
+
+def _iter_slices(out: Path, det: dict, n_slices: int) -> Iterator[tuple[int, SliceResult, slice]]:
+    for k in range(n_slices):
+        yield k, _load_slice(out, k), slice(det["start"][k], det["start"][k + 1])
+
+
+def _merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
+    """Join same-class organelles whose masks overlap on adjacent slices."""
+    label_class = np.zeros(labels0.max() + 1, np.int64)
+    label_class[labels0] = det["cls"]
+    pairs, prev = [], None
+    n = stack.shape[0]
+    for k, result, sel in _iter_slices(out, det, n):
+        cur = _paint(stack.shape[1:], result, labels0[sel])
+        if prev is not None:
+            p = overlap_pairs(prev, cur, settings.merge_min_overlap)
+            pairs.append(p[label_class[p[:, 0]] == label_class[p[:, 1]]])
+        prev = cur
+        progress((k + 1) / n, "joining bridged organelles")
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    return merge_labels(labels0, pairs)
+
+
+def _drop_empty(det_labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Remove organelles whose masks are all empty; renumber the rest 0..m-1."""
+    if not len(det_labels):
+        return det_labels
+    total = np.bincount(det_labels, weights=areas)
+    keep = total > 0
+    new = np.cumsum(keep) - 1
+    return np.where(keep[det_labels], new[det_labels], -1)
+
+
+def _assemble(out, stack, classes, det, det_labels, write_labels, settings, progress):
+    """One pass over the cached slices: organelle stats, point clouds, labels.tif."""
+    n_slices, rows, cols = stack.shape
+    m = int(det_labels.max()) + 1 if len(det_labels) else 0
+    voxels = np.zeros(m + 1, np.int64)
+    zr = np.full((m + 1, 2), [n_slices, -1], np.int64)
+    yr = np.full((m + 1, 2), [rows, -1], np.int64)
+    xr = np.full((m + 1, 2), [cols, -1], np.int64)
+    slices_seen = [set() for _ in range(m + 1)]
+    pts = [[] for _ in range(m)]
+    nrm = [[] for _ in range(m)]
+    vs = stack.voxel_size_nm
+
+    def label_slices():
+        for k, result, sel in _iter_slices(out, det, n_slices):
+            lab = det_labels[sel]
+            img = _paint((rows, cols), result, lab)
+            counts = np.bincount(img.ravel(), minlength=m + 1)
+            voxels[:] += counts
+            for i, organelle in enumerate(lab):
+                if organelle < 0:
+                    continue
+                x0, y0, x1, y1 = result.bounds[i]
+                mask = result.mask(i)
+                if not mask.any():
+                    continue
+                oid = organelle + 1
+                rr, cc = np.nonzero(mask)
+                zr[oid] = min(zr[oid, 0], k), max(zr[oid, 1], k)
+                yr[oid] = min(yr[oid, 0], y0 + rr.min()), max(yr[oid, 1], y0 + rr.max())
+                xr[oid] = min(xr[oid, 0], x0 + cc.min()), max(xr[oid, 1], x0 + cc.max())
+                slices_seen[oid].add(k)
+                p, n = mask_points(mask, x0, y0, settings.points)
+                pts[organelle].append(to_world(p, k, vs))
+                nrm[organelle].append(np.column_stack([n, np.zeros(len(n))]).astype(np.float32))
+            progress((k + 1) / n_slices, f"assembling slice {k + 1}/{n_slices}")
+            yield img
+
+    if write_labels:
+        _write_labels(out / rf.LABELS_TIF, label_slices(), stack.shape, vs, m)
+    else:
+        for _ in label_slices():
+            pass
+
+    voxel_um3 = float(np.prod(vs)) / 1e9
+    organelles = []
+    for organelle in range(m):
+        oid = organelle + 1
+        cls = int(det["cls"][np.flatnonzero(det_labels == organelle)[0]])
+        organelles.append(
+            {
+                "id": oid,
+                "class": classes[cls].name,
+                "class_index": cls,
+                "z_min": int(zr[oid, 0]),
+                "z_max": int(zr[oid, 1]),
+                "n_slices": len(slices_seen[oid]),
+                "y_min": int(yr[oid, 0]),
+                "y_max": int(yr[oid, 1]),
+                "x_min": int(xr[oid, 0]),
+                "x_max": int(xr[oid, 1]),
+                "voxels": int(voxels[oid]),
+                "volume_um3": round(voxels[oid] * voxel_um3, 6),
+            }
+        )
+    clouds = [
+        (
+            np.concatenate(p) if p else np.zeros((0, 3), np.float32),
+            np.concatenate(n) if n else np.zeros((0, 3), np.float32),
+        )
+        for p, n in zip(pts, nrm)
+    ]
+    return organelles, clouds
+
+
+def _write_labels(path: Path, slices, shape, vs, m: int) -> None:
+    """Stream label slices into an ImageJ TIFF (uint16, or uint32 beyond 65535 ids)."""
+    import tifffile
+
+    if m < 2**16:
+        dtype, imagej = np.uint16, True
+    else:
+        # ImageJ TIFFs hold no 32-bit integers; such a file opens in napari/Amira.
+        dtype, imagej = np.uint32, False
+    dz, py, px = (v / 1000.0 for v in vs)
+    with rf.atomic_path(path) as tmp:
+        tifffile.imwrite(
+            tmp,
+            (s.astype(dtype) for s in slices),
+            shape=shape,
+            dtype=dtype,
+            imagej=imagej,
+            resolution=(1.0 / px, 1.0 / py),
+            metadata={"spacing": dz, "unit": "um", "axes": "ZYX"} if imagej else None,
+        )
+
+
+def _write_outputs(out, classes, det, det_labels, organelles, clouds, settings) -> dict:
+    """Outlier removal per class, then point clouds and CSV tables."""
+    by_class: dict[int, list[int]] = {}
+    for i, o in enumerate(organelles):
+        by_class.setdefault(o["class_index"], []).append(i)
+    stats = {}
+    cleaned = list(clouds)
+    for c, members in by_class.items():
+        keep, st = outlier_masks([clouds[i][0] for i in members], settings.outlier_k, settings.outlier_std)
+        stats[classes[c].name] = st
+        for i, mk in zip(members, keep):
+            cleaned[i] = (clouds[i][0][mk], clouds[i][1][mk])
+    sizes = np.array([len(p) for p, _ in cleaned], np.int64)
+    offsets = np.zeros(len(cleaned) + 1, np.int64)
+    offsets[1:] = np.cumsum(sizes)
+    rf.PointClouds(
+        ids=np.array([o["id"] for o in organelles], np.int64),
+        classes=np.array([o["class_index"] for o in organelles], np.int64),
+        offsets=offsets,
+        points=np.concatenate([p for p, _ in cleaned]) if cleaned else np.zeros((0, 3), np.float32),
+        normals=np.concatenate([n for _, n in cleaned]) if cleaned else np.zeros((0, 3), np.float32),
+    ).save(out / rf.POINTCLOUDS_NPZ)
+    for o, n in zip(organelles, sizes):
+        o["n_points"] = int(n)
+    rf.write_csv(out / rf.ORGANELLES_CSV, rf.ORGANELLE_COLUMNS, organelles)
+    names = classes.names
+    rows = (
+        (
+            int(det["slice"][i]),
+            names[det["cls"][i]],
+            *(round(float(v), 2) for v in det["xywh"][i]),
+            round(float(det["score"][i]), 4),
+            int(det_labels[i]) + 1 if det_labels[i] >= 0 else 0,
+        )
+        for i in range(len(det_labels))
+    )
+    rf.write_csv(out / rf.DETECTIONS_CSV, rf.DETECTION_COLUMNS, rows)
+    return stats
+
