@@ -130,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", nargs=3, type=int, default=[64, 512, 512], metavar=("Z", "Y", "X"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--voxel-size", nargs=3, type=float, default=[10.0, 10.0, 10.0], metavar=("Z", "Y", "X"),
+        "--voxel-size",
+        nargs=3,
+        type=float,
+        default=[10.0, 10.0, 10.0],
+        metavar=("Z", "Y", "X"),
         help="voxel size in nm (z, y, x)",
     )
     p.set_defaults(func=cmd_phantom)
@@ -139,13 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stack", help="multi-page TIFF, folder of slices, or MRC")
     p.add_argument("--classes", required=True, help="class TOML, obj.names, or fibsem/yeast")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--boxes", help="folder of per-slice YOLO .txt files (name ends in slice index)")
+    src.add_argument(
+        "--boxes", help="folder of per-slice YOLO .txt files (name ends in slice index)"
+    )
     src.add_argument("--model", help="detector model folder (model.cfg, model.weights, ...)")
     p.add_argument("--out", required=True, help="run folder to create")
     _voxel_size(p)
     p.add_argument("--labels", action="store_true", help="also write labels.tif")
     p.add_argument("--workers", type=int, default=1, help="local processes for the per-slice stage")
-    p.add_argument("--dask-scheduler", metavar="ADDR", help="run slices on this dask.distributed scheduler")
+    p.add_argument(
+        "--dask-scheduler", metavar="ADDR", help="run slices on this dask.distributed scheduler"
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "cuda_fp16"])
     p.add_argument("--layers-to-scan", type=int, default=50, help="Algorithm 4 look-back (slices)")
@@ -157,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(f".commands.{name}", __package__)
         except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.commands.{name}" and exc.name != f"{__package__}.commands":
+            if (
+                exc.name != f"{__package__}.commands.{name}"
+                and exc.name != f"{__package__}.commands"
+            ):
                 raise
             continue
         module.add_parsers(subs)

@@ -153,7 +153,9 @@ class YoloTxtBoxes:
         self.n_classes = n_classes
         if not self.folder.is_dir():
             raise FamousError(
-                "box folder not found.", self.folder, "give the folder of per-slice YOLO .txt files."
+                "box folder not found.",
+                self.folder,
+                "give the folder of per-slice YOLO .txt files.",
             )
         self.files: dict[int, Path] = {}
         for p in self.folder.glob("*.txt"):

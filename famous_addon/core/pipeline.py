@@ -41,6 +41,7 @@ class RunSettings:
 
     layers_to_scan: int = 50
     tolerance: float = 0.2
+    min_tolerance_px: float = 1.5
     merge_bridges: bool = True
     merge_min_overlap: float = 0.5
     points: str = "outline"
@@ -317,7 +318,12 @@ def run_pipeline(
     progress(0.7, "linking slices")
     det = _gather_detections(out, n_slices)
     labels0 = link_boxes(
-        det["slice"], det["cls"], det["xywh"], settings.layers_to_scan, settings.tolerance
+        det["slice"],
+        det["cls"],
+        det["xywh"],
+        settings.layers_to_scan,
+        settings.tolerance,
+        settings.min_tolerance_px,
     )
     det_labels = labels0
     if settings.merge_bridges and len(labels0):
@@ -327,7 +333,9 @@ def run_pipeline(
 
     # 3. point clouds, organelle table, labels
     t0 = time.perf_counter()
-    organelles, clouds = _assemble(out, stack, classes, det, det_labels, labels, settings, sub(progress, 0.8, 0.97))
+    organelles, clouds = _assemble(
+        out, stack, classes, det, det_labels, labels, settings, sub(progress, 0.8, 0.97)
+    )
     timings["assemble"] = time.perf_counter() - t0
 
     progress(0.97, "writing the run folder")
@@ -517,7 +525,9 @@ def _write_outputs(out, classes, det, det_labels, organelles, clouds, settings) 
     stats = {}
     cleaned = list(clouds)
     for c, members in by_class.items():
-        keep, st = outlier_masks([clouds[i][0] for i in members], settings.outlier_k, settings.outlier_std)
+        keep, st = outlier_masks(
+            [clouds[i][0] for i in members], settings.outlier_k, settings.outlier_std
+        )
         stats[classes[c].name] = st
         for i, mk in zip(members, keep):
             cleaned[i] = (clouds[i][0][mk], clouds[i][1][mk])
@@ -529,7 +539,9 @@ def _write_outputs(out, classes, det, det_labels, organelles, clouds, settings) 
         classes=np.array([o["class_index"] for o in organelles], np.int64),
         offsets=offsets,
         points=np.concatenate([p for p, _ in cleaned]) if cleaned else np.zeros((0, 3), np.float32),
-        normals=np.concatenate([n for _, n in cleaned]) if cleaned else np.zeros((0, 3), np.float32),
+        normals=np.concatenate([n for _, n in cleaned])
+        if cleaned
+        else np.zeros((0, 3), np.float32),
     ).save(out / rf.POINTCLOUDS_NPZ)
     for o, n in zip(organelles, sizes):
         o["n_points"] = int(n)
@@ -547,4 +559,3 @@ def _write_outputs(out, classes, det, det_labels, organelles, clouds, settings) 
     )
     rf.write_csv(out / rf.DETECTIONS_CSV, rf.DETECTION_COLUMNS, rows)
     return stats
-

@@ -46,7 +46,9 @@ def mask_points(
             t = np.roll(p, -1, 0) - np.roll(p, 1, 0)
             n = np.column_stack([t[:, 1], -t[:, 0]])
             # Point normals away from the mask: a step along them must leave it.
-            probe = np.round(p + 0.75 * n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)).astype(int)
+            probe = np.round(
+                p + 0.75 * n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+            ).astype(int)
             inside = (
                 (probe[:, 0] >= 0)
                 & (probe[:, 1] >= 0)

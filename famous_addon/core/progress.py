@@ -48,7 +48,12 @@ class TqdmProgress:
     def __init__(self, desc: str = "FAMOUS", disable: bool = False):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=1000, desc=desc, disable=disable, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        self._bar = tqdm(
+            total=1000,
+            desc=desc,
+            disable=disable,
+            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+        )
         self._last = 0
 
     def __call__(self, fraction: float, message: str) -> None:

@@ -204,7 +204,14 @@ class _TiffReader:
     def check(self) -> None:
         size = self.path.stat().st_size
         for k in range(self.n):
-            page = self.pages[self.page_index(k)]
+            try:
+                page = self.pages[self.page_index(k)]
+            except Exception:  # tifffile fails in several ways on a cut-off page index
+                raise FamousError(
+                    f"slice {k} cannot be found: the file is truncated or damaged.",
+                    self.path,
+                    "the file is incomplete: copy or export it again.",
+                ) from None
             if page is None:
                 raise FamousError(f"slice {k} is missing.", self.path)
             offsets = getattr(page, "dataoffsets", ())
@@ -284,9 +291,7 @@ class _FolderReader:
                 with tifffile.TiffFile(p) as tf:
                     page = tf.pages[0]
                     size = p.stat().st_size
-                    if any(
-                        o + c > size for o, c in zip(page.dataoffsets, page.databytecounts)
-                    ):
+                    if any(o + c > size for o, c in zip(page.dataoffsets, page.databytecounts)):
                         raise FamousError("is truncated.", p, "copy or export the slice again.")
 
     def read(self, k: int) -> np.ndarray:
@@ -296,7 +301,9 @@ class _FolderReader:
             if img is None:
                 raise FamousError("cannot be decoded as PNG.", p)
             if img.ndim == 3:
-                img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+                img = cv2.cvtColor(
+                    img, cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+                )
             return img
         import tifffile
 
@@ -377,6 +384,7 @@ def _tiff_voxel_size(tf) -> tuple[tuple[float, float, float] | None, str]:
     unit = ij.get("unit")
     f = _unit_to_nm(unit)
     if res[0] is not None and res[1] is not None and f is not None:
+
         def per_pixel(tag):
             num, den = tag.value
             return den / num * f if num else None
@@ -388,9 +396,7 @@ def _tiff_voxel_size(tf) -> tuple[tuple[float, float, float] | None, str]:
     return None, "none"
 
 
-def open_stack(
-    path: str | Path, voxel_size_nm: tuple[float, float, float] | None = None
-) -> Stack:
+def open_stack(path: str | Path, voxel_size_nm: tuple[float, float, float] | None = None) -> Stack:
     """Open a stack and check it, without reading pixel data.
 
     Parameters

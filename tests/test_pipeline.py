@@ -1,0 +1,193 @@
+"""The whole bpy-free pipeline on the phantom: accuracy, bridges, resume, executors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from famous_addon.cli import main
+from famous_addon.core import runfolder as rf
+from famous_addon.core.compare import match_objects
+from famous_addon.core.errors import FamousError
+from famous_addon.core.pipeline import RunSettings, run_pipeline
+from famous_addon.core.synthetic import write_phantom
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    out = tmp_path_factory.mktemp("phantom")
+    write_phantom(out, shape=(48, 384, 384), seed=7, stl=False)
+    return out
+
+
+def _truth(phantom):
+    labels = tifffile.imread(phantom / "truth_labels.tif")
+    rows = list(csv.DictReader(open(phantom / "truth.csv")))
+    return labels, rows
+
+
+def _run(phantom, out, **kw):
+    return run_pipeline(
+        phantom / "stack.tif", phantom / "classes.toml", out, boxes=phantom / "boxes", **kw
+    )
+
+
+def _classes_of(run):
+    return {o["id"]: o["class"] for o in rf.RunFolder(run).organelles()}
+
+
+def test_truth_boxes_recover_every_class(phantom, tmp_path):
+    run = tmp_path / "run"
+    summary = _run(phantom, run, labels=True)
+    labels = tifffile.imread(run / "labels.tif")
+    truth, rows = _truth(phantom)
+    assert labels.shape == truth.shape and labels.dtype == np.uint16
+    scores = match_objects(
+        labels, _classes_of(run), truth, {int(r["id"]): r["class"] for r in rows}, 0.5, 1e-6
+    )
+    for s in scores:
+        assert s.n_b > 0
+        assert s.f1 >= 0.95, (s.class_name, s)
+        assert s.volume_a_um3 == pytest.approx(s.volume_b_um3, rel=0.10), s.class_name
+    assert sum(summary.counts.values()) == len(rf.RunFolder(run).organelles())
+
+
+def test_run_folder_contents(phantom, tmp_path):
+    run = tmp_path / "run"
+    _run(phantom, run, labels=True)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete"
+    assert info["input"]["voxel_size_nm"] == [10.0, 10.0, 10.0]
+    assert set(info["timings_s"]) >= {"slices", "linking", "assemble", "total"}
+    folder = rf.RunFolder(run)
+    orgs = folder.organelles()
+    clouds = folder.pointclouds()
+    labels = tifffile.imread(run / "labels.tif")
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    assert sorted(ids.tolist()) == [o["id"] for o in orgs]
+    for o, n in zip(orgs, counts):
+        assert o["voxels"] == n
+        assert o["volume_um3"] == pytest.approx(n * 1e-6)
+        pts, normals = clouds.get(o["id"])
+        assert len(pts) == o["n_points"] > 0
+        # Points lie inside the organelle's bounding box, in µm.
+        assert pts[:, 0].min() >= o["x_min"] * 0.01 - 1e-6
+        assert pts[:, 0].max() <= o["x_max"] * 0.01 + 1e-6
+        assert pts[:, 2].min() >= o["z_min"] * 0.01 - 1e-6
+        assert np.allclose(
+            np.linalg.norm(normals, axis=1)[np.any(normals != 0, axis=1)], 1, atol=1e-5
+        )
+    dets = rf.read_csv(run / "detections.csv")
+    assert {int(d["organelle_id"]) for d in dets} <= {o["id"] for o in orgs} | {0}
+    # ImageJ metadata carries the voxel size.
+    with tifffile.TiffFile(run / "labels.tif") as tf:
+        assert tf.imagej_metadata["spacing"] == pytest.approx(0.01)
+
+
+def _dumbbell_owners(run, phantom):
+    truth, rows = _truth(phantom)
+    tid = next(int(r["id"]) for r in rows if r["kind"] == "dumbbell")
+    labels = tifffile.imread(run / "labels.tif")
+    ids, counts = np.unique(labels[truth == tid], return_counts=True)
+    share = counts[ids > 0] / (truth == tid).sum()
+    return share[share > 0.05]
+
+
+def test_dumbbell_stays_whole_with_merge_and_splits_without(phantom, tmp_path):
+    _run(phantom, tmp_path / "merged", labels=True)
+    merged = _dumbbell_owners(tmp_path / "merged", phantom)
+    assert len(merged) == 1 and merged[0] > 0.6
+    _run(phantom, tmp_path / "split", labels=True, settings=RunSettings(merge_bridges=False))
+    assert len(_dumbbell_owners(tmp_path / "split", phantom)) >= 2
+
+
+def test_interrupted_run_resumes_to_identical_labels(phantom, tmp_path):
+    full = tmp_path / "full"
+    _run(phantom, full, labels=True)
+
+    class Killed(Exception):
+        pass
+
+    def kill_midway(fraction, message):
+        if fraction > 0.3:
+            raise Killed
+
+    part = tmp_path / "part"
+    with pytest.raises(Killed):
+        _run(phantom, part, labels=True, progress=kill_midway)
+    cached = len(list((part / "cache").glob("*.npz")))
+    assert 0 < cached < 48
+    with pytest.raises(FamousError, match="interrupted run"):
+        _run(phantom, part, labels=True)
+    summary = _run(phantom, part, labels=True, resume=True)
+    assert summary.timings["slices_computed"] == 48 - cached
+    np.testing.assert_array_equal(
+        tifffile.imread(part / "labels.tif"), tifffile.imread(full / "labels.tif")
+    )
+
+
+def test_workers_and_dask_equal_one_process(phantom, tmp_path):
+    from distributed import LocalCluster
+
+    _run(phantom, tmp_path / "one", labels=True)
+    reference = tifffile.imread(tmp_path / "one" / "labels.tif")
+    _run(phantom, tmp_path / "procs", labels=True, workers=2)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "procs" / "labels.tif"), reference)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        _run(phantom, tmp_path / "dask", labels=True, dask_scheduler=cluster.scheduler_address)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "dask" / "labels.tif"), reference)
+
+
+def test_bad_inputs_fail_before_work(phantom, tmp_path):
+    boxes = tmp_path / "boxes"
+    boxes.mkdir()
+    (boxes / "slice_00003.txt").write_text("9 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(FamousError, match=r"slice_00003.txt.*class id 9"):
+        run_pipeline(phantom / "stack.tif", "fibsem", tmp_path / "r1", boxes=boxes)
+    assert not (tmp_path / "r1").exists()
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(FamousError, match="voxel size"):
+        run_pipeline(plain, "fibsem", tmp_path / "r2", boxes=phantom / "boxes")
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "thesis.docx").write_text("precious")
+    with pytest.raises(FamousError, match="not empty"):
+        _run(phantom, tmp_path / "occupied")
+    assert (tmp_path / "occupied" / "thesis.docx").read_text() == "precious"
+
+
+def test_cli_run_and_clear_errors(phantom, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "run",
+            str(phantom / "stack.tif"),
+            "--classes",
+            str(phantom / "classes.toml"),
+            "--boxes",
+            str(phantom / "boxes"),
+            "--out",
+            str(out),
+            "--labels",
+        ]
+    )
+    assert code == 0 and (out / "labels.tif").is_file()
+    assert "mitochondria" in capsys.readouterr().out
+    code = main(
+        [
+            "run",
+            str(tmp_path / "missing.tif"),
+            "--classes",
+            "fibsem",
+            "--boxes",
+            "x",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    assert "missing.tif: not found" in capsys.readouterr().err

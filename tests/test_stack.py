@@ -1,0 +1,144 @@
+"""Stack I/O: formats, bit depths, voxel sizes and clear errors on bad input."""
+
+import cv2
+import mrcfile
+import numpy as np
+import pytest
+import tifffile
+
+from famous_addon.core.errors import FamousError
+from famous_addon.core.stack import open_stack
+
+
+@pytest.fixture
+def volume():
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, (5, 24, 32), dtype=np.uint8)
+
+
+def test_imagej_tiff_reads_slices_and_voxel_size(tmp_path, volume):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(
+        path,
+        volume,
+        imagej=True,
+        resolution=(1 / 0.005, 1 / 0.004),
+        metadata={"spacing": 0.02, "unit": "um", "axes": "ZYX"},
+    )
+    stack = open_stack(path)
+    assert stack.shape == (5, 24, 32)
+    assert stack.voxel_size_nm == pytest.approx((20.0, 4.0, 5.0))
+    assert stack.voxel_source == "metadata: ImageJ"
+    for k in range(5):
+        np.testing.assert_array_equal(stack.read(k), volume[k])
+
+
+def test_ome_tiff_voxel_size(tmp_path, volume):
+    path = tmp_path / "s.ome.tif"
+    tifffile.imwrite(
+        path,
+        volume,
+        ome=True,
+        metadata={
+            "axes": "ZYX",
+            "PhysicalSizeX": 6.0,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 6.0,
+            "PhysicalSizeYUnit": "nm",
+            "PhysicalSizeZ": 0.04,
+            "PhysicalSizeZUnit": "µm",
+        },
+    )
+    stack = open_stack(path)
+    assert stack.voxel_size_nm == pytest.approx((40.0, 6.0, 6.0))
+    np.testing.assert_array_equal(stack.read(3), volume[3])
+
+
+def test_hyperstack_with_channels_takes_first_channel(tmp_path, volume):
+    data = np.stack([volume, 255 - volume], axis=1)  # Z C Y X
+    path = tmp_path / "h.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX"})
+    stack = open_stack(path, voxel_size_nm=(10, 5, 5))
+    assert stack.shape == (5, 24, 32)
+    np.testing.assert_array_equal(stack.read(2), volume[2])
+    assert any("axis C" in n for n in stack.notes)
+
+
+def test_16bit_is_windowed_to_8bit(tmp_path):
+    rng = np.random.default_rng(2)
+    vol = rng.integers(1000, 3000, (4, 40, 40)).astype(np.uint16)
+    vol[:, 0, 0] = 65000  # a hot pixel must not squash the window
+    path = tmp_path / "w.tif"
+    tifffile.imwrite(path, vol, photometric="minisblack")
+    stack = open_stack(path, voxel_size_nm=(10, 10, 10))
+    img = stack.read(1)
+    assert img.dtype == np.uint8
+    lo, hi = stack.window
+    assert 1000 <= lo < 1100 and 2900 < hi <= 3000
+    assert img[5:, 5:].min() < 10 and img[5:, 5:].max() > 245
+    assert stack.describe()["intensity_window"] == [lo, hi]
+
+
+def test_folder_of_png_natural_order_and_rgb(tmp_path, volume):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for k in range(5):
+        rgb = np.repeat(volume[k][..., None], 3, axis=2)
+        cv2.imwrite(str(folder / f"img_{k + 1}.png"), rgb)  # img_10 sorts after img_9
+    stack = open_stack(folder, voxel_size_nm=(10, 10, 10))
+    assert stack.shape == (5, 24, 32)
+    np.testing.assert_array_equal(stack.read(4), volume[4])
+    assert any("RGB" in n for n in stack.notes)
+
+
+def test_mrc_voxel_size_from_header(tmp_path):
+    vol = np.random.default_rng(3).normal(size=(3, 16, 16)).astype(np.float32)
+    path = tmp_path / "t.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(vol)
+        mrc.voxel_size = (25.0, 25.0, 50.0)  # Å, x y z
+    stack = open_stack(path)
+    assert stack.voxel_size_nm == pytest.approx((5.0, 2.5, 2.5))
+    assert stack.read(0).dtype == np.uint8
+
+
+def test_missing_voxel_size_asks_for_it(tmp_path, volume):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, volume)
+    stack = open_stack(path)
+    with pytest.raises(FamousError, match="voxel-size"):
+        stack.require_voxel_size()
+
+
+def test_mismatched_slices_name_the_file(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "s0.png"), np.zeros((10, 10), np.uint8))
+    cv2.imwrite(str(folder / "s1.png"), np.zeros((12, 10), np.uint8))
+    with pytest.raises(FamousError, match="s1.png"):
+        open_stack(folder)
+
+
+def test_empty_folder_and_missing_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FamousError, match="no .tif"):
+        open_stack(tmp_path / "empty")
+    with pytest.raises(FamousError, match="not found"):
+        open_stack(tmp_path / "nope.tif")
+
+
+def test_truncated_tiff_is_caught_before_reading(tmp_path, volume):
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, volume)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) - 200])
+    with pytest.raises(FamousError, match=r"cut\.tif.*(truncated|cannot be read)"):
+        open_stack(cut)
+
+
+def test_not_a_tiff(tmp_path):
+    path = tmp_path / "x.tif"
+    path.write_text("hello")
+    with pytest.raises(FamousError, match="x.tif"):
+        open_stack(path)
