@@ -52,38 +52,71 @@ def _within(cx, cy, xywh, qi, cj, tolerance, min_px):
     return (np.abs(cx[qi] - cx[cj]) < tx) & (np.abs(cy[qi] - cy[cj]) < ty)
 
 
+def _pick(best, qi, cj, z, xywh):
+    """Per query box keep the nearest-slice candidate, then the largest IoU."""
+    if qi.size == 0:
+        return
+    iou = _box_iou(xywh[qi], xywh[cj])
+    order = np.lexsort((cj, -iou, -z[cj], qi))
+    qi, cj = qi[order], cj[order]
+    first = np.r_[True, qi[1:] != qi[:-1]]
+    best[qi[first]] = cj[first]
+
+
+def _candidates(tree, points, todo, r, z, z_lo, z_hi, cx, cy, xywh, tolerance, min_px):
+    """Pairs (query, candidate) within the Chebyshev radius, filtered exactly."""
+    pairs = cKDTree(points).sparse_distance_matrix(tree, r, p=np.inf, output_type="ndarray")
+    qi, cj = todo[pairs["i"]], pairs["j"].astype(np.int64)
+    ok = (z[cj] >= z_lo[pairs["i"]]) & (z[cj] <= z_hi[pairs["i"]])
+    qi, cj = qi[ok], cj[ok]
+    ok = _within(cx, cy, xywh, qi, cj, tolerance, min_px)
+    return qi[ok], cj[ok]
+
+
 def _link_class(z, xywh, layers_to_scan, tolerance, min_px):
-    """Best earlier partner (index or -1) of each box of one class."""
+    """Best earlier partner (index or -1) of each box of one class.
+
+    Two KD-tree queries over (centre x, centre y, scaled slice): the slice just
+    above for every box, then the rest of the look-back window for the boxes
+    left without a partner (mostly the first slice of each organelle).
+    """
     n = len(z)
     cx = xywh[:, 0] + xywh[:, 2] / 2
     cy = xywh[:, 1] + xywh[:, 3] / 2
-    # Slices are placed far apart on the tree's third axis so a Chebyshev ball
-    # of radius r < gap only ever returns boxes of the one slice queried.
     r = max(tolerance * float(xywh[:, 2:].max()) / 2, min_px) + 1e-9
-    gap = 4.0 * (r + 1.0)
-    tree = cKDTree(np.column_stack([cx, cy, z * gap]))
     best = np.full(n, -1, np.int64)
+    if layers_to_scan < 2 or n == 0:
+        return best
+    # Slices placed 4 r apart: a ball of radius r reaches only the slice queried.
+    gap = 4.0 * r
+    tree = cKDTree(np.column_stack([cx, cy, z * gap]))
     todo = np.arange(n)
-    for d in range(1, layers_to_scan):
-        if todo.size == 0:
-            break
-        q = np.column_stack([cx[todo], cy[todo], (z[todo] - d) * gap])
-        hits = tree.query_ball_point(q, r, p=np.inf)
-        counts = np.fromiter((len(h) for h in hits), np.int64, len(hits))
-        if counts.sum() == 0:
-            continue
-        qi = np.repeat(todo, counts)
-        cj = np.fromiter((j for h in hits for j in h), np.int64, int(counts.sum()))
-        ok = _within(cx, cy, xywh, qi, cj, tolerance, min_px)
-        qi, cj = qi[ok], cj[ok]
-        if qi.size:
-            iou = _box_iou(xywh[qi], xywh[cj])
-            # Per query keep the candidate with the largest IoU (ties: lowest index).
-            order = np.lexsort((cj, -iou, qi))
-            qi, cj = qi[order], cj[order]
-            first = np.r_[True, qi[1:] != qi[:-1]]
-            best[qi[first]] = cj[first]
-        todo = todo[best[todo] < 0]
+    query = np.column_stack([cx, cy, (z - 1) * gap])
+    qi, cj = _candidates(tree, query, todo, r, z, z - 1, z - 1, cx, cy, xywh, tolerance, min_px)
+    _pick(best, qi, cj, z, xywh)
+    todo = np.flatnonzero(best < 0)
+    if layers_to_scan > 2 and todo.size:
+        # Slices z-2 .. z-(L-1), scaled so that half the window spans r.
+        half = max((layers_to_scan - 3) / 2, 0.5)
+        scale = r / half
+        tree = cKDTree(np.column_stack([cx, cy, z * scale]))
+        centre = z[todo] - (layers_to_scan + 1) / 2
+        query = np.column_stack([cx[todo], cy[todo], centre * scale])
+        qi, cj = _candidates(
+            tree,
+            query,
+            todo,
+            r * (1 + 1e-9),
+            z,
+            z[todo] - layers_to_scan + 1,
+            z[todo] - 2,
+            cx,
+            cy,
+            xywh,
+            tolerance,
+            min_px,
+        )
+        _pick(best, qi, cj, z, xywh)
     return best
 
 
@@ -153,27 +186,31 @@ def link_boxes_reference(
 ) -> np.ndarray:
     """A direct transcription of Algorithm 4 (with the same two fixes), for benchmarks and tests.
 
-    Scans every box of the previous ``layers_to_scan - 1`` slices for every box.
+    For every box, tests every box of the previous ``layers_to_scan - 1``
+    slices (boxes sorted by slice, so the window is one contiguous range).
     """
     slices = np.asarray(slices, np.int64)
     classes = np.asarray(classes, np.int64)
     xywh = np.asarray(xywh, np.float64).reshape(-1, 4)
-    cx, cy = xywh[:, 0] + xywh[:, 2] / 2, xywh[:, 1] + xywh[:, 3] / 2
-    partner = np.full(len(slices), -1, np.int64)
-    everyone = np.arange(len(slices))
-    for i in range(len(slices)):
-        cand = (
-            (slices < slices[i])
-            & (slices > slices[i] - layers_to_scan)
-            & (classes == classes[i])
-            & _within(cx, cy, xywh, np.full(len(slices), i), everyone, tolerance, min_tolerance_px)
-        )
-        j = np.flatnonzero(cand)
+    order = np.argsort(slices, kind="stable")
+    z, c, b = slices[order], classes[order], xywh[order]
+    cx, cy = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
+    partner = np.full(len(z), -1, np.int64)
+    for i in range(len(z)):
+        lo = np.searchsorted(z, z[i] - layers_to_scan + 1)
+        hi = np.searchsorted(z, z[i])
+        j = np.arange(lo, hi)
+        j = j[
+            (c[j] == c[i]) & _within(cx, cy, b, np.full(len(j), i), j, tolerance, min_tolerance_px)
+        ]
         if j.size:
-            nearest = j[slices[j] == slices[j].max()]
-            iou = _box_iou(np.repeat(xywh[i : i + 1], len(nearest), 0), xywh[nearest])
+            nearest = j[z[j] == z[j].max()]
+            iou = _box_iou(np.repeat(b[i : i + 1], len(nearest), 0), b[nearest])
             partner[i] = nearest[np.argmax(iou)]
-    return _labels_from_partners(slices, partner)
+    # Back to the caller's order; partners were found in the sorted order.
+    back = np.empty_like(partner)
+    back[order] = np.where(partner >= 0, order[np.maximum(partner, 0)], -1)
+    return _labels_from_partners(slices, back)
 
 
 def merge_labels(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
