@@ -1,0 +1,46 @@
+"""Point clouds: outline points, normals, world coordinates and outlier removal."""
+
+import numpy as np
+import pytest
+
+from famous_addon.core.pointcloud import mask_points, outlier_masks, to_world
+
+
+def test_outline_of_a_disk_with_outward_normals():
+    yy, xx = np.mgrid[0:41, 0:41]
+    mask = (yy - 20) ** 2 + (xx - 20) ** 2 <= 15**2
+    pts, normals = mask_points(mask, x0=100, y0=50)
+    radius = np.hypot(pts[:, 0] - 120, pts[:, 1] - 70)
+    assert radius.min() > 13.5 and radius.max() < 15.5
+    outward = (pts - [120, 70]) / radius[:, None]
+    assert (np.sum(outward * normals, axis=1) > 0.5).mean() > 0.95
+    everything, _ = mask_points(mask, 0, 0, mode="all")
+    assert len(everything) == mask.sum()
+
+
+def test_ring_outline_has_both_contours():
+    yy, xx = np.mgrid[0:41, 0:41]
+    r2 = (yy - 20) ** 2 + (xx - 20) ** 2
+    ring = (r2 <= 15**2) & (r2 >= 8**2)
+    pts, _ = mask_points(ring, 0, 0)
+    radius = np.hypot(pts[:, 0] - 20, pts[:, 1] - 20)
+    assert (radius < 10).any() and (radius > 13).any()
+
+
+def test_world_coordinates_follow_the_axis_convention():
+    w = to_world(np.array([[10.0, 20.0]]), slice_index=3, voxel_size_nm=(40, 5, 4))
+    assert w[0] == pytest.approx([10 * 0.004, 20 * 0.005, 3 * 0.04])
+
+
+def test_outliers_removed_per_class():
+    rng = np.random.default_rng(0)
+    clouds = []
+    for centre in ([0, 0, 0], [5, 5, 5]):
+        d = rng.normal(size=(2000, 3))
+        sphere = centre + d / np.linalg.norm(d, axis=1, keepdims=True)
+        clouds.append(np.vstack([sphere, np.array(centre) + [[4, 0, 0], [0, -4, 0], [0, 0, 3.5]]]))
+    keep, stats = outlier_masks(clouds, k=8, n_std=2.0)
+    for mask in keep:
+        assert not mask[-3:].any()  # the three far points go
+        assert mask[:-3].mean() > 0.97  # the surface stays
+    assert stats["removed"] >= 6
