@@ -194,10 +194,10 @@ def test_cli_run_and_clear_errors(phantom, tmp_path, capsys):
 
 
 def test_cli_info_and_phantom(tmp_path, capsys):
-    assert main(["phantom", str(tmp_path / "p"), "--shape", "8", "128", "128", "--seed", "2"]) == 0
+    assert main(["phantom", str(tmp_path / "p"), "--shape", "16", "192", "192", "--seed", "2"]) == 0
     assert (tmp_path / "p" / "stack.tif").is_file()
     capsys.readouterr()
     assert main(["info", str(tmp_path / "p" / "stack.tif")]) == 0
     text = capsys.readouterr().out
-    assert "8 slices x 128 rows x 128 columns" in text
+    assert "16 slices x 192 rows x 192 columns" in text
     assert "10 x 10 x 10 nm" in text and "ImageJ" in text
