@@ -1,0 +1,1 @@
+"""Subcommands of the ``famous`` command line, one module per area."""
