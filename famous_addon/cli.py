@@ -75,9 +75,10 @@ def cmd_phantom(args) -> int:
     finally:
         bar.close()
     print(f"phantom written to {args.out}")
-    if isinstance(info, dict) and info.get("counts"):
-        for name, n in info["counts"].items():
-            print(f"  {name:<16} {n}")
+    for name, n in info["counts"].items():
+        print(f"  {name:<16} {n}")
+    for note in info["notes"]:
+        print(f"note: {note}")
     return 0
 
 
@@ -88,6 +89,7 @@ def cmd_run(args) -> int:
     settings = RunSettings(
         layers_to_scan=args.layers_to_scan,
         tolerance=args.tolerance,
+        min_tolerance_px=args.min_tolerance_px,
         merge_bridges=not args.no_merge,
     )
     bar = TqdmProgress("famous run")
@@ -158,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "cuda_fp16"])
     p.add_argument("--layers-to-scan", type=int, default=50, help="Algorithm 4 look-back (slices)")
     p.add_argument("--tolerance", type=float, default=0.2, help="Algorithm 4 centre tolerance")
+    p.add_argument(
+        "--min-tolerance-px",
+        type=float,
+        default=2.5,
+        help="lower bound of the centre tolerance in pixels (0: the paper's rule)",
+    )
     p.add_argument("--no-merge", action="store_true", help="do not join bridged organelles")
     p.set_defaults(func=cmd_run)
 

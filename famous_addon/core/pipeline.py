@@ -41,7 +41,7 @@ class RunSettings:
 
     layers_to_scan: int = 50
     tolerance: float = 0.2
-    min_tolerance_px: float = 1.5
+    min_tolerance_px: float = 2.5
     merge_bridges: bool = True
     merge_min_overlap: float = 0.5
     points: str = "outline"
