@@ -44,3 +44,15 @@ def test_reader_refuses_non_runs_and_unfinished_runs(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"status": "running"}))
     with pytest.raises(FamousError, match="--resume"):
         rf.RunFolder(tmp_path)
+
+
+def test_outputs_get_normal_file_permissions(tmp_path):
+    import os
+
+    rf.atomic_write_bytes(tmp_path / "a.csv", b"x")
+    with rf.atomic_path(tmp_path / "b.tif") as tmp:
+        tmp.write_bytes(b"y")
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("a.csv", "b.tif"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask

@@ -1,0 +1,1 @@
+"""Scene building with bpy: organelle meshes, collections, materials, rendering."""

@@ -1,0 +1,129 @@
+"""Write a built scene's results: STL meshes, quantification CSV, render, .blend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bpy
+import numpy as np
+from mathutils import Vector
+
+from ..core.errors import FamousError
+from ..core.runfolder import atomic_path, write_csv
+from .scene import PLANE, QUANT_COLUMNS, quantify_scene, scene_organelles
+
+BLEND = "famous.blend"
+RENDER = "render.png"
+QUANT_CSV = "quantification.csv"
+MESH_DIR = "meshes"
+CAMERA = "FAMOUS camera"
+
+
+def write_quantification(path: Path, rows: list[dict]) -> None:
+    """``quantification.csv``: id, class, volume_um3, area_um2, vertices, manifold."""
+    write_csv(path, QUANT_COLUMNS, rows)
+
+
+def export_stls(folder: Path) -> list[Path]:
+    """Write ``folder/<class>/<class>_<id>.stl`` (binary, µm) for every organelle.
+
+    STLs of an earlier result in ``folder`` that this one lacks are removed,
+    so the folder always matches ``quantification.csv``.
+    """
+    view_layer = bpy.context.view_layer
+    # Objects removed while building linger in the view layer until it is synced.
+    view_layer.update()
+    for obj in view_layer.objects:
+        obj.select_set(False)
+    written = []
+    for obj in scene_organelles():
+        path = Path(folder) / obj["class"] / f"{obj['class']}_{obj['id']}.stl"
+        obj.select_set(True)
+        try:
+            with atomic_path(path) as tmp:
+                bpy.ops.wm.stl_export(
+                    filepath=str(tmp),
+                    export_selected_objects=True,
+                    ascii_format=False,
+                    apply_modifiers=True,
+                    forward_axis="Y",
+                    up_axis="Z",
+                    global_scale=1.0,
+                )
+        finally:
+            obj.select_set(False)
+        written.append(path)
+    for stale in set(Path(folder).glob("*/*.stl")) - set(written):
+        stale.unlink()
+    return written
+
+
+def render_png(path: Path, resolution=(1280, 720), scene=None) -> Path:
+    """Render the organelles (Workbench, class colours) with a camera framed on them."""
+    scene = scene or bpy.context.scene
+    objs = scene_organelles()
+    plane = bpy.data.objects.get(PLANE)
+    framed = objs or ([plane] if plane is not None else [])
+    if not framed:
+        raise FamousError("there is nothing to render.", fix="build the meshes first.")
+    scene.render.resolution_x, scene.render.resolution_y = resolution
+    scene.render.resolution_percentage = 100
+    corners = np.array([o.matrix_world @ Vector(c) for o in framed for c in o.bound_box])
+    centre = Vector((corners.min(axis=0) + corners.max(axis=0)) / 2)
+    cam = bpy.data.objects.get(CAMERA)
+    if cam is None:
+        cam = bpy.data.objects.new(CAMERA, bpy.data.cameras.new(CAMERA))
+        scene.collection.objects.link(cam)
+    scene.camera = cam
+    # A three-quarter view from above, then Blender's own fit of the corners.
+    cam.rotation_euler = Vector((-0.55, 0.75, -0.65)).to_track_quat("-Z", "Y").to_euler()
+    cam.location = centre
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    fitted, _ = cam.camera_fit_coords(depsgraph, corners.astype(np.float32).ravel())
+    back = (Vector(fitted) - centre) * 0.1
+    cam.location = Vector(fitted) + back
+    span = float(np.linalg.norm(corners.max(axis=0) - corners.min(axis=0)))
+    cam.data.clip_start = span / 1000
+    cam.data.clip_end = span * 100
+    scene.camera = cam
+    scene.render.engine = "BLENDER_WORKBENCH"
+    scene.display.shading.light = "STUDIO"
+    scene.display.shading.color_type = "TEXTURE"
+    scene.display.shading.show_cavity = True
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new(CAMERA)
+    scene.world.color = (0.02, 0.02, 0.025)
+    scene.render.image_settings.file_format = "PNG"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    scene.render.filepath = str(tmp)
+    bpy.ops.render.render(write_still=True)
+    os.replace(tmp, path)
+    return path
+
+
+def save_blend(path: Path) -> Path:
+    """Save the current file as ``path`` atomically (never half-written)."""
+    path = Path(path)
+    with atomic_path(path, suffix=".blend") as tmp:
+        # Saving over an existing file makes Blender keep it as a .blend1 backup.
+        tmp.unlink()
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp), copy=True, compress=True)
+    return path
+
+
+def write_outputs(out: Path, resolution=(1280, 720), render: bool = True) -> dict[str, Path]:
+    """Write ``famous.blend``, ``quantification.csv``, ``meshes/`` and ``render.png`` to ``out``.
+
+    The caller checks beforehand that an existing ``famous.blend`` may be replaced.
+    """
+    out = Path(out)
+    paths = {"csv": out / QUANT_CSV, "meshes": out / MESH_DIR, "blend": out / BLEND}
+    write_quantification(paths["csv"], quantify_scene())
+    export_stls(paths["meshes"])
+    if render:
+        paths["render"] = render_png(out / RENDER, resolution)
+    save_blend(paths["blend"])
+    return paths

@@ -1,0 +1,91 @@
+"""The steps the panel's buttons and ``run_famous.py`` share, so both give the same result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.errors import FamousError
+from ..core.progress import ProgressFn
+from ..core.runfolder import RUN_JSON, RunFolder
+from . import export
+from .scene import SceneBuilder, plane_for_run
+
+RUN_DIR = "run"
+
+
+def run_dir(out: str | Path) -> Path:
+    """Where the run folder of an output folder lives."""
+    return Path(out) / RUN_DIR
+
+
+def detect(
+    stack,
+    classes,
+    out,
+    *,
+    boxes=None,
+    model=None,
+    backend: str = "auto",
+    voxel_size_nm=None,
+    workers: int = 1,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Run the bpy-free pipeline into ``out/run`` (resuming a run that is there).
+
+    Labels are always written: the volume mesher reads them.
+    """
+    from ..core.pipeline import run_pipeline
+
+    if (boxes is None) == (model is None):
+        raise FamousError(
+            "give either a detector model folder or a folder of YOLO box files.",
+            fix="set one of them (--model or --boxes; in the panel: Model or Boxes).",
+        )
+    target = run_dir(out)
+    run_pipeline(
+        stack,
+        classes,
+        target,
+        boxes=boxes,
+        model=model,
+        backend=backend,
+        voxel_size_nm=voxel_size_nm,
+        labels=True,
+        workers=workers,
+        resume=(target / RUN_JSON).is_file(),
+        progress=progress,
+    )
+    return target
+
+
+def builder(run, mesher=None) -> SceneBuilder:
+    """A scene builder for a run folder (``mesher`` overrides the classes' own)."""
+    return SceneBuilder(run if isinstance(run, RunFolder) else RunFolder(run), mesher=mesher)
+
+
+def finish_scene(run: RunFolder, stack=None, voxel_size_nm=None) -> None:
+    """What follows the meshes: the stack plane for context."""
+    plane_for_run(run, stack, voxel_size_nm)
+
+
+def build(run, mesher=None, stack=None, voxel_size_nm=None, progress=None) -> SceneBuilder:
+    """Mesh a run folder into the current scene, then add the stack plane.
+
+    Returns the finished builder: ``.organelles`` and ``.notes`` (what was
+    meshed another way or skipped).
+    """
+    b = builder(run, mesher)
+    b.build(progress)
+    finish_scene(b.run, stack, voxel_size_nm)
+    return b
+
+
+def check_writable(out: str | Path, overwrite: bool) -> None:
+    """Refuse to replace an existing ``famous.blend`` unless asked to."""
+    out = Path(out)
+    if (out / export.BLEND).exists() and not overwrite:
+        raise FamousError(
+            f"already holds {export.BLEND}; it is never overwritten.",
+            out,
+            "add --overwrite, or choose another output folder.",
+        )

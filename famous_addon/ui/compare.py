@@ -1,0 +1,295 @@
+"""The panel's "Compare" section: import manual STL segmentations and score the run.
+
+Settings live in ``Scene.famous_compare``; the operators are thin wrappers
+around :mod:`famous_addon.blender.stl_import`, which calls the same bpy-free
+comparison as ``famous compare`` and ``run_famous.py --compare``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import bpy
+from bpy.props import (
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    FloatVectorProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from ..core.errors import FamousError
+from .jobs import BackgroundJob
+from .operators import _Modal, _output, _path, _redraw, _report, _report_errors
+
+COMPARE_DIR = "compare"
+
+
+class FamousCompareRow(bpy.types.PropertyGroup):
+    """One row of the comparison summary (``name`` is the class)."""
+
+    pair: StringProperty()
+    precision: FloatProperty()
+    recall: FloatProperty()
+    jaccard: FloatProperty()
+    f1: FloatProperty()
+    volume_overlap: FloatProperty()
+
+
+class FamousCompareSettings(bpy.types.PropertyGroup):
+    m1: StringProperty(
+        name="M1", subtype="DIR_PATH", description="First manual segmentation: STL folder"
+    )
+    m2: StringProperty(
+        name="M2", subtype="DIR_PATH", description="Second manual segmentation (optional)"
+    )
+    run: StringProperty(
+        name="Run",
+        subtype="DIR_PATH",
+        description="Run folder of the automatic result; empty: OUTPUT/run",
+    )
+    iou: FloatProperty(
+        name="IoU", default=0.5, min=0.01, max=1.0, description="IoU of a matched object"
+    )
+    scale: FloatProperty(
+        name="STL scale",
+        default=1.0,
+        min=0.0,
+        precision=6,
+        description="Multiplies STL coordinates (0.001 for meshes exported in nm)",
+    )
+    axes: StringProperty(
+        name="Axes", default="xyz", description="STL axis order and signs, e.g. xzy or x-yz"
+    )
+    offset: FloatVectorProperty(name="Offset (µm)", size=3, default=(0.0, 0.0, 0.0))
+    class_map: StringProperty(
+        name="Classes",
+        description="File-name patterns to classes, e.g. '*mito*=mitochondria; LE*=late_endosome'"
+        "; empty: the sub-folder name",
+    )
+    report: StringProperty(options={"SKIP_SAVE"})
+    rows: CollectionProperty(type=FamousCompareRow)
+
+    def transform(self):
+        from ..core.stl import Transform
+
+        return Transform(self.scale, self.axes, tuple(self.offset))
+
+    def mapping(self) -> dict[str, str] | None:
+        pairs = [p.split("=", 1) for p in self.class_map.split(";") if "=" in p]
+        return {k.strip(): v.strip() for k, v in pairs} or None
+
+    def manual(self) -> dict[str, str]:
+        return {n: _path(v) for n, v in (("M1", self.m1), ("M2", self.m2)) if v}
+
+
+def _run_dir(context) -> Path:
+    from ..blender.workflow import run_dir
+
+    c = context.scene.famous_compare
+    return Path(_path(c.run)) if c.run else run_dir(_output(context.scene.famous))
+
+
+def _grid(context):
+    """The stack's grid from the run folder, when there is one (for the bounds check)."""
+    from ..core.runfolder import RunFolder
+    from ..core.stl import Grid
+
+    try:
+        run = RunFolder(_run_dir(context))
+    except FamousError:  # no output folder or run yet: import without the check
+        return None
+    return Grid.from_nm(run.shape, run.voxel_size_nm)
+
+
+class FAMOUS_OT_import_segmentation(bpy.types.Operator):
+    """Import the STL folder of M1 or M2 as its own coloured collection tree"""
+
+    bl_idname = "famous.import_segmentation"
+    bl_label = "Import STL segmentation"
+    bl_options = {"REGISTER", "UNDO"}
+
+    which: EnumProperty(items=[("M1", "M1", ""), ("M2", "M2", "")], default="M1")
+
+    def execute(self, context):
+        from ..blender.stl_import import import_segmentation
+
+        c = context.scene.famous_compare
+        path = _path(c.m1 if self.which == "M1" else c.m2)
+        if not path:
+            self.report({"ERROR"}, f"no {self.which} folder is set: choose it in Compare.")
+            return {"CANCELLED"}
+        grid = _grid(context)
+        res = _report_errors(
+            self,
+            lambda: import_segmentation(
+                path, self.which, class_map=c.mapping(), transform=c.transform(), grid=grid
+            ),
+        )
+        if res is None:
+            return {"CANCELLED"}
+        for w in res.warnings:
+            self.report({"WARNING"}, w)
+        context.scene.famous.status = (
+            f"{self.which}: {res.objects} objects in {len(res.classes)} classes"
+            + (f", {len(res.warnings)} warnings" if res.warnings else "")
+        )
+        return {"FINISHED"}
+
+
+def _compare_work(context):
+    from ..blender.stl_import import compare
+
+    c = context.scene.famous_compare
+    manual = c.manual()
+    if not manual:
+        raise FamousError("no manual segmentation is set.", fix="choose an M1 folder in Compare.")
+    run = _run_dir(context)
+    out = run.parent / COMPARE_DIR
+    kwargs = dict(iou_threshold=c.iou, class_map=c.mapping(), transform=c.transform())
+
+    def work(progress):
+        return compare(run, manual, out, progress=progress, **kwargs)
+
+    return work
+
+
+def _show(settings, rows, report) -> None:
+    settings.rows.clear()
+    for r in rows:
+        item = settings.rows.add()
+        item.name, item.pair = r["class"], r["pair"]
+        for key in ("precision", "recall", "jaccard", "f1", "volume_overlap"):
+            setattr(item, key, -1.0 if math.isnan(r[key]) else r[key])
+    settings.report = str(report)
+
+
+class FAMOUS_OT_compare(_Modal, bpy.types.Operator):
+    """Score the run against M1 (and M2): writes OUTPUT/compare/report.md, tables and plots"""
+
+    bl_idname = "famous.compare"
+    bl_label = "Compare"
+
+    @classmethod
+    def poll(cls, context):
+        return not context.scene.famous.running
+
+    def execute(self, context):
+        result = _report_errors(self, lambda: _compare_work(context)(None))
+        if result is None:
+            return {"CANCELLED"}
+        _show(context.scene.famous_compare, *result)
+        context.scene.famous.status = f"report: {result[1]}"
+        return {"FINISHED"}
+
+    def invoke(self, context, event):
+        work = _report_errors(self, lambda: _compare_work(context))
+        if work is None:
+            return {"CANCELLED"}
+        context.window_manager["famous_cancel"] = False
+        self._job = BackgroundJob(work).start()
+        self._start(context, "comparison starting")
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        job, settings = self._job, context.scene.famous
+        if self._cancel_requested(context, event):
+            job.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        settings.progress, settings.status = job.fraction, job.message
+        _redraw(context)
+        if job.state == "running":
+            return {"PASS_THROUGH"}
+        if job.state == "done":
+            _show(context.scene.famous_compare, *job.result)
+            self._stop(context, f"report: {job.result[1]}")
+            return {"FINISHED"}
+        self._stop(context, f"comparison {job.state}")
+        if job.state == "failed":
+            _report(self, FamousError(job.error))
+        return {"CANCELLED"}
+
+
+def _pct(x: float) -> str:
+    return "—" if x < 0 else f"{100 * x:.1f}"
+
+
+class FAMOUS_PT_compare(bpy.types.Panel):
+    bl_label = "Compare"
+    bl_idname = "FAMOUS_PT_compare"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "FAMOUS"
+    bl_parent_id = "FAMOUS_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        from ..blender.stl_import import class_collections, layer_collection, segmentations
+
+        c = context.scene.famous_compare
+        layout = self.layout
+        col = layout.column(align=True)
+        col.prop(c, "run")
+        for which in ("M1", "M2"):
+            row = col.row(align=True)
+            row.prop(c, which.lower())
+            row.operator("famous.import_segmentation", text="", icon="IMPORT").which = which
+        col = layout.column(align=True)
+        col.prop(c, "class_map")
+        row = col.row(align=True)
+        row.prop(c, "scale")
+        row.prop(c, "axes")
+        col.prop(c, "offset")
+        layout.prop(c, "iou")
+        layout.operator("famous.compare", icon="ORIENTATION_LOCAL")
+
+        for name in segmentations():
+            box = layout.box()
+            layer = layer_collection(name)
+            if layer is not None:
+                box.prop(layer, "hide_viewport", text=name, emboss=False)
+            flow = box.grid_flow(columns=3, align=True)
+            for cls in class_collections(name):
+                sub_layer = layer_collection(name, cls)
+                if sub_layer is not None:
+                    flow.prop(sub_layer, "hide_viewport", text=cls, emboss=False)
+
+        if len(c.rows):
+            pair = None
+            box = layout.box()
+            for r in c.rows:
+                if r.pair != pair:
+                    pair = r.pair
+                    box.label(text=f"{pair} (%)")
+                    grid = box.grid_flow(columns=6, align=True)
+                    for text in ("class", "P", "R", "J", "F1", "vol"):
+                        grid.label(text=text)
+                grid.label(text=r.name)
+                for key in ("precision", "recall", "jaccard", "f1", "volume_overlap"):
+                    grid.label(text=_pct(getattr(r, key)))
+            if c.report:
+                box.label(text=f"report: {c.report}")
+
+
+CLASSES = (
+    FamousCompareRow,
+    FamousCompareSettings,
+    FAMOUS_OT_import_segmentation,
+    FAMOUS_OT_compare,
+    FAMOUS_PT_compare,
+)
+
+
+def register():
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.famous_compare = PointerProperty(type=FamousCompareSettings)
+
+
+def unregister():
+    del bpy.types.Scene.famous_compare
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

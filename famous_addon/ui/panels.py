@@ -1,0 +1,75 @@
+"""The "FAMOUS" tab of the 3D view's sidebar."""
+
+from __future__ import annotations
+
+import bpy
+
+
+class FAMOUS_PT_main(bpy.types.Panel):
+    bl_label = "FAMOUS"
+    bl_idname = "FAMOUS_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "FAMOUS"
+
+    def draw(self, context):
+        s = context.scene.famous
+        layout = self.layout
+        col = layout.column(align=True)
+        col.prop(s, "stack")
+        col.prop(s, "voxel_size")
+        col.prop(s, "classes")
+        col.prop(s, "output")
+
+        box = layout.box()
+        box.label(text="Detection", icon="VIEWZOOM")
+        box.row().prop(s, "source", expand=True)
+        if s.source == "MODEL":
+            box.prop(s, "model")
+            box.prop(s, "backend")
+        else:
+            box.prop(s, "boxes")
+        box.operator("famous.run_detection", icon="PLAY")
+
+        box = layout.box()
+        box.label(text="Meshes", icon="MESH_ICOSPHERE")
+        box.prop(s, "mesher")
+        box.operator("famous.build_meshes", icon="MOD_REMESH")
+        plane = bpy.data.objects.get("FAMOUS stack slice")
+        if plane is not None:
+            row = box.row()
+            row.prop(s, "slice", slider=True)
+            row.label(text=f"of {plane['famous_slices'] - 1}")
+
+        box = layout.box()
+        box.label(text="Quantify", icon="SPREADSHEET")
+        box.operator("famous.quantify", icon="LINENUMBERS_ON")
+        if len(s.table):
+            grid = box.grid_flow(columns=4, align=True)
+            for text in ("class", "n", "µm³", "µm²"):
+                grid.label(text=text)
+            for row in s.table:
+                grid.label(text=row.name)
+                grid.label(text=str(row.count))
+                grid.label(text=f"{row.volume_um3:.3g}")
+                grid.label(text=f"{row.area_um2:.3g}")
+
+        if s.running:
+            row = layout.row(align=True)
+            row.progress(factor=s.progress, text=s.status or "working")
+            row.operator("famous.cancel", text="", icon="CANCEL")
+        elif s.status:
+            layout.label(text=s.status)
+
+
+CLASSES = (FAMOUS_PT_main,)
+
+
+def register():
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,108 @@
+"""All add-on settings, in one PointerProperty group on the scene (``Scene.famous``)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    FloatVectorProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+
+def _slice_changed(self, context):
+    from ..blender.scene import show_slice
+    from ..core.errors import FamousError
+
+    try:
+        show_slice(self.slice)
+    except FamousError as exc:
+        # An update callback cannot report to the UI; the console shows why.
+        print(f"FAMOUS: {exc.message}")
+
+
+class FamousClassRow(bpy.types.PropertyGroup):
+    """One row of the Quantify table."""
+
+    count: IntProperty()
+    volume_um3: FloatProperty()
+    area_um2: FloatProperty()
+
+
+class FamousSettings(bpy.types.PropertyGroup):
+    stack: StringProperty(
+        name="Stack", subtype="FILE_PATH", description="Multi-page TIFF, folder of slices or MRC"
+    )
+    voxel_size: FloatVectorProperty(
+        name="Voxel size (nm)",
+        size=3,
+        min=0.0,
+        default=(0.0, 0.0, 0.0),
+        description="z, y, x in nm; all zero: take it from the stack's metadata",
+    )
+    classes: StringProperty(
+        name="Classes",
+        default="fibsem",
+        description="Class config: a .toml, an obj.names file, or the preset fibsem / yeast",
+    )
+    source: EnumProperty(
+        name="Boxes from",
+        items=[
+            ("MODEL", "Detector", "A trained detector model folder"),
+            ("BOXES", "YOLO files", "A folder of per-slice YOLO .txt box files"),
+        ],
+        default="MODEL",
+    )
+    model: StringProperty(name="Model", subtype="DIR_PATH", description="Detector model folder")
+    boxes: StringProperty(name="Boxes", subtype="DIR_PATH", description="Folder of YOLO .txt")
+    backend: EnumProperty(
+        name="Backend",
+        items=[(b, b, f"OpenCV DNN backend {b}") for b in ("auto", "cpu", "cuda", "cuda_fp16")],
+        default="auto",
+    )
+    output: StringProperty(
+        name="Output", subtype="DIR_PATH", description="Folder for the run folder and results"
+    )
+    mesher: EnumProperty(
+        name="Mesher",
+        items=[
+            ("CLASS", "Per class", "Each class's own mesher from the class config"),
+            ("HULL", "Hull", "Convex hull, remesh, shrinkwrap (the paper's method)"),
+            ("VOLUME", "Volume", "Mask voxels -> Points to Volume -> Volume to Mesh"),
+        ],
+        default="CLASS",
+    )
+    slice: IntProperty(
+        name="Slice", min=0, default=0, update=_slice_changed, description="Stack slice shown"
+    )
+    running: BoolProperty(default=False, options={"SKIP_SAVE"})
+    progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR", options={"SKIP_SAVE"})
+    status: StringProperty(options={"SKIP_SAVE"})
+    table: CollectionProperty(type=FamousClassRow)
+
+    def voxel_size_nm(self):
+        """The voxel size, or None to use the stack's metadata."""
+        return tuple(self.voxel_size) if all(v > 0 for v in self.voxel_size) else None
+
+    def mesher_override(self):
+        return None if self.mesher == "CLASS" else self.mesher.lower()
+
+
+CLASSES = (FamousClassRow, FamousSettings)
+
+
+def register():
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.famous = PointerProperty(type=FamousSettings)
+
+
+def unregister():
+    del bpy.types.Scene.famous
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,131 @@
+"""The add-on: registration, and its operators against the headless script."""
+
+import pytest
+
+from famous_addon.core.errors import Cancelled
+from famous_addon.core.runfolder import read_csv
+
+pytestmark = pytest.mark.blender
+
+
+@pytest.fixture
+def addon(blender):
+    import famous_addon
+
+    famous_addon.register()
+    yield blender
+    famous_addon.unregister()
+
+
+def test_register_and_unregister(blender):
+    import famous_addon
+
+    for _ in range(2):
+        famous_addon.register()
+        assert hasattr(blender.types.Scene, "famous")
+        assert blender.context.scene.famous.classes == "fibsem"
+        for op in ("run_detection", "build_meshes", "quantify", "cancel"):
+            assert hasattr(blender.types, f"FAMOUS_OT_{op}")
+        assert hasattr(blender.types, "FAMOUS_PT_main")
+        famous_addon.unregister()
+        assert not hasattr(blender.types.Scene, "famous")
+        assert not hasattr(blender.types, "FAMOUS_PT_main")
+
+
+def test_operators_match_the_headless_script(addon, phantom_run, headless, tmp_path):
+    phantom, _ = phantom_run
+    s = addon.context.scene.famous
+    s.stack = str(phantom / "stack.tif")
+    s.classes = str(phantom / "classes.toml")
+    s.source = "BOXES"
+    s.boxes = str(phantom / "boxes")
+    s.output = str(tmp_path / "ui")
+    assert addon.ops.famous.run_detection() == {"FINISHED"}
+    assert addon.ops.famous.build_meshes() == {"FINISHED"}
+    assert addon.ops.famous.quantify() == {"FINISHED"}
+    ui_rows = read_csv(tmp_path / "ui" / "quantification.csv")
+    assert sum(row.count for row in s.table) == len(ui_rows) > 0
+    plane = addon.data.objects["FAMOUS stack slice"]
+    s.slice = 7  # the panel's slider scrubs the plane through z
+    assert plane.location.z == pytest.approx(7 * 0.010)
+    assert plane["famous_slice"] == 7
+
+    cli_out, _, code = headless
+    assert code == 0
+    assert read_csv(cli_out / "quantification.csv") == ui_rows
+
+
+def test_operator_errors_are_reports(addon, tmp_path):
+    s = addon.context.scene.famous
+    s.output = str(tmp_path / "empty")
+    # No run folder there: a report (RuntimeError from bpy.ops), not a Python traceback.
+    with pytest.raises(RuntimeError, match="not a FAMOUS run folder"):
+        addon.ops.famous.build_meshes()
+    with pytest.raises(RuntimeError, match="no stack is set"):
+        addon.ops.famous.run_detection()
+    assert not s.running
+
+
+def test_background_job_progress_and_cancel():
+    import threading
+
+    from famous_addon.ui.jobs import BackgroundJob
+
+    gate, reached = threading.Event(), threading.Event()
+
+    def work(progress):
+        progress(0.5, "half")
+        reached.set()
+        gate.wait(10)
+        progress(0.9, "never reached after cancel")
+        return "finished"
+
+    job = BackgroundJob(work).start()
+    assert reached.wait(10)
+    job.cancel()
+    gate.set()
+    job.join(10)
+    assert job.state == "cancelled" and job.fraction == 0.5
+
+    done = BackgroundJob(lambda progress: "ok").start()
+    done.join(10)
+    assert (done.state, done.result) == ("done", "ok")
+
+
+def test_cancelled_detection_leaves_a_resumable_run(phantom_run, tmp_path):
+    from famous_addon.blender import workflow
+    from famous_addon.ui.jobs import BackgroundJob
+
+    phantom, _ = phantom_run
+    calls = []
+
+    def work(progress):
+        def stop_midway(fraction, message):
+            calls.append(fraction)
+            if fraction > 0.3:
+                raise Cancelled()
+            progress(fraction, message)
+
+        return workflow.detect(
+            phantom / "stack.tif",
+            phantom / "classes.toml",
+            tmp_path,
+            boxes=phantom / "boxes",
+            progress=stop_midway,
+        )
+
+    job = BackgroundJob(work).start()
+    job.join(60)
+    assert job.state == "cancelled"
+    finished = BackgroundJob(
+        lambda p: workflow.detect(
+            phantom / "stack.tif",
+            phantom / "classes.toml",
+            tmp_path,
+            boxes=phantom / "boxes",
+            progress=p,
+        )
+    ).start()
+    finished.join(60)
+    assert finished.state == "done", finished.error
+    assert (tmp_path / "run" / "labels.tif").is_file()
