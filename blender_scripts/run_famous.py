@@ -11,8 +11,9 @@ or with the ``bpy`` wheel::
 
 Writes ``DIR/famous.blend``, ``DIR/render.png``, ``DIR/quantification.csv``,
 ``DIR/meshes/<class>/<class>_<id>.stl`` and, unless ``--run`` is given, the
-run folder ``DIR/run``. An existing ``famous.blend`` is only replaced with
-``--overwrite``.
+run folder ``DIR/run``; with ``--compare M1 [M2]`` also the comparison
+report ``DIR/compare/report.md`` (tables and plots). An existing
+``famous.blend`` is only replaced with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="size of render.png",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing famous.blend")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="MANUAL",
+        help="manual segmentations (STL folders, label TIFFs) to compare with: M1 [M2 ...]; "
+        "writes DIR/compare/report.md",
+    )
     return p
 
 
@@ -102,6 +110,13 @@ def run(args: argparse.Namespace) -> dict:
         )
         bar(0.9, "writing meshes, table, render and .blend")
         paths = export.write_outputs(Path(args.out), tuple(args.resolution))
+        if args.compare:
+            from famous_addon.core.compare import compare_for_headless
+
+            report = compare_for_headless(
+                run_dir, args.compare, Path(args.out) / "compare", progress=sub(bar, 0.95, 1.0)
+            )
+            paths["compare"] = report["report_md"]
         bar(1.0, "done")
     finally:
         bar.close()
@@ -130,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  blend:  {paths['blend']}\n  render: {paths.get('render')}\n"
         f"  table:  {paths['csv']}\n  meshes: {paths['meshes']}"
     )
+    if "compare" in paths:
+        print(f"  comparison report: {paths['compare']}")
     return 0
 
 
