@@ -56,6 +56,10 @@ def test_volume_mesher_matches_the_labels(blender, phantom_run):
         assert o.stats.manifold and o.stats.zero_area_faces == 0
         # Organelles here are cut by the stack's top and bottom, so allow 6 %.
         assert o.stats.volume_um3 == pytest.approx(rows[o.id]["volume_um3"], rel=0.06)
+        # Every face shows the class colour (no empty material slot left in use).
+        slots = o.obj.material_slots
+        used = {p.material_index for p in o.obj.data.polygons}
+        assert {slots[i].material.name for i in used} == {f"FAMOUS {o.cls}"}
 
 
 def test_cancel_leaves_nothing_and_keeps_the_previous_result(blender, phantom_run):

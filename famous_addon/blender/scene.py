@@ -168,6 +168,9 @@ class SceneBuilder:
             if obj is None:
                 yield (i + 1) / len(rows), f"skipped {name}"
                 continue
+            # The volume mesher's geometry-nodes output carries an empty material
+            # slot that its faces use; replace it rather than adding a second slot.
+            obj.data.materials.clear()
             obj.data.materials.append(mat)
             stats = meshing.mesh_stats(obj)
             obj["id"] = int(row["id"])
