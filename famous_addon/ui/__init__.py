@@ -1,9 +1,10 @@
 """The add-on's user interface: settings, operators and the sidebar panel."""
 
-from . import compare, operators, panels, properties
+from . import compare, operators, panels, properties, quantify
 
-# compare's panel is a sub-panel of panels' main panel, so it registers after it.
-MODULES = (properties, operators, panels, compare)
+# compare's and quantify's panels are sub-panels of panels' main panel, so they
+# register after it.
+MODULES = (properties, operators, panels, compare, quantify)
 
 
 def register():
