@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing famous.blend")
     p.add_argument(
+        "--quantify",
+        action="store_true",
+        help="measure every organelle (shape, size, proximity): DIR/quantify/",
+    )
+    p.add_argument(
         "--compare",
         nargs="+",
         metavar="MANUAL",
@@ -110,6 +115,16 @@ def run(args: argparse.Namespace) -> dict:
         )
         bar(0.9, "writing meshes, table, render and .blend")
         paths = export.write_outputs(Path(args.out), tuple(args.resolution))
+        if args.quantify:
+            from famous_addon.core.quantify import quantify_run
+
+            measured = quantify_run(
+                run_dir,
+                Path(args.out) / "quantify",
+                progress=sub(bar, 0.92, 0.95),
+                mesh_areas=paths["csv"],
+            )
+            paths["quantify"] = measured.organelles_csv
         if args.compare:
             from famous_addon.core.compare import compare_for_headless
 
@@ -145,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  blend:  {paths['blend']}\n  render: {paths.get('render')}\n"
         f"  table:  {paths['csv']}\n  meshes: {paths['meshes']}"
     )
+    if "quantify" in paths:
+        print(f"  measurements: {paths['quantify']}")
     if "compare" in paths:
         print(f"  comparison report: {paths['compare']}")
     return 0

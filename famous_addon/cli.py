@@ -102,7 +102,7 @@ def cmd_run(args) -> int:
             model=args.model,
             backend=args.backend,
             voxel_size_nm=args.voxel_size,
-            labels=args.labels,
+            labels=args.labels or args.quantify,
             workers=args.workers,
             dask_scheduler=args.dask_scheduler,
             resume=args.resume,
@@ -112,6 +112,11 @@ def cmd_run(args) -> int:
     finally:
         bar.close()
     print(summary.table())
+    if args.quantify:
+        from .commands.quantify import quantify_and_print
+
+        result = quantify_and_print(summary.path)
+        print(f"measurements: {result.organelles_csv}, {result.classes_csv}")
     return 0
 
 
@@ -152,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to create")
     _voxel_size(p)
     p.add_argument("--labels", action="store_true", help="also write labels.tif")
+    p.add_argument(
+        "--quantify",
+        action="store_true",
+        help="measure every organelle at the end (implies --labels; see famous quantify)",
+    )
     p.add_argument("--workers", type=int, default=1, help="local processes for the per-slice stage")
     p.add_argument(
         "--dask-scheduler", metavar="ADDR", help="run slices on this dask.distributed scheduler"

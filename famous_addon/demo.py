@@ -7,7 +7,7 @@
    second phantom the model never saw: YOLOv4 through OpenCV DNN, extraction,
    linking, labels; scored against that phantom's truth;
 3. meshes the result in Blender (bpy), writes the .blend, the STL meshes, the
-   quantification table and a render;
+   quantification table, per-organelle measurements and plots, and a render;
 4. compares it with two "manual" segmentations, as the paper does: the
    phantom's truth as M1 and a simulated second annotator as M2 (tables,
    plots, report).
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    _step("3. Blender: meshes, .blend, render; 4. comparison with M1 (truth) and M2")
+    _step("3. Blender: meshes, measurements, .blend, render; 4. comparison with M1 and M2")
     m2 = _second_annotator(phantom, out)
     code = _headless_script().main(
         [
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "--out",
             str(out / "blender"),
             "--overwrite",
+            "--quantify",
             "--compare",
             str(phantom / "truth_stl"),
             str(m2),

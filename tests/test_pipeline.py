@@ -172,11 +172,17 @@ def test_cli_run_and_clear_errors(phantom, tmp_path, capsys):
             str(phantom / "boxes"),
             "--out",
             str(out),
-            "--labels",
+            "--quantify",
         ]
     )
     assert code == 0 and (out / "labels.tif").is_file()
     assert "mitochondria" in capsys.readouterr().out
+    measured = rf.read_csv(out / "classes.csv")
+    counts = {o["class"]: 0 for o in measured}
+    for o in rf.RunFolder(out).organelles():
+        counts[o["class"]] += 1
+    assert {m["class"]: int(m["count"]) for m in measured} == counts
+    assert "sphericity" in rf.read_csv(out / "organelles.csv")[0]
     code = main(
         [
             "run",

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 
 
-def cmd_quantify(args) -> int:
-    """Quantify a finished run folder and print the per-class table."""
+def quantify_and_print(run, out=None, tubular=None):
+    """Quantify a finished run with a progress bar and print the per-class table.
+
+    Shared by ``famous quantify`` and ``famous run --quantify``.
+    """
     from ..core.progress import TqdmProgress
-    from ..core.quantify import quantify_run
+    from ..core.quantify import TUBULAR_DEFAULT, quantify_run
 
     bar = TqdmProgress("quantify")
     try:
-        result = quantify_run(args.run, args.out, progress=bar, tubular=tuple(args.tubular))
+        result = quantify_run(run, out, progress=bar, tubular=tuple(tubular or TUBULAR_DEFAULT))
     finally:
         bar.close()
     print(f"{'class':<16} {'count':>6} {'total µm³':>11} {'median µm³':>11} {'fraction':>9}")
@@ -23,6 +26,12 @@ def cmd_quantify(args) -> int:
             f"{'-' if median is None else f'{median:.4g}':>11} "
             f"{t['volume_fraction_stack']:>9.4f}"
         )
+    return result
+
+
+def cmd_quantify(args) -> int:
+    """Quantify a finished run folder and print the per-class table."""
+    result = quantify_and_print(args.run, args.out, args.tubular)
     if args.export_labels:
         from ..core.quantify import export_labels, read_labels
         from ..core.runfolder import RunFolder
