@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from famous_addon.core.pointcloud import mask_points, outlier_masks, to_world
+from famous_addon.core.pointcloud import PointStore, clean_grouped, mask_points, to_world
 
 
 def test_outline_of_a_disk_with_outward_normals():
@@ -32,15 +32,31 @@ def test_world_coordinates_follow_the_axis_convention():
     assert w[0] == pytest.approx([10 * 0.004, 20 * 0.005, 3 * 0.04])
 
 
-def test_outliers_removed_per_class():
+def test_outliers_removed_per_class(tmp_path):
     rng = np.random.default_rng(0)
+    store = PointStore(tmp_path)
+    # Streamed as slices would come: organelles interleaved, in pieces.
     clouds = []
-    for centre in ([0, 0, 0], [5, 5, 5]):
+    for centre in ([0, 0, 0], [5, 5, 5], [9, 0, 0]):
         d = rng.normal(size=(2000, 3))
         sphere = centre + d / np.linalg.norm(d, axis=1, keepdims=True)
         clouds.append(np.vstack([sphere, np.array(centre) + [[4, 0, 0], [0, -4, 0], [0, 0, 3.5]]]))
-    keep, stats = outlier_masks(clouds, k=8, n_std=2.0)
-    for mask in keep:
-        assert not mask[-3:].any()  # the three far points go
-        assert mask[:-3].mean() > 0.97  # the surface stays
-    assert stats["removed"] >= 6
+    for piece in range(4):
+        for i, c in enumerate(clouds):
+            part = c[piece::4]
+            store.add(i, part, np.zeros_like(part))
+    offsets, records = store.group(3, chunk=1000)
+    assert list(np.diff(offsets)) == [2003, 2003, 2003]
+    for i, c in enumerate(clouds):
+        got = np.asarray(records[offsets[i] : offsets[i + 1], :3])
+        assert sorted(map(tuple, got.round(4))) == sorted(map(tuple, c.astype(np.float32).round(4)))
+    keep, stats = clean_grouped(
+        records, offsets, np.array([0, 0, 1]), k=8, n_std=2.0, scratch=tmp_path / "d.f32"
+    )
+    for i in range(3):
+        mask = keep[offsets[i] : offsets[i + 1]]
+        got = np.asarray(records[offsets[i] : offsets[i + 1], :3])
+        far = np.linalg.norm(got - got.mean(axis=0), axis=1) > 2
+        assert not mask[far].any()  # the three far points go
+        assert mask[~far].mean() > 0.97  # the surface stays
+    assert stats[0]["removed"] >= 6 and stats[1]["removed"] >= 3

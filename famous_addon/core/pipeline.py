@@ -30,7 +30,7 @@ from .classes import ClassConfig, load_classes
 from .errors import FamousError
 from .extract import SliceResult, segment_slice
 from .link import link_boxes, merge_labels, overlap_pairs
-from .pointcloud import mask_points, outlier_masks, to_world
+from .pointcloud import PointStore, clean_grouped, mask_points, to_world
 from .progress import ProgressFn, silent, sub
 from .stack import Stack, open_stack
 
@@ -173,7 +173,7 @@ def _paint(shape, result: SliceResult, det_labels: np.ndarray) -> np.ndarray:
     Larger masks are painted first so that a small organelle inside a large
     box (a vesicle on the nucleus) stays visible.
     """
-    img = np.zeros(shape, np.int64)
+    img = np.zeros(shape, np.int32)
     areas = result.areas()
     for i in np.argsort(-areas, kind="stable"):
         if det_labels[i] < 0:
@@ -333,13 +333,13 @@ def run_pipeline(
 
     # 3. point clouds, organelle table, labels
     t0 = time.perf_counter()
-    organelles, clouds = _assemble(
+    organelles, store = _assemble(
         out, stack, classes, det, det_labels, labels, settings, sub(progress, 0.8, 0.97)
     )
     timings["assemble"] = time.perf_counter() - t0
 
     progress(0.97, "writing the run folder")
-    outlier_stats = _write_outputs(out, classes, det, det_labels, organelles, clouds, settings)
+    outlier_stats = _write_outputs(out, classes, det, det_labels, organelles, store, settings)
     counts = {name: 0 for name in classes.names}
     for o in organelles:
         counts[o["class"]] += 1
@@ -421,40 +421,50 @@ def _drop_empty(det_labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
 
 
 def _assemble(out, stack, classes, det, det_labels, write_labels, settings, progress):
-    """One pass over the cached slices: organelle stats, point clouds, labels.tif."""
+    """One pass over the cached slices: organelle stats, point clouds, labels.tif.
+
+    Point clouds are streamed to disk (:class:`~.pointcloud.PointStore`), so
+    memory does not grow with the number of slices.
+    """
     n_slices, rows, cols = stack.shape
     m = int(det_labels.max()) + 1 if len(det_labels) else 0
     voxels = np.zeros(m + 1, np.int64)
-    zr = np.full((m + 1, 2), [n_slices, -1], np.int64)
-    yr = np.full((m + 1, 2), [rows, -1], np.int64)
-    xr = np.full((m + 1, 2), [cols, -1], np.int64)
-    slices_seen = [set() for _ in range(m + 1)]
-    pts = [[] for _ in range(m)]
-    nrm = [[] for _ in range(m)]
+    zr = np.full((m, 2), [n_slices, -1], np.int64)
+    yr = np.full((m, 2), [rows, -1], np.int64)
+    xr = np.full((m, 2), [cols, -1], np.int64)
+    n_sl = np.zeros(m, np.int64)
+    organelle_class = np.zeros(m, np.int64)
+    valid = det_labels >= 0
+    organelle_class[det_labels[valid]] = det["cls"][valid]
+    store = PointStore(out / rf.CACHE_DIR)
     vs = stack.voxel_size_nm
 
     def label_slices():
         for k, result, sel in _iter_slices(out, det, n_slices):
             lab = det_labels[sel]
             img = _paint((rows, cols), result, lab)
-            counts = np.bincount(img.ravel(), minlength=m + 1)
-            voxels[:] += counts
+            voxels[:] += np.bincount(img.ravel(), minlength=m + 1)
+            on_slice = set()
             for i, organelle in enumerate(lab):
-                if organelle < 0:
-                    continue
-                x0, y0, x1, y1 = result.bounds[i]
                 mask = result.mask(i)
-                if not mask.any():
+                if organelle < 0 or not mask.any():
                     continue
-                oid = organelle + 1
-                rr, cc = np.nonzero(mask)
-                zr[oid] = min(zr[oid, 0], k), max(zr[oid, 1], k)
-                yr[oid] = min(yr[oid, 0], y0 + rr.min()), max(yr[oid, 1], y0 + rr.max())
-                xr[oid] = min(xr[oid, 0], x0 + cc.min()), max(xr[oid, 1], x0 + cc.max())
-                slices_seen[oid].add(k)
+                x0, y0, _, _ = result.bounds[i]
+                rr = np.flatnonzero(mask.any(axis=1))
+                cc = np.flatnonzero(mask.any(axis=0))
+                zr[organelle] = min(zr[organelle, 0], k), max(zr[organelle, 1], k)
+                yr[organelle] = (
+                    min(yr[organelle, 0], y0 + rr[0]),
+                    max(yr[organelle, 1], y0 + rr[-1]),
+                )
+                xr[organelle] = (
+                    min(xr[organelle, 0], x0 + cc[0]),
+                    max(xr[organelle, 1], x0 + cc[-1]),
+                )
+                on_slice.add(organelle)
                 p, n = mask_points(mask, x0, y0, settings.points)
-                pts[organelle].append(to_world(p, k, vs))
-                nrm[organelle].append(np.column_stack([n, np.zeros(len(n))]).astype(np.float32))
+                store.add(organelle, to_world(p, k, vs), np.column_stack([n, np.zeros(len(n))]))
+            n_sl[list(on_slice)] += 1
             progress((k + 1) / n_slices, f"assembling slice {k + 1}/{n_slices}")
             yield img
 
@@ -465,34 +475,24 @@ def _assemble(out, stack, classes, det, det_labels, write_labels, settings, prog
             pass
 
     voxel_um3 = float(np.prod(vs)) / 1e9
-    organelles = []
-    for organelle in range(m):
-        oid = organelle + 1
-        cls = int(det["cls"][np.flatnonzero(det_labels == organelle)[0]])
-        organelles.append(
-            {
-                "id": oid,
-                "class": classes[cls].name,
-                "class_index": cls,
-                "z_min": int(zr[oid, 0]),
-                "z_max": int(zr[oid, 1]),
-                "n_slices": len(slices_seen[oid]),
-                "y_min": int(yr[oid, 0]),
-                "y_max": int(yr[oid, 1]),
-                "x_min": int(xr[oid, 0]),
-                "x_max": int(xr[oid, 1]),
-                "voxels": int(voxels[oid]),
-                "volume_um3": round(voxels[oid] * voxel_um3, 6),
-            }
-        )
-    clouds = [
-        (
-            np.concatenate(p) if p else np.zeros((0, 3), np.float32),
-            np.concatenate(n) if n else np.zeros((0, 3), np.float32),
-        )
-        for p, n in zip(pts, nrm)
+    organelles = [
+        {
+            "id": i + 1,
+            "class": classes[int(organelle_class[i])].name,
+            "class_index": int(organelle_class[i]),
+            "z_min": int(zr[i, 0]),
+            "z_max": int(zr[i, 1]),
+            "n_slices": int(n_sl[i]),
+            "y_min": int(yr[i, 0]),
+            "y_max": int(yr[i, 1]),
+            "x_min": int(xr[i, 0]),
+            "x_max": int(xr[i, 1]),
+            "voxels": int(voxels[i + 1]),
+            "volume_um3": round(voxels[i + 1] * voxel_um3, 6),
+        }
+        for i in range(m)
     ]
-    return organelles, clouds
+    return organelles, store
 
 
 def _write_labels(path: Path, slices, shape, vs, m: int) -> None:
@@ -517,32 +517,46 @@ def _write_labels(path: Path, slices, shape, vs, m: int) -> None:
         )
 
 
-def _write_outputs(out, classes, det, det_labels, organelles, clouds, settings) -> dict:
+def _select(records: np.ndarray, keep: np.ndarray, path: Path, chunk: int = 1 << 20):
+    """``records[keep]`` into a file-backed array, a chunk at a time."""
+    n_kept = int(keep.sum())
+    if n_kept == 0:
+        return np.zeros((0, records.shape[1]), np.float32)
+    kept = np.memmap(path, np.float32, "w+", shape=(n_kept, records.shape[1]))
+    pos = 0
+    for s in range(0, len(records), chunk):
+        part = records[s : s + chunk][keep[s : s + chunk]]
+        kept[pos : pos + len(part)] = part
+        pos += len(part)
+    return kept
+
+
+def _write_outputs(out, classes, det, det_labels, organelles, store, settings) -> dict:
     """Outlier removal per class, then point clouds and CSV tables."""
-    by_class: dict[int, list[int]] = {}
-    for i, o in enumerate(organelles):
-        by_class.setdefault(o["class_index"], []).append(i)
-    stats = {}
-    cleaned = list(clouds)
-    for c, members in by_class.items():
-        keep, st = outlier_masks(
-            [clouds[i][0] for i in members], settings.outlier_k, settings.outlier_std
-        )
-        stats[classes[c].name] = st
-        for i, mk in zip(members, keep):
-            cleaned[i] = (clouds[i][0][mk], clouds[i][1][mk])
-    sizes = np.array([len(p) for p, _ in cleaned], np.int64)
-    offsets = np.zeros(len(cleaned) + 1, np.int64)
-    offsets[1:] = np.cumsum(sizes)
+    organelle_class = np.array([o["class_index"] for o in organelles], np.int64)
+    offsets, records = store.group(len(organelles))
+    keep, stats = clean_grouped(
+        records,
+        offsets,
+        organelle_class,
+        settings.outlier_k,
+        settings.outlier_std,
+        scratch=out / rf.CACHE_DIR / "knn.f32",
+    )
+    sizes = np.array([keep[s:e].sum() for s, e in zip(offsets[:-1], offsets[1:])], np.int64)
+    clean_offsets = np.zeros(len(organelles) + 1, np.int64)
+    clean_offsets[1:] = np.cumsum(sizes)
+    kept = _select(records, keep, out / rf.CACHE_DIR / "points_kept.f32")
     rf.PointClouds(
         ids=np.array([o["id"] for o in organelles], np.int64),
-        classes=np.array([o["class_index"] for o in organelles], np.int64),
-        offsets=offsets,
-        points=np.concatenate([p for p, _ in cleaned]) if cleaned else np.zeros((0, 3), np.float32),
-        normals=np.concatenate([n for _, n in cleaned])
-        if cleaned
-        else np.zeros((0, 3), np.float32),
+        classes=organelle_class,
+        offsets=clean_offsets,
+        points=kept[:, :3],
+        normals=kept[:, 3:],
     ).save(out / rf.POINTCLOUDS_NPZ)
+    del kept, records
+    for name in ("points_sorted.f32", "points_kept.f32"):
+        (out / rf.CACHE_DIR / name).unlink(missing_ok=True)
     for o, n in zip(organelles, sizes):
         o["n_points"] = int(n)
     rf.write_csv(out / rf.ORGANELLES_CSV, rf.ORGANELLE_COLUMNS, organelles)
@@ -558,4 +572,4 @@ def _write_outputs(out, classes, det, det_labels, organelles, clouds, settings) 
         for i in range(len(det_labels))
     )
     rf.write_csv(out / rf.DETECTIONS_CSV, rf.DETECTION_COLUMNS, rows)
-    return stats
+    return {classes[c].name: st for c, st in stats.items()}

@@ -91,38 +91,151 @@ def mean_knn_distance(points: np.ndarray, k: int) -> np.ndarray:
     return d[:, 1:].mean(axis=1)
 
 
-def outlier_masks(
-    clouds: list[np.ndarray], k: int = 8, n_std: float = 2.0
-) -> tuple[list[np.ndarray], dict]:
-    """Statistical outlier removal for the organelles of one class.
+class PointStore:
+    """Point clouds streamed to disk slice by slice, then grouped per organelle.
 
-    For every point the mean distance to its ``k`` nearest neighbours in its
-    own organelle is computed; the class's mean and standard deviation of
-    these distances give the threshold ``mean + n_std * std`` (the paper's
-    per-class statistic). Points above it are outliers.
+    A whole-cell run holds tens of millions of outline points; keeping them in
+    memory until the last slice would make memory grow with the stack. Points
+    are appended to a flat file as slices are assembled, then sorted by
+    organelle with a chunked counting sort, and cleaned one organelle at a
+    time, so memory stays bounded by the largest organelle.
 
     Parameters
     ----------
-    clouds : list of (n_i, 3) arrays
-        The class's organelle point clouds in µm.
+    folder : Path
+        Where the temporary files go (the run's cache folder).
+    """
+
+    RECORD = 6  # x, y, z (µm), nx, ny, nz
+
+    def __init__(self, folder):
+        from pathlib import Path
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._rec_path = self.folder / "points.f32"
+        self._id_path = self.folder / "point_ids.i32"
+        self._rec = open(self._rec_path, "wb")
+        self._ids = open(self._id_path, "wb")
+        self.n = 0
+
+    def add(self, organelle: int, xyz: np.ndarray, normals: np.ndarray) -> None:
+        """Append one detection's points (organelle index 0..m-1)."""
+        rec = np.empty((len(xyz), self.RECORD), np.float32)
+        rec[:, :3] = xyz
+        rec[:, 3:] = normals
+        rec.tofile(self._rec)
+        np.full(len(xyz), organelle, np.int32).tofile(self._ids)
+        self.n += len(xyz)
+
+    def group(self, m: int, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+        """Sort the points by organelle.
+
+        Returns
+        -------
+        offsets : (m + 1,) int64
+            Points of organelle ``i`` are ``records[offsets[i]:offsets[i + 1]]``.
+        records : (n, 6) float32 memmap
+            x, y, z, nx, ny, nz, grouped by organelle (stream order within one).
+        """
+        self._rec.close()
+        self._ids.close()
+        sorted_path = self.folder / "points_sorted.f32"
+        offsets = np.zeros(m + 1, np.int64)
+        if self.n == 0:
+            return offsets, np.zeros((0, self.RECORD), np.float32)
+        ids = np.memmap(self._id_path, np.int32, "r", shape=(self.n,))
+        rec = np.memmap(self._rec_path, np.float32, "r", shape=(self.n, self.RECORD))
+        counts = np.zeros(m, np.int64)
+        for s in range(0, self.n, chunk):
+            counts += np.bincount(ids[s : s + chunk], minlength=m)
+        offsets[1:] = np.cumsum(counts)
+        out = np.memmap(sorted_path, np.float32, "w+", shape=(self.n, self.RECORD))
+        cursor = offsets[:-1].copy()
+        for s in range(0, self.n, chunk):
+            part = np.asarray(ids[s : s + chunk])
+            order = np.argsort(part, kind="stable")
+            sid = part[order]
+            rank = np.arange(len(sid)) - np.searchsorted(sid, sid, "left")
+            out[cursor[sid] + rank] = rec[s : s + chunk][order]
+            cursor += np.bincount(part, minlength=m)
+        out.flush()
+        del ids, rec
+        self._rec_path.unlink()
+        self._id_path.unlink()
+        return offsets, np.memmap(sorted_path, np.float32, "r", shape=(self.n, self.RECORD))
+
+
+def clean_grouped(
+    records: np.ndarray,
+    offsets: np.ndarray,
+    organelle_class: np.ndarray,
+    k: int = 8,
+    n_std: float = 2.0,
+    scratch=None,
+) -> tuple[np.ndarray, dict[int, dict]]:
+    """Statistical outlier removal per class ("Cleaning point cloud noise").
+
+    For every point the mean distance to its ``k`` nearest neighbours in its
+    own organelle is computed; each class's mean and standard deviation of
+    these distances give its threshold ``mean + n_std * std`` (the paper's
+    per-class statistic), and points above it are outliers. Computed one
+    organelle at a time; the distances wait in ``scratch`` (a file) between
+    the two passes, so memory does not grow with the number of points.
+
+    Parameters
+    ----------
+    records : (n, >=3) array
+        Points (x, y, z in µm first), grouped by organelle.
+    offsets : (m + 1,) int array
+        Organelle ``i`` owns ``records[offsets[i]:offsets[i + 1]]``.
+    organelle_class : (m,) int array
+        Class index of each organelle.
     k : int
         Neighbours per point.
     n_std : float
         Threshold in standard deviations above the class mean.
+    scratch : Path, optional
+        File for the distances (in memory when omitted).
 
     Returns
     -------
-    keep : list of bool arrays
-        Per organelle, True for points to keep.
+    keep : (n,) bool array
+        True for points to keep.
     stats : dict
-        ``mean_um``, ``std_um``, ``threshold_um``, ``removed``.
+        Per class index: ``mean_um``, ``std_um``, ``threshold_um``, ``removed``.
     """
-    dists = [mean_knn_distance(c, k) for c in clouds]
-    flat = np.concatenate(dists) if dists else np.zeros(0)
-    if flat.size == 0:
-        return [np.ones(0, bool) for _ in clouds], {"removed": 0}
-    mean, std = float(flat.mean()), float(flat.std())
-    thr = mean + n_std * std
-    keep = [d <= thr for d in dists]
-    removed = int(sum((~m).sum() for m in keep))
-    return keep, {"mean_um": mean, "std_um": std, "threshold_um": thr, "removed": removed}
+    n = len(records)
+    if scratch is None or n == 0:
+        dist = np.zeros(n, np.float32)
+    else:
+        dist = np.memmap(scratch, np.float32, "w+", shape=(n,))
+    sums: dict[int, list[float]] = {}
+    for i in range(len(offsets) - 1):
+        s, e = offsets[i], offsets[i + 1]
+        d = mean_knn_distance(np.asarray(records[s:e, :3], np.float64), k)
+        dist[s:e] = d
+        acc = sums.setdefault(int(organelle_class[i]), [0.0, 0.0, 0])
+        acc[0] += float(d.sum())
+        acc[1] += float((d**2).sum())
+        acc[2] += len(d)
+    stats = {}
+    for c, (s1, s2, cnt) in sums.items():
+        mean = s1 / max(cnt, 1)
+        std = float(np.sqrt(max(s2 / max(cnt, 1) - mean * mean, 0.0)))
+        stats[c] = {"mean_um": mean, "std_um": std, "threshold_um": mean + n_std * std}
+        stats[c]["removed"] = 0
+    keep = np.ones(n, bool)
+    for i in range(len(offsets) - 1):
+        s, e = offsets[i], offsets[i + 1]
+        st = stats.get(int(organelle_class[i]))
+        if st is None:
+            continue
+        keep[s:e] = dist[s:e] <= st["threshold_um"]
+        st["removed"] += int(e - s - keep[s:e].sum())
+    del dist
+    if scratch is not None and n:
+        from pathlib import Path
+
+        Path(scratch).unlink(missing_ok=True)
+    return keep, stats
