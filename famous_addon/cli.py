@@ -106,12 +106,15 @@ def cmd_run(args) -> int:
             workers=args.workers,
             dask_scheduler=args.dask_scheduler,
             resume=args.resume,
+            annotations=args.annotations,
             settings=settings,
             progress=bar,
         )
     finally:
         bar.close()
     print(summary.table())
+    for name, report in (summary.calibration or {}).items():
+        print(f"calibration: {name}: {report['choice']} (score {report['score']:.3f})")
     if args.quantify:
         from .commands.quantify import quantify_and_print
 
@@ -167,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dask-scheduler", metavar="ADDR", help="run slices on this dask.distributed scheduler"
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--annotations",
+        metavar="DIR",
+        help="YOLO_mark folder of boxed slices: choose each class's extraction recipe on them",
+    )
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "cuda_fp16"])
     p.add_argument("--layers-to-scan", type=int, default=50, help="Algorithm 4 look-back (slices)")
     p.add_argument("--tolerance", type=float, default=0.2, help="Algorithm 4 centre tolerance")

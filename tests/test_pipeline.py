@@ -199,6 +199,26 @@ def test_cli_run_and_clear_errors(phantom, tmp_path, capsys):
     assert "missing.tif: not found" in capsys.readouterr().err
 
 
+def test_calibration_on_annotated_slices_is_reported(phantom, tmp_path):
+    run = tmp_path / "run"
+    summary = _run(phantom, run, annotations=phantom / "annotations")
+    info = json.loads((run / "run.json").read_text())
+    assert set(info["calibration"]) == {
+        "early_endosome",
+        "late_endosome",
+        "mitochondria",
+        "lysosome",
+        "nucleus",
+    }
+    for name, report in info["calibration"].items():
+        assert report["choice"] and 0 <= report["score"] <= 1
+        # The recipe used is the calibrated one.
+        used = next(c for c in info["classes"]["class"] if c["name"] == name)
+        assert used["extract"]["method"] == report["recipe"]["method"]
+    assert summary.calibration == info["calibration"]
+    assert info["calibration"]["lysosome"]["recipe"]["method"] == "ellipse"
+
+
 def test_cli_info_and_phantom(tmp_path, capsys):
     assert main(["phantom", str(tmp_path / "p"), "--shape", "16", "192", "192", "--seed", "2"]) == 0
     assert (tmp_path / "p" / "stack.tif").is_file()

@@ -32,7 +32,7 @@ from .errors import FamousError
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("fibsem", "yeast")
 
-EXTRACT_METHODS = ("otsu", "ellipse")
+EXTRACT_METHODS = ("otsu", "ellipse", "paper", "refined")
 POLARITIES = ("light", "dark")
 MESHERS = ("hull", "volume")
 MESH_SHAPES = ("uniform", "project")
@@ -66,6 +66,15 @@ class ExtractRecipe:
     dilate_nm: float = 30.0
     iterations: int = 1
     fill_holes: bool = True
+    # Used by the "refined" method only (see famous_addon.core.extract.refined_recipe).
+    smooth_nm: float = 6.0
+    threshold_offset: float = 0.5
+    open_nm: float = 24.0
+    context_fraction: float = 0.5
+    edge_level: float = 0.5
+    separate_core: float = 0.0
+    adaptive: bool = True
+    membrane_nm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,16 @@ def parse_config(data: dict, source: str | Path = "") -> ClassConfig:
         extract = _build_dataclass(ExtractRecipe, dict(entry.get("extract", {})), where, path)
         _choice(extract.method, EXTRACT_METHODS, where, "extract.method", path)
         _choice(extract.polarity, POLARITIES, where, "extract.polarity", path)
-        for key in ("blur_nm", "erode_nm", "dilate_nm"):
+        for key in (
+            "blur_nm",
+            "erode_nm",
+            "dilate_nm",
+            "smooth_nm",
+            "open_nm",
+            "context_fraction",
+            "separate_core",
+            "membrane_nm",
+        ):
             if getattr(extract, key) < 0:
                 raise FamousError(f"{where}: {key} must not be negative.", path)
         mesh = _build_dataclass(MeshRecipe, dict(entry.get("mesh", {})), where, path)
@@ -243,7 +261,8 @@ def from_names(
         if known is not None:
             specs.append(replace(known, name=name))
             continue
-        recipe = ExtractRecipe()
+        # "refined" beat the paper's recipe on real SBEM and on the phantom (issue 6).
+        recipe = ExtractRecipe(method="refined")
         if polarity_hints and name in polarity_hints:
             recipe = replace(recipe, polarity=polarity_hints[name])
             notes.append(f"{name}: polarity {recipe.polarity} estimated from the annotated boxes")

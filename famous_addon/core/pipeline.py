@@ -58,6 +58,7 @@ class RunSummary:
     n_detections: int
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    calibration: dict | None = None
 
     def table(self) -> str:
         """A short per-class summary for the terminal."""
@@ -235,6 +236,7 @@ def run_pipeline(
     workers: int = 1,
     dask_scheduler: str | None = None,
     resume: bool = False,
+    annotations: str | Path | None = None,
     settings: RunSettings | None = None,
     progress: ProgressFn | None = None,
 ) -> RunSummary:
@@ -262,6 +264,10 @@ def run_pipeline(
         Address of a running ``dask.distributed`` scheduler for the per-slice stage.
     resume : bool
         Continue a run in ``out`` that was interrupted (cached slices are reused).
+    annotations : path, optional
+        A YOLO_mark folder of annotated slices (boxes only): each class's
+        extraction recipe is then chosen on them (:mod:`.calibrate`) and the
+        choice reported in run.json.
     settings : RunSettings, optional
         Linking and point-cloud options.
     progress : callable, optional
@@ -283,6 +289,16 @@ def run_pipeline(
     if not isinstance(classes, ClassConfig):
         classes = load_classes(classes)
     source = make_box_source(stack, classes, boxes, model, backend)
+    pixel_nm = float(np.sqrt(vs[1] * vs[2]))
+    calibration = None
+    if annotations is not None:
+        from .annotations import read_yolo_mark
+        from .calibrate import calibrate
+
+        images, marked = read_yolo_mark(annotations, len(classes), load_images=True)
+        classes, calibration = calibrate(
+            images, marked, classes, pixel_nm, progress=sub(progress, 0, 0.05)
+        )
     fingerprint = _fingerprint(stack, classes, source)
     _prepare_out(out, resume, fingerprint)
     if stack.dtype != np.uint8 and stack.window is None:
@@ -297,6 +313,7 @@ def run_pipeline(
         "boxes": fingerprint["boxes"],
         "settings": asdict(settings),
         "labels": labels,
+        "calibration": calibration,
         "timings_s": {},
     }
     rf.write_json(out / rf.RUN_JSON, info)
@@ -306,9 +323,16 @@ def run_pipeline(
     t0 = time.perf_counter()
     n_slices = stack.shape[0]
     todo = [k for k in range(n_slices) if not _cache_path(out, k).is_file()]
-    pixel_nm = float(np.sqrt(vs[1] * vs[2]))
     _run_slices(
-        stack, source, classes, pixel_nm, todo, out, workers, dask_scheduler, sub(progress, 0, 0.7)
+        stack,
+        source,
+        classes,
+        pixel_nm,
+        todo,
+        out,
+        workers,
+        dask_scheduler,
+        sub(progress, 0.05, 0.7),
     )
     timings["slices"] = time.perf_counter() - t0
     timings["slices_computed"] = len(todo)
@@ -354,7 +378,7 @@ def run_pipeline(
     )
     rf.write_json(out / rf.RUN_JSON, info)
     progress(1.0, "done")
-    return RunSummary(out, counts, int(len(det_labels)), seconds, info["timings_s"])
+    return RunSummary(out, counts, int(len(det_labels)), seconds, info["timings_s"], calibration)
 
 
 def _gather_detections(out: Path, n_slices: int) -> dict:
