@@ -29,7 +29,7 @@ from famous_addon.blender import meshing
 from famous_addon.blender.scene import LabelVoxels
 from famous_addon.core.errors import FamousError
 from famous_addon.core.pipeline import run_pipeline
-from famous_addon.core.pointcloud import outlier_masks
+from famous_addon.core.pointcloud import clean_grouped
 from famous_addon.core.runfolder import RunFolder, read_csv
 from famous_addon.core.synthetic import write_phantom
 
@@ -47,7 +47,7 @@ def ellipsoid_speed(repeats: int) -> None:
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(2000, 3))
     pts = pts / np.linalg.norm(pts, axis=1, keepdims=True) * radii
-    pts = pts[outlier_masks([pts])[0][0]]
+    pts = pts[clean_grouped(pts, np.array([0, len(pts)]), np.zeros(1, int))[0]]
     step = 0.01
     grid = np.indices((2 * 50 + 1, 2 * 70 + 1, 2 * 100 + 1)).reshape(3, -1).T
     inside = ((((grid - [50, 70, 100]) * step) / radii[::-1]) ** 2).sum(axis=1) <= 1

@@ -5,7 +5,7 @@ import pytest
 from blender_fixtures import ellipsoid_surface, ellipsoid_voxels
 
 from famous_addon.core.errors import FamousError
-from famous_addon.core.pointcloud import outlier_masks
+from famous_addon.core.pointcloud import clean_grouped
 
 pytestmark = pytest.mark.blender
 
@@ -21,7 +21,7 @@ def noisy_ellipsoid(seed=0, n=2000):
     far = rng.normal(size=(6, 3))
     far = far / np.linalg.norm(far, axis=1, keepdims=True) * 2.5 + CENTRE
     cloud = np.vstack([points, far])
-    keep = outlier_masks([cloud])[0][0]
+    keep = clean_grouped(cloud, np.array([0, len(cloud)]), np.zeros(1, int))[0]
     assert not keep[-6:].any(), "the core's outlier removal should catch the far points"
     return cloud[keep]
 
