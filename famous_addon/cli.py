@@ -45,16 +45,16 @@ def cmd_info(args) -> int:
         print("voxel size:  unknown: give it with --voxel-size Z Y X (nm)")
     for note in stack.notes:
         print(f"note:        {note}")
-    # Run-time estimate from per-slice reading + extraction throughput measured on
-    # 2 cores (benchmarks/pipeline.py): about 40 ms per megapixel and slice, plus
-    # the detector's forward passes (~60 ms per 608x608 tile on 2 cores).
+    # Estimates from benchmarks/pipeline.py (2 cores, 300 x 2048 x 2048 phantom with its
+    # truth boxes: ~1.2 s per 4.2-megapixel slice for all stages, peak memory 166 MB)
+    # plus the detector's forward passes (~60 ms per 608 x 608 tile on 2 cores).
     mpx = y * x / 1e6
     tiles = max(1, round(y / 512)) * max(1, round(x / 512))
-    seconds = z * (0.04 * mpx + 0.06 * tiles)
+    boxes_s = z * 0.3 * mpx
     print(
-        f"estimate:    ~{seconds / 60:.1f} min on 2 cores with the detector "
-        f"(~{z * 0.04 * mpx / 60:.1f} min with --boxes); "
-        f"memory ~{max(200, 30 * mpx * 8 + 200):.0f} MB (one slice at a time)"
+        f"estimate:    ~{(boxes_s + z * 0.06 * tiles) / 60:.1f} min on 2 cores with the detector "
+        f"(~{boxes_s / 60:.1f} min with --boxes); memory ~{100 + 16 * mpx:.0f} MB "
+        "(one slice at a time)"
     )
     return 0
 
