@@ -91,6 +91,7 @@ def cmd_run(args) -> int:
         tolerance=args.tolerance,
         min_tolerance_px=args.min_tolerance_px,
         merge_bridges=not args.no_merge,
+        min_slices=args.min_slices,
     )
     bar = TqdmProgress("famous run")
     try:
@@ -185,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower bound of the centre tolerance in pixels (0: the paper's rule)",
     )
     p.add_argument("--no-merge", action="store_true", help="do not join bridged organelles")
+    p.add_argument(
+        "--min-slices",
+        type=int,
+        default=3,
+        help="drop organelles seen on fewer slices (detector flashes; 1 keeps all)",
+    )
     p.set_defaults(func=cmd_run)
 
     for name in COMMAND_MODULES:

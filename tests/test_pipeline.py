@@ -142,6 +142,33 @@ def test_workers_and_dask_equal_one_process(phantom, tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "dask" / "labels.tif"), reference)
 
 
+def test_organelles_on_too_few_slices_are_dropped(phantom, tmp_path):
+    boxes = tmp_path / "boxes"
+    boxes.mkdir()
+    for f in (phantom / "boxes").glob("*.txt"):
+        (boxes / f.name).write_text(f.read_text())
+    # A detector flash: a mitochondrion-sized box on two slices only, in empty cytoplasm.
+    flash = "2 0.06 0.94 0.04 0.04\n"
+    for k in (20, 21):
+        path = boxes / f"slice_{k:05d}.txt"
+        path.write_text(path.read_text() + flash)
+    kw = {"labels": True}
+    run_pipeline(phantom / "stack.tif", phantom / "classes.toml", tmp_path / "a", boxes=boxes, **kw)
+    run_pipeline(
+        phantom / "stack.tif",
+        phantom / "classes.toml",
+        tmp_path / "b",
+        boxes=boxes,
+        settings=RunSettings(min_slices=1),
+        **kw,
+    )
+    kept = rf.RunFolder(tmp_path / "a").organelles()
+    every = rf.RunFolder(tmp_path / "b").organelles()
+    assert len(every) == len(kept) + 1
+    assert min(o["n_slices"] for o in kept) >= 3
+    assert sorted(o["n_slices"] for o in every)[0] == 2
+
+
 def test_bad_inputs_fail_before_work(phantom, tmp_path):
     boxes = tmp_path / "boxes"
     boxes.mkdir()

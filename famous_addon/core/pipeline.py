@@ -44,6 +44,7 @@ class RunSettings:
     min_tolerance_px: float = 2.5
     merge_bridges: bool = True
     merge_min_overlap: float = 0.5
+    min_slices: int = 3
     points: str = "outline"
     outlier_k: int = 8
     outlier_std: float = 2.0
@@ -352,7 +353,7 @@ def run_pipeline(
     det_labels = labels0
     if settings.merge_bridges and len(labels0):
         det_labels = _merge_bridges(out, stack, det, labels0, settings, sub(progress, 0.72, 0.8))
-    det_labels = _drop_empty(det_labels, det["area"])
+    det_labels = _drop_small(det_labels, det, settings.min_slices)
     timings["linking"] = time.perf_counter() - t0
 
     # 3. point clouds, organelle table, labels
@@ -434,12 +435,19 @@ def _merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
     return merge_labels(labels0, pairs)
 
 
-def _drop_empty(det_labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """Remove organelles whose masks are all empty; renumber the rest 0..m-1."""
+def _drop_small(det_labels: np.ndarray, det: dict, min_slices: int) -> np.ndarray:
+    """Remove organelles with empty masks or on fewer than ``min_slices`` slices.
+
+    A detector's false positives are mostly flashes on one or two slices,
+    while an organelle spans many; renumbers the rest 0..m-1.
+    """
     if not len(det_labels):
         return det_labels
-    total = np.bincount(det_labels, weights=areas)
-    keep = total > 0
+    total = np.bincount(det_labels, weights=det["area"])
+    has_mask = det["area"] > 0
+    pairs = np.unique(np.column_stack([det_labels[has_mask], det["slice"][has_mask]]), axis=0)
+    n_slices = np.bincount(pairs[:, 0], minlength=len(total))
+    keep = (total > 0) & (n_slices >= min_slices)
     new = np.cumsum(keep) - 1
     return np.where(keep[det_labels], new[det_labels], -1)
 
