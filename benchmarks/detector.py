@@ -1,0 +1,162 @@
+"""Detector benchmark: DNN forward per tile, per-slice overhead, training time, demo accuracy.
+
+Prints three tables:
+
+1. ms per tile of the OpenCV DNN forward at 416 and 608 input, one tile per
+   forward against several;
+2. the time to detect one 2048 x 2048 slice (tiling, decoding, merging,
+   suppression) as a ratio to the sum of its DNN forwards in the same run
+   (goal <= 1.25x);
+3. the demo model's training time (from its report) and its accuracy on an
+   unseen phantom (another seed than the one it was trained on): mAP@0.5,
+   per-class precision/recall, and recall for edge-touching, small and other
+   boxes (goal: mAP and every recall >= 0.90).
+
+Usage::
+
+    python benchmarks/detector.py [--model assets/demo_model] [--seed 2] [--slices 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from famous_addon.core.classes import from_names
+from famous_addon.core.detect import evaluate, load_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def forward_table(model: Path, repeats: int) -> None:
+    print("\nDNN forward (OpenCV", cv2.__version__, f"{cv2.getNumThreads()} threads)")
+    print(f"{'input':>6} {'tiles/forward':>14} {'ms/tile':>8}")
+    rng = np.random.default_rng(0)
+    for size in (416, 608):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("model.weights", "obj.names"):
+                shutil.copy(model / name, Path(tmp) / name)
+            cfg = (model / "model.cfg").read_text()
+            cfg = cfg.replace("width=416", f"width={size}").replace("height=416", f"height={size}")
+            (Path(tmp) / "model.cfg").write_text(cfg)
+            det = load_detector(tmp, backend="cpu")
+            tiles = rng.integers(0, 255, (8, size, size), dtype=np.uint8)
+            det.forward(tiles[:1])
+            for n in (1, 4, 8):
+                t = time.perf_counter()
+                for _ in range(repeats):
+                    det.forward(tiles[:n])
+                ms = (time.perf_counter() - t) / repeats / n * 1000
+                print(f"{size:>6} {n:>14} {ms:>8.1f}")
+
+
+def slice_overhead(model: Path, repeats: int) -> None:
+    from famous_addon.core.synthetic import Phantom
+
+    det = load_detector(model, backend="cpu")
+    image, _ = Phantom((3, 2048, 2048), seed=5, voxel_size_nm=(10, 10, 10)).render_slice(1)
+    spent, tiles_seen = [], []
+    forward = det.forward
+
+    def timed(tiles):
+        t = time.perf_counter()
+        out = forward(tiles)
+        spent.append(time.perf_counter() - t)
+        tiles_seen.append(len(tiles))
+        return out
+
+    det.forward = timed
+    det.detect(image)
+    totals, fwd = [], []
+    for _ in range(repeats):
+        spent.clear()
+        tiles_seen.clear()
+        t = time.perf_counter()
+        boxes = det.detect(image)
+        totals.append(time.perf_counter() - t)
+        fwd.append(sum(spent))
+    total, f = np.median(totals), np.median(fwd)
+    print("\nOne 2048 x 2048 slice (demo model, batch", det.settings.batch, "tiles/forward)")
+    print(
+        f"{'tiles':>6} {'forwards':>9} {'forward s':>10} {'detect s':>9} {'ratio':>6} {'boxes':>6}"
+    )
+    print(
+        f"{sum(tiles_seen):>6} {len(spent):>9} {f:>10.2f} {total:>9.2f} {total / f:>6.2f} "
+        f"{len(boxes):>6}"
+    )
+    print(f"(tile overlap {det.settings.tile_overlap} px; tiles include the whole-slice pass)")
+
+
+def demo_accuracy(model: Path, seed: int, n_slices: int, step: int) -> None:
+    from famous_addon.core.synthetic import Phantom
+
+    report = json.loads((model / "report.json").read_text())
+    cfg = report["config"]
+    print("\nDemo model training:", f"{report['train_seconds'] / 60:.1f} min,", report["command"])
+    print(
+        f"  {cfg['epochs']} epochs x {cfg['steps_per_epoch']} steps x {cfg['batch']} crops of "
+        f"{cfg['train_size']} px, width {cfg['width']}, device {cfg.get('device', 'cpu')}, "
+        f"{report['threads']} torch thread(s), {report['n_images']} annotated slices"
+    )
+    names = (model / "obj.names").read_text().split()
+    det = load_detector(model, from_names(names), "cpu")
+    ph = Phantom((n_slices, 512, 512), seed=seed, voxel_size_nm=(10, 10, 10))
+    preds, truths, shapes = [], [], []
+    low = [0.01] * len(names)
+    chosen = det.settings.score_thresholds
+    low_preds = []
+    for k in range(0, n_slices, step):
+        image, labels = ph.render_slice(k)
+        truths.append(ph.boxes(k, labels))
+        shapes.append(image.shape)
+        preds.append(det(k, image))
+        det.settings.score_thresholds = low
+        low_preds.append(det(k, image))
+        det.settings.score_thresholds = chosen
+    at_thr = evaluate(preds, truths, shapes, names)
+    ap = evaluate(low_preds, truths, shapes, names)
+    print(f"\nUnseen phantom seed {seed}, {len(truths)} slices of 512 x 512 (every {step}th)")
+    print(f"mAP@0.5 {ap['mAP50']:.3f}")
+    print(
+        f"{'class':<16} {'AP50':>6} {'prec':>6} {'recall':>6} {'truth':>6} {'edge':>6} {'small':>6}"
+    )
+    for name in names:
+        c, a = at_thr["per_class"][name], ap["per_class"][name]
+        print(
+            f"{name:<16} {a['AP50']:>6.3f} {c['precision']:>6.3f} {c['recall']:>6.3f} "
+            f"{c['n_truth']:>6} {c['recall_edge']:>6.3f} {c['recall_small']:>6.3f}"
+        )
+    cases = at_thr["recall_by_case"]
+    print(
+        "recall by case: "
+        + ", ".join(f"{k} {v['recall']:.3f} (n={v['n']})" for k, v in cases.items())
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "assets" / "demo_model")
+    parser.add_argument("--seed", type=int, default=2, help="phantom seed for the accuracy table")
+    parser.add_argument("--slices", type=int, default=200, help="phantom depth")
+    parser.add_argument("--step", type=int, default=4, help="evaluate every STEP-th slice")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    forward_table(args.model, args.repeats)
+    slice_overhead(args.model, max(1, args.repeats // 2))
+    if not args.skip_accuracy:
+        demo_accuracy(args.model, args.seed, args.slices, args.step)
+
+
+if __name__ == "__main__":
+    main()

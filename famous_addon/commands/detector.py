@@ -1,0 +1,215 @@
+"""Detector subcommands: ``annotate-pick``, ``boxes-from-labels`` and ``train``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def cmd_annotate_pick(args) -> int:
+    """Export evenly spread slices as 8-bit PNGs for YOLO_mark, with ``obj.names``."""
+    from ..core.annotations import spread_indices, write_yolo_mark
+    from ..core.classes import load_classes
+    from ..core.progress import TqdmProgress
+    from ..core.stack import open_stack
+
+    stack = open_stack(args.stack)
+    classes = load_classes(args.classes)
+    picks = spread_indices(len(stack), args.fraction, minimum=args.min_slices)
+    bar = TqdmProgress("annotate-pick")
+    try:
+        written = write_yolo_mark(
+            args.out,
+            (stack.read(k) for k in picks),
+            [f"slice_{k:05d}" for k in picks],
+            classes.names,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    print(f"wrote {len(written)} slices ({', '.join(str(k) for k in picks)}) to {args.out}")
+    print(f"classes in obj.names: {', '.join(classes.names)}")
+    print(
+        "box them with YOLO_mark, then: famous train",
+        args.out,
+        "--classes",
+        args.classes,
+        "--out MODEL",
+    )
+    return 0
+
+
+def cmd_boxes_from_labels(args) -> int:
+    """Turn a label volume into YOLO boxes (and, with --stack, PNGs) for chosen slices."""
+    import numpy as np
+
+    from ..core.annotations import (
+        boxes_from_label_slice,
+        parse_slice_list,
+        spread_indices,
+        write_yolo_mark,
+    )
+    from ..core.boxes import write_yolo_txt
+    from ..core.classes import load_classes
+    from ..core.errors import FamousError
+    from ..core.stack import open_stack
+
+    labels = open_stack(args.labels)
+    classes = load_classes(args.classes)
+    if args.slices:
+        picks = parse_slice_list(args.slices, len(labels))
+    else:
+        picks = spread_indices(len(labels), args.fraction)
+    if args.label_classes:
+        from ..core.runfolder import read_csv
+
+        class_of = {}
+        for row in read_csv(args.label_classes):
+            if "id" not in row or "class" not in row:
+                raise FamousError(
+                    "needs the columns id and class.",
+                    args.label_classes,
+                    "e.g. the phantom's truth.csv.",
+                )
+            class_of[int(row["id"])] = classes.index(row["class"])
+    else:
+        class_of = classes.index(args.cls) if args.cls else 0
+    image_stack = open_stack(args.stack) if args.stack else None
+    if image_stack is not None and image_stack.shape != labels.shape:
+        raise FamousError(
+            f"has shape {image_stack.shape}, the labels {labels.shape}.",
+            args.stack,
+            "give the image stack the labels were drawn on.",
+        )
+    boxes = [boxes_from_label_slice(labels.read_raw(k), class_of, args.min_pixels) for k in picks]
+    stems = [f"slice_{k:05d}" for k in picks]
+    if image_stack is not None:
+        write_yolo_mark(args.out, [image_stack.read(k) for k in picks], stems, classes.names, boxes)
+    else:
+        from pathlib import Path
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for stem, b in zip(stems, boxes):
+            write_yolo_txt(out / f"{stem}.txt", b, labels.shape[1:])
+    n = sum(len(b) for b in boxes)
+    counts = np.bincount([b.cls for bs in boxes for b in bs], minlength=len(classes))
+    print(f"wrote {n} boxes on {len(picks)} slices to {args.out}")
+    for name, c in zip(classes.names, counts):
+        print(f"  {name:<16} {c}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train a YOLOv4-tiny detector on a YOLO_mark folder and write a model folder."""
+    from ..core.classes import load_classes
+    from ..core.progress import TqdmProgress
+    from ..core.train import TrainConfig, train_model
+
+    classes = load_classes(args.classes, annotations=args.annotations)
+    config = TrainConfig(
+        heads=args.heads,
+        input_size=args.input_size,
+        train_size=args.train_size,
+        batch=args.batch,
+        steps_per_epoch=args.steps_per_epoch,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        workers=args.workers,
+        lr=args.lr,
+        init=args.init or "",
+    )
+    bar = TqdmProgress("train")
+    command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        report = train_model(
+            args.annotations,
+            classes,
+            args.out,
+            epochs=args.epochs,
+            width=args.width,
+            progress=bar,
+            config=config,
+            command=command,
+            resume=not args.restart,
+        )
+    finally:
+        bar.close()
+    m = report["metrics"]
+    print(f"trained in {report['train_seconds'] / 60:.1f} min; evaluated on {m['evaluated_on']}")
+    print(f"mAP@0.5 {m['mAP50']:.3f}")
+    print(f"{'class':<16} {'AP50':>6} {'prec':>6} {'recall':>6} {'thresh':>6}")
+    for name, c in m["per_class"].items():
+        print(
+            f"{name:<16} {c['AP50']:>6.3f} {c['precision']:>6.3f} {c['recall']:>6.3f} "
+            f"{report['thresholds'][name]:>6.3f}"
+        )
+    cases = ", ".join(f"{k} {v['recall']:.3f} (n={v['n']})" for k, v in m["recall_by_case"].items())
+    print(f"recall by case: {cases}")
+    print(f"model written to {args.out}")
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``annotate-pick``, ``boxes-from-labels`` and ``train``."""
+    p = subparsers.add_parser(
+        "annotate-pick",
+        help="export evenly spread slices (~1%%) as PNGs for boxing in YOLO_mark",
+    )
+    p.add_argument("stack", help="multi-page TIFF, folder of slices, or MRC")
+    p.add_argument("--fraction", type=float, default=0.01, help="share of slices (default 0.01)")
+    p.add_argument("--min-slices", type=int, default=2, help="at least this many slices")
+    p.add_argument("--out", required=True, help="folder to write (must not hold these slices)")
+    p.add_argument(
+        "--classes",
+        default="fibsem",
+        help="class TOML, obj.names, or fibsem/yeast (default fibsem)",
+    )
+    p.set_defaults(func=cmd_annotate_pick)
+
+    p = subparsers.add_parser(
+        "boxes-from-labels",
+        help="YOLO boxes from an existing label volume, for chosen slices",
+        description="Each 4-connected piece of one label on a slice becomes a box; a binary "
+        "mask works too. Class: --class for all, or --label-classes CSV (id,class).",
+    )
+    p.add_argument("labels", help="label volume (TIFF/folder/MRC; 0 = background)")
+    p.add_argument("--slices", help="0-based slices: 10,50,90 or 5-9 or 0:200:20")
+    p.add_argument("--fraction", type=float, default=0.01, help="spread slices, when no --slices")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--stack", help="the image stack, to write the slice PNGs beside the boxes")
+    p.add_argument("--classes", default="fibsem", help="class TOML, obj.names, or fibsem/yeast")
+    p.add_argument("--class", dest="cls", help="class name of every label (default: the first)")
+    p.add_argument("--label-classes", help="CSV with columns id,class (e.g. a phantom's truth.csv)")
+    p.add_argument("--min-pixels", type=int, default=4, help="drop smaller pieces (default 4)")
+    p.set_defaults(func=cmd_boxes_from_labels)
+
+    p = subparsers.add_parser(
+        "train",
+        help="train a YOLOv4-tiny detector on YOLO_mark boxes (needs the train extra)",
+        description="Writes MODEL_DIR with model.cfg, model.weights, obj.names, classes.toml, "
+        "thresholds.json and report.json; `famous run --model MODEL_DIR` needs nothing else. "
+        "An interrupted training resumes from MODEL_DIR/checkpoint.pt.",
+    )
+    p.add_argument("annotations", help="YOLO_mark folder (images + .txt boxes)")
+    p.add_argument("--classes", required=True, help="class TOML, obj.names, or fibsem/yeast")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument(
+        "--width", choices=["tiny", "slim"], default="slim", help="slim: 1/4 the compute"
+    )
+    p.add_argument("--heads", type=int, choices=[2, 3], default=2, help="3 adds a stride-8 head")
+    p.add_argument("--input-size", type=int, default=416, help="network input (tile) size")
+    p.add_argument("--train-size", type=int, default=256, help="training crop size")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps-per-epoch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--init", metavar="MODEL_DIR", help="fine-tune this model (keeps its cfg)")
+    p.add_argument("--device", default="cpu", help="torch device for training: cpu, cuda, cuda:1")
+    p.add_argument("--workers", type=int, default=2, help="threads preparing batches")
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out")
+    p.set_defaults(func=cmd_train)

@@ -1,0 +1,298 @@
+"""Annotations in the YOLO_mark layout: the boxes a user draws to train the detector.
+
+A folder holds one image per annotated slice and a text file of the same name
+with one box a line, ``class cx cy w h`` normalised by the image size::
+
+    DIR/slice_00120.png   DIR/slice_00120.txt   ...
+    DIR/obj.names         class names, one a line (class id = line number - 1)
+    DIR/train.txt         the image names, one a line, as darknet and YOLO_mark list them
+
+YOLO_mark writes a ``.txt`` (possibly empty) for every image the user opened,
+so an image without one is reported as not annotated and left out, and an
+empty ``.txt`` means "annotated, nothing there".
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .boxes import Box, parse_yolo_lines, write_yolo_txt
+from .errors import FamousError
+from .progress import ProgressFn, silent
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+NAMES_FILE = "obj.names"
+LIST_FILE = "train.txt"
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    """An annotation image as 2-D uint8 (RGB taken to grey)."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise FamousError("cannot be read as an image.", path, "re-export it as PNG.")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+    if img.dtype != np.uint8:
+        raise FamousError(
+            f"is {img.dtype}, but annotation images must be 8-bit.",
+            path,
+            "export the slices with `famous annotate-pick`, which writes 8-bit PNGs.",
+        )
+    return img
+
+
+def _image_shape(path: Path) -> tuple[int, int]:
+    return _read_gray(path).shape
+
+
+def find_annotated(folder: str | Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """Images with a ``.txt``, images without one, and ``.txt`` files without an image.
+
+    Looks in ``folder`` and, when it holds no images, in ``folder/img`` (the
+    YOLO_mark default). Files are in natural order.
+    """
+    from natsort import natsorted
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FamousError("annotation folder not found.", folder, "give a YOLO_mark folder.")
+    where = folder
+    images = [p for p in where.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images and (folder / "img").is_dir():
+        where = folder / "img"
+        images = [p for p in where.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    images = natsorted(images, key=lambda p: p.name)
+    with_txt = [p for p in images if p.with_suffix(".txt").is_file()]
+    without = [p for p in images if not p.with_suffix(".txt").is_file()]
+    stems = {p.stem for p in images}
+    skip = {Path(NAMES_FILE).stem, Path(LIST_FILE).stem}
+    orphans = [
+        p for p in natsorted(where.glob("*.txt")) if p.stem not in stems and p.stem not in skip
+    ]
+    return with_txt, without, orphans
+
+
+def read_names_file(folder: str | Path) -> list[str] | None:
+    """Class names from ``obj.names`` in ``folder`` or its parent (YOLO_mark's ``data/``)."""
+    folder = Path(folder)
+    for cand in (folder / NAMES_FILE, folder.parent / NAMES_FILE):
+        if cand.is_file():
+            names = [ln.strip() for ln in cand.read_text().splitlines() if ln.strip()]
+            if not names:
+                raise FamousError("has no class names.", cand, "write one class name per line.")
+            return names
+    return None
+
+
+def read_yolo_mark(
+    folder: str | Path, n_classes: int | None = None, load_images: bool = False
+) -> tuple[list, list[list[Box]]]:
+    """Read a YOLO_mark annotation folder.
+
+    Parameters
+    ----------
+    folder : str or Path
+    n_classes : int, optional
+        Class count to check ids against; defaults to the length of the
+        folder's ``obj.names`` (when present).
+    load_images : bool
+        Return the images as 2-D uint8 arrays instead of their paths.
+
+    Returns
+    -------
+    images : list of ndarray or Path
+    boxes_per_image : list of list of Box
+        Boxes in image pixels.
+
+    Raises
+    ------
+    FamousError
+        No annotated image, a bad line (file and line named), a class id out
+        of range, ``obj.names`` disagreeing with ``n_classes``, an unreadable
+        or non-8-bit image, or a ``.txt`` that belongs to no image.
+    """
+    folder = Path(folder)
+    with_txt, without, orphans = find_annotated(folder)
+    names = read_names_file(folder)
+    if names is not None and n_classes is not None and len(names) != n_classes:
+        raise FamousError(
+            f"obj.names lists {len(names)} classes but the class config has {n_classes}.",
+            folder,
+            "annotate with the same classes as the class config, in the same order.",
+        )
+    if n_classes is None and names is not None:
+        n_classes = len(names)
+    if orphans:
+        raise FamousError(
+            f"{len(orphans)} box file(s) have no image, e.g. {orphans[0].name}.",
+            folder,
+            "keep each .txt beside the image of the same name.",
+        )
+    if not with_txt:
+        raise FamousError(
+            "holds no annotated image (an image plus a .txt of the same name).",
+            folder,
+            "box the slices in YOLO_mark, or make boxes with `famous boxes-from-labels`.",
+        )
+    if without:
+        warnings.warn(
+            f"{folder}: {len(without)} image(s) have no .txt and are left out as not annotated "
+            f"({', '.join(p.name for p in without[:5])}{', ...' if len(without) > 5 else ''}).",
+            stacklevel=2,
+        )
+    images, boxes = [], []
+    for path in with_txt:
+        img = _read_gray(path)
+        txt = path.with_suffix(".txt")
+        boxes.append(parse_yolo_lines(txt.read_text(), img.shape, n_classes, txt))
+        images.append(img if load_images else path)
+    return images, boxes
+
+
+def write_yolo_mark(
+    folder: str | Path,
+    images: list[np.ndarray],
+    stems: list[str],
+    names: list[str],
+    boxes: list[list[Box]] | None = None,
+    progress: ProgressFn | None = None,
+) -> list[Path]:
+    """Write images (and boxes) in the YOLO_mark layout, with ``obj.names`` and ``train.txt``.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Created if missing; existing files of the same names are an error,
+        so a user's boxes are never overwritten.
+    images : iterable of 2-D uint8 arrays
+        One per stem (a generator works, so slices are read one at a time).
+    stems : list of str
+        File names without suffix, e.g. ``slice_00120``.
+    names : list of str
+        Class names for ``obj.names``.
+    boxes : list of list of Box, optional
+        Boxes per image; without them only the images are written, ready for
+        YOLO_mark.
+    progress : callable, optional
+
+    Returns
+    -------
+    list of Path
+        The image files written.
+    """
+    from .runfolder import atomic_path, atomic_write_bytes
+
+    progress = progress or silent
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clash = [s for s in stems if (folder / f"{s}.png").exists() or (folder / f"{s}.txt").exists()]
+    if clash:
+        raise FamousError(
+            f"already holds {clash[0]}.png/.txt ({len(clash)} clashing file(s)).",
+            folder,
+            "choose a new --out folder; FAMOUS never overwrites annotations.",
+        )
+    written = []
+    for k, (img, stem) in enumerate(zip(images, stems)):
+        img = np.asarray(img)
+        if img.ndim != 2 or img.dtype != np.uint8:
+            raise FamousError(f"image {stem} is not 2-D uint8 ({img.dtype}, {img.shape}).")
+        path = folder / f"{stem}.png"
+        with atomic_path(path) as tmp:
+            if not cv2.imwrite(str(tmp), img):
+                raise FamousError("could not be written.", path, "check the disk and permissions.")
+        if boxes is not None:
+            write_yolo_txt(folder / f"{stem}.txt", boxes[k], img.shape)
+        written.append(path)
+        progress((k + 1) / len(stems), f"wrote {path.name}")
+    atomic_write_bytes(folder / NAMES_FILE, "".join(n + "\n" for n in names).encode())
+    listed = [p.name for p in find_annotated(folder)[0] + find_annotated(folder)[1]]
+    atomic_write_bytes(folder / LIST_FILE, "".join(n + "\n" for n in listed).encode())
+    return written
+
+
+def spread_indices(n_slices: int, fraction: float, minimum: int = 1) -> list[int]:
+    """Evenly spread slice indices covering ``fraction`` of a stack (at least ``minimum``).
+
+    The first and last slices are avoided, since slices are spread over the
+    centres of equal parts of the stack.
+    """
+    if not 0 < fraction <= 1:
+        raise FamousError(f"fraction {fraction} is not in (0, 1].", fix="e.g. 0.01 for 1%.")
+    n = min(n_slices, max(minimum, round(n_slices * fraction)))
+    return sorted({int((i + 0.5) * n_slices / n) for i in range(n)})
+
+
+def parse_slice_list(text: str, n_slices: int) -> list[int]:
+    """Slice indices from ``"3,10,20"``, ranges ``"5-9"`` and steps ``"0:200:20"`` (0-based)."""
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                bits = [int(b) if b else None for b in part.split(":")]
+                out.update(range(n_slices)[slice(*bits)])
+            elif re.fullmatch(r"\d+-\d+", part):
+                a, b = (int(v) for v in part.split("-"))
+                out.update(range(a, b + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise FamousError(
+                f"slice list item {part!r} is not an index, a-b range or start:stop:step.",
+                fix="e.g. --slices 10,50,90 or --slices 0:200:20.",
+            ) from None
+    bad = [k for k in out if not 0 <= k < n_slices]
+    if bad:
+        raise FamousError(
+            f"slice {min(bad)} is outside the stack (0..{n_slices - 1}).",
+            fix="slice indices are 0-based.",
+        )
+    if not out:
+        raise FamousError("no slices chosen.", fix="e.g. --slices 10,50,90.")
+    return sorted(out)
+
+
+def boxes_from_label_slice(
+    labels: np.ndarray, class_of: dict[int, int] | int, min_pixels: int = 4
+) -> list[Box]:
+    """Boxes around each connected piece of each label on one slice.
+
+    Parameters
+    ----------
+    labels : 2-D int array
+        Instance ids (0 = background); a binary mask works too (each
+        connected piece is one object).
+    class_of : dict or int
+        Class index per label id, or one class for all.
+    min_pixels : int
+        Pieces smaller than this are dropped (label noise).
+    """
+    from scipy import ndimage
+    from skimage.measure import label as cc_label
+
+    labels = np.asarray(labels)
+    # pieces: 4-connected runs of one label value, so touching organelles stay apart
+    pieces = cc_label(labels, background=0, connectivity=1)
+    sizes = np.bincount(pieces.ravel())
+    out = []
+    for k, sl in enumerate(ndimage.find_objects(pieces), 1):
+        if sl is None or sizes[k] < min_pixels:
+            continue
+        lab = int(labels[sl][pieces[sl] == k][0])
+        if isinstance(class_of, dict):
+            if lab not in class_of:
+                continue
+            cls = class_of[lab]
+        else:
+            cls = int(class_of)
+        y, x = sl
+        out.append(Box(cls, x.start, y.start, x.stop - x.start, y.stop - y.start))
+    return out

@@ -1,0 +1,256 @@
+"""Trainer: Darknet export parity with OpenCV, crop geometry, anchors, a short CPU training."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from famous_addon.core.annotations import write_yolo_mark  # noqa: E402
+from famous_addon.core.boxes import Box  # noqa: E402
+from famous_addon.core.classes import from_names  # noqa: E402
+from famous_addon.core.detect import check_model, load_detector, yolo_tiny_cfg  # noqa: E402
+from famous_addon.core.errors import Cancelled  # noqa: E402
+from famous_addon.core.train import (  # noqa: E402
+    AugmentConfig,
+    CropSampler,
+    DarknetTorch,
+    TrainConfig,
+    decode_head,
+    kmeans_anchors,
+    train_model,
+    yolo_loss,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: small convolutions gain nothing from more, and CI cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+ANCHORS = [
+    (6, 6),
+    (10, 14),
+    (16, 12),
+    (23, 27),
+    (37, 58),
+    (81, 82),
+    (90, 120),
+    (135, 169),
+    (344, 319),
+]
+
+
+def _random_net(heads: int, size: int = 96, n_classes: int = 3) -> DarknetTorch:
+    torch.manual_seed(0)
+    net = DarknetTorch(yolo_tiny_cfg(n_classes, ANCHORS[: 3 * heads], "slim", 1, size, heads))
+    with torch.no_grad():
+        for block in net.convs():
+            if len(block) > 1 and isinstance(block[1], torch.nn.BatchNorm2d):
+                bn = block[1]
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_(0, 0.2)
+                bn.running_mean.normal_(0, 0.2)
+                bn.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("heads", [2, 3])
+def test_opencv_parity(tmp_path, heads):
+    net = _random_net(heads)
+    (tmp_path / "model.cfg").write_text(net.cfg_text)
+    net.save_weights(tmp_path / "model.weights")
+    check_model(tmp_path / "model.cfg", tmp_path / "model.weights")
+    tiles = np.random.default_rng(1).integers(0, 256, (2, 96, 96), dtype=np.uint8)
+    x = torch.from_numpy(tiles.astype(np.float32)[:, None] / 255)
+    with torch.no_grad():
+        raws = net(x)
+    det = load_detector(tmp_path, backend="cpu")
+    det._load()
+    # raw outputs of the convolutions that feed each [yolo] layer
+    det._net.setInput(x.numpy())
+    names = [f"conv_{y['layer'] - 1}" for y in net.info.yolo_layers]
+    for raw, cv_raw in zip(raws, det._net.forward(names)):
+        assert np.abs(raw.numpy() - cv_raw).max() <= 1e-3
+    # decoded rows through the detector's own path (OpenCV orders rows by y, x, anchor)
+    rows = det.forward(tiles)
+    ours = []
+    for raw, head in zip(raws, net.heads):
+        d = decode_head(raw, head, 3, (96, 96)).numpy().transpose(0, 2, 3, 1, 4)
+        d = d.reshape(2, -1, d.shape[-1])
+        obj = 1 / (1 + np.exp(-d[..., 4]))
+        cls = obj[..., None] / (1 + np.exp(-d[..., 5:]))
+        ours.append(np.concatenate([d[..., :4] / 96, obj[..., None], cls], -1))
+    ours = np.concatenate(ours, 1)
+    assert rows.shape == ours.shape
+    assert np.abs(rows[..., :5] - ours[..., :5]).max() <= 1e-3
+    kept = rows[..., 5:] > 0  # OpenCV zeroes class scores under the cfg's thresh (0.001 here)
+    assert np.abs(rows[..., 5:] - np.where(kept, ours[..., 5:], 0)).max() <= 1e-3
+    assert (ours[..., 5:][~kept] < 0.0011).all()
+
+
+def test_weights_round_trip(tmp_path):
+    net = _random_net(2)
+    net.save_weights(tmp_path / "w.weights")
+    other = DarknetTorch(net.cfg_text)
+    other.load_weights(tmp_path / "w.weights")
+    for (k, a), b in zip(net.layers.state_dict().items(), other.layers.state_dict().values()):
+        if "num_batches" not in k:
+            assert torch.equal(a, b), k
+
+
+def test_crops_keep_cut_objects_with_clipped_boxes():
+    img = np.full((200, 300), 150, np.uint8)
+    img[50:90, 100:220] = 20
+    still = AugmentConfig(
+        scale=(0.8, 1.25), contrast=(1, 1), brightness=0, gamma=(1, 1), noise=0, blur_p=0
+    )
+    sampler = CropSampler([img], [np.array([[1, 100, 50, 220, 90]], float)], 96, still)
+    rng = np.random.default_rng(0)
+    cut = 0
+    for _ in range(60):
+        x, b = sampler.sample(rng)
+        ys, xs = np.nonzero(x < 0.4)
+        if len(b) == 0:
+            assert len(xs) < 3 * 96  # nothing (or only a sliver under min_box_px) in view
+            continue
+        assert len(b) == 1 and b[0, 0] == 1
+        cx, cy, w, h = b[0, 1:]
+        got = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        want = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        np.testing.assert_allclose(got, want, atol=2.0)
+        cut += min(got) <= 0.5 or max(got) >= 95.5
+    assert cut >= 5  # objects cut by the crop border were kept
+
+
+def test_kmeans_anchors_find_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.array([[10, 12], [30, 25], [80, 60]], float)
+    wh = np.concatenate([c * rng.uniform(0.9, 1.1, (40, 2)) for c in centres])
+    anchors = np.array(kmeans_anchors(wh, 3))
+    np.testing.assert_allclose(anchors, centres, rtol=0.12)
+    assert len(kmeans_anchors(np.array([[20.0, 20.0]]), 6)) == 6
+
+
+def _toy(rng, size=128, n=5):
+    """Dark ellipses (class 0) and light discs (class 1) on noise."""
+    img = np.clip(rng.normal(140, 10, (size, size)), 0, 255).astype(np.uint8)
+    boxes = []
+    for _ in range(n):
+        c = int(rng.integers(2))
+        cx, cy = rng.uniform(0, size, 2)
+        a, b = (rng.uniform(8, 16), rng.uniform(5, 10)) if c == 0 else (rng.uniform(5, 8),) * 2
+        cv2.ellipse(img, (int(cx), int(cy)), (int(a), int(b)), 0, 0, 360, 40 if c == 0 else 230, -1)
+        x0, y0 = max(0.0, cx - a), max(0.0, cy - b)
+        x1, y1 = min(size, cx + a + 1), min(size, cy + b + 1)
+        if x1 - x0 > 3 and y1 - y0 > 3:
+            boxes.append(Box(c, x0, y0, x1 - x0, y1 - y0))
+    return img, boxes
+
+
+def test_a_few_steps_lower_the_loss_and_export_loads(tmp_path):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images, boxes = zip(*[_toy(rng) for _ in range(3)])
+    sampler = CropSampler(
+        list(images),
+        [np.array([(b.cls, b.x, b.y, b.x + b.w, b.y + b.h) for b in bs]) for bs in boxes],
+        96,
+    )
+    wh = np.array([(b.w, b.h) for bs in boxes for b in bs])
+    net = DarknetTorch(yolo_tiny_cfg(2, kmeans_anchors(wh, 6), "slim", 1, 96))
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    batch = sampler.batch(4, (0, 0))
+    losses = []
+    for _ in range(30):  # one fixed batch: the loss must fall
+        loss, _ = yolo_loss(net, net(batch[0]), batch[1], (96, 96))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    net.eval()
+    (tmp_path / "model.cfg").write_text(net.cfg_text)
+    net.save_weights(tmp_path / "model.weights")
+    det = load_detector(tmp_path, backend="cpu")
+    assert np.isfinite(det.forward(np.zeros((1, 96, 96), np.uint8))).all()
+
+
+def test_train_model_writes_a_model_folder_and_resumes(tmp_path):
+    rng = np.random.default_rng(1)
+    images, boxes = zip(*[_toy(rng) for _ in range(4)])
+    write_yolo_mark(
+        tmp_path / "ann", list(images), [f"s_{i}" for i in range(4)], ["dark", "light"], list(boxes)
+    )
+    classes = from_names(["dark", "light"])
+    config = TrainConfig(
+        steps_per_epoch=2, batch=2, train_size=64, input_size=96, workers=1, threads=1
+    )
+
+    def stop_in_epoch_2(fraction, message):
+        if message.startswith("epoch 2/"):
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        train_model(
+            tmp_path / "ann", classes, tmp_path / "m", 3, "slim", stop_in_epoch_2, config=config
+        )
+    assert (tmp_path / "m" / "checkpoint.pt").is_file()
+    report = train_model(
+        tmp_path / "ann", classes, tmp_path / "m", 3, "slim", config=config, command="test"
+    )
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3]
+    assert not (tmp_path / "m" / "checkpoint.pt").exists()
+    assert len(report["val_images"]) == 1 and report["command"] == "test"
+    for name in (
+        "model.cfg",
+        "model.weights",
+        "obj.names",
+        "classes.toml",
+        "thresholds.json",
+        "report.json",
+    ):
+        assert (tmp_path / "m" / name).is_file()
+    thresholds = json.loads((tmp_path / "m" / "thresholds.json").read_text())["score_thresholds"]
+    assert set(thresholds) == {"dark", "light"}
+    det = load_detector(tmp_path / "m", classes, "cpu")
+    assert isinstance(det(0, images[0]), list)
+    assert set(report["metrics"]["per_class"]) == {"dark", "light"}
+    # fine-tuning keeps the model's cfg (anchors, width) and starts from its weights
+    tuned = TrainConfig(**{**config.__dict__, "init": str(tmp_path / "m")})
+    train_model(tmp_path / "ann", classes, tmp_path / "m2", 1, "slim", config=tuned)
+    assert (tmp_path / "m2" / "model.cfg").read_text() == (tmp_path / "m" / "model.cfg").read_text()
+
+
+def test_train_command_line(tmp_path, capsys):
+    import argparse
+
+    from famous_addon.commands.detector import add_parsers
+
+    rng = np.random.default_rng(2)
+    images, boxes = zip(*[_toy(rng) for _ in range(3)])
+    write_yolo_mark(
+        tmp_path / "ann", list(images), [f"s_{i}" for i in range(3)], ["dark", "light"], list(boxes)
+    )
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "train", str(tmp_path / "ann"), "--classes", str(tmp_path / "ann" / "obj.names"),
+            "--out", str(tmp_path / "m"), "--epochs", "1", "--steps-per-epoch", "1", "--batch", "2",
+            "--train-size", "64", "--input-size", "96", "--threads", "1", "--workers", "1",
+        ]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "mAP@0.5" in out and "recall by case" in out
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["command"].startswith("famous ") and report["config"]["batch"] == 2
