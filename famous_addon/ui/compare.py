@@ -21,8 +21,7 @@ from bpy.props import (
 )
 
 from ..core.errors import FamousError
-from .jobs import BackgroundJob
-from .operators import _Modal, _output, _path, _redraw, _report, _report_errors
+from .operators import _Background, _output, _path, _report_errors
 
 COMPARE_DIR = "compare"
 
@@ -166,51 +165,21 @@ def _show(settings, rows, report) -> None:
     settings.report = str(report)
 
 
-class FAMOUS_OT_compare(_Modal, bpy.types.Operator):
+class FAMOUS_OT_compare(_Background, bpy.types.Operator):
     """Score the run against M1 (and M2): writes OUTPUT/compare/report.md, tables and plots"""
 
     bl_idname = "famous.compare"
     bl_label = "Compare"
 
-    @classmethod
-    def poll(cls, context):
-        return not context.scene.famous.running
+    _starting = "comparison starting"
+    _noun = "comparison"
 
-    def execute(self, context):
-        result = _report_errors(self, lambda: _compare_work(context)(None))
-        if result is None:
-            return {"CANCELLED"}
+    def _work(self, context):
+        return _compare_work(context)
+
+    def _done(self, context, result):
         _show(context.scene.famous_compare, *result)
-        context.scene.famous.status = f"report: {result[1]}"
-        return {"FINISHED"}
-
-    def invoke(self, context, event):
-        work = _report_errors(self, lambda: _compare_work(context))
-        if work is None:
-            return {"CANCELLED"}
-        context.window_manager["famous_cancel"] = False
-        self._job = BackgroundJob(work).start()
-        self._start(context, "comparison starting")
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        job, settings = self._job, context.scene.famous
-        if self._cancel_requested(context, event):
-            job.cancel()
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        settings.progress, settings.status = job.fraction, job.message
-        _redraw(context)
-        if job.state == "running":
-            return {"PASS_THROUGH"}
-        if job.state == "done":
-            _show(context.scene.famous_compare, *job.result)
-            self._stop(context, f"report: {job.result[1]}")
-            return {"FINISHED"}
-        self._stop(context, f"comparison {job.state}")
-        if job.state == "failed":
-            _report(self, FamousError(job.error))
-        return {"CANCELLED"}
+        return f"report: {result[1]}"
 
 
 def _pct(x: float) -> str:

@@ -112,31 +112,36 @@ class _Modal:
         return event.type == "ESC" or context.window_manager.get("famous_cancel", False)
 
 
-class FAMOUS_OT_run_detection(_Modal, bpy.types.Operator):
-    """Find and link the organelles of the stack (writes OUTPUT/run)"""
+class _Background(_Modal):
+    """An operator whose work runs in a thread (``invoke``) or to the end (``execute``).
 
-    bl_idname = "famous.run_detection"
-    bl_label = "Run detection"
+    Subclasses give ``_work(context)``, which checks the settings and returns
+    ``work(progress)``, and ``_done(context, result)``, which shows the result
+    and returns the status line.
+    """
+
+    _starting = "starting"
+    _noun = "work"
+    _cancel_hint = ""
 
     @classmethod
     def poll(cls, context):
         return not context.scene.famous.running
 
     def execute(self, context):
-        settings = context.scene.famous
-        done = _report_errors(self, lambda: _detect_work(settings)(None))
-        if done is None:
+        result = _report_errors(self, lambda: self._work(context)(None))
+        if result is None:
             return {"CANCELLED"}
-        settings.status = f"run folder: {done}"
+        context.scene.famous.status = self._done(context, result)
         return {"FINISHED"}
 
     def invoke(self, context, event):
-        work = _report_errors(self, lambda: _detect_work(context.scene.famous))
+        work = _report_errors(self, lambda: self._work(context))
         if work is None:
             return {"CANCELLED"}
         context.window_manager["famous_cancel"] = False
         self._job = BackgroundJob(work).start()
-        self._start(context, "detection starting")
+        self._start(context, self._starting)
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
@@ -150,15 +155,31 @@ class FAMOUS_OT_run_detection(_Modal, bpy.types.Operator):
         if job.state == "running":
             return {"PASS_THROUGH"}
         if job.state == "done":
-            self._stop(context, f"run folder: {job.result}")
+            self._stop(context, self._done(context, job.result))
             return {"FINISHED"}
         if job.state == "cancelled":
-            self._stop(context, "detection cancelled; Run detection again resumes it")
-            self.report({"WARNING"}, "detection cancelled")
+            self._stop(context, f"{self._noun} cancelled{self._cancel_hint}")
+            self.report({"WARNING"}, f"{self._noun} cancelled")
         else:
-            self._stop(context, "detection failed")
+            self._stop(context, f"{self._noun} failed")
             self.report({"ERROR"}, job.error)
         return {"CANCELLED"}
+
+
+class FAMOUS_OT_run_detection(_Background, bpy.types.Operator):
+    """Find and link the organelles of the stack (writes OUTPUT/run)"""
+
+    bl_idname = "famous.run_detection"
+    bl_label = "Run detection"
+    _starting = "detection starting"
+    _noun = "detection"
+    _cancel_hint = "; Run detection again resumes it"
+
+    def _work(self, context):
+        return _detect_work(context.scene.famous)
+
+    def _done(self, context, result):
+        return f"run folder: {result}"
 
 
 def _builder(settings):

@@ -22,9 +22,7 @@ from bpy.props import (
     PointerProperty,
 )
 
-from ..core.errors import FamousError
-from .jobs import BackgroundJob
-from .operators import _Modal, _output, _redraw, _report, _report_errors
+from .operators import _Background, _output, _report_errors
 
 # Blender needs the items of a dynamic enum kept alive by Python.
 _ENUM_CACHE: dict[str, list] = {}
@@ -123,49 +121,20 @@ def _show(context, result) -> str:
     return f"{stored} objects measured; table: {result.organelles_csv}"
 
 
-class FAMOUS_OT_measure(_Modal, bpy.types.Operator):
+class FAMOUS_OT_measure(_Background, bpy.types.Operator):
     """Shape, size and proximity of every organelle of OUTPUT/run (needs its labels.tif)"""
 
     bl_idname = "famous.measure"
     bl_label = "Measure organelles"
 
-    @classmethod
-    def poll(cls, context):
-        return not context.scene.famous.running
+    _starting = "measuring"
+    _noun = "measuring"
 
-    def execute(self, context):
-        result = _report_errors(self, lambda: _measure_work(context)(None))
-        if result is None:
-            return {"CANCELLED"}
-        context.scene.famous.status = _show(context, result)
-        return {"FINISHED"}
+    def _work(self, context):
+        return _measure_work(context)
 
-    def invoke(self, context, event):
-        work = _report_errors(self, lambda: _measure_work(context))
-        if work is None:
-            return {"CANCELLED"}
-        context.window_manager["famous_cancel"] = False
-        self._job = BackgroundJob(work).start()
-        self._start(context, "measuring")
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        job, settings = self._job, context.scene.famous
-        if self._cancel_requested(context, event):
-            job.cancel()
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        settings.progress, settings.status = job.fraction, job.message
-        _redraw(context)
-        if job.state == "running":
-            return {"PASS_THROUGH"}
-        if job.state == "done":
-            self._stop(context, _show(context, job.result))
-            return {"FINISHED"}
-        self._stop(context, f"measuring {job.state}")
-        if job.state == "failed":
-            _report(self, FamousError(job.error))
-        return {"CANCELLED"}
+    def _done(self, context, result):
+        return _show(context, result)
 
 
 class FAMOUS_OT_colour_by(bpy.types.Operator):
