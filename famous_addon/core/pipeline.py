@@ -353,7 +353,7 @@ def run_pipeline(
     det_labels = labels0
     if settings.merge_bridges and len(labels0):
         det_labels = _merge_bridges(out, stack, det, labels0, settings, sub(progress, 0.72, 0.8))
-    det_labels = _drop_small(det_labels, det, settings.min_slices)
+    det_labels = _drop_small(det_labels, det, settings.min_slices, n_slices)
     timings["linking"] = time.perf_counter() - t0
 
     # 3. point clouds, organelle table, labels
@@ -435,19 +435,24 @@ def _merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
     return merge_labels(labels0, pairs)
 
 
-def _drop_small(det_labels: np.ndarray, det: dict, min_slices: int) -> np.ndarray:
+def _drop_small(det_labels: np.ndarray, det: dict, min_slices: int, n_slices: int) -> np.ndarray:
     """Remove organelles with empty masks or on fewer than ``min_slices`` slices.
 
     A detector's false positives are mostly flashes on one or two slices,
-    while an organelle spans many; renumbers the rest 0..m-1.
+    while an organelle spans many. Organelles on the first or last slice are
+    kept: the stack cuts them, so a short extent is expected there. Renumbers
+    the rest 0..m-1.
     """
     if not len(det_labels):
         return det_labels
     total = np.bincount(det_labels, weights=det["area"])
     has_mask = det["area"] > 0
-    pairs = np.unique(np.column_stack([det_labels[has_mask], det["slice"][has_mask]]), axis=0)
-    n_slices = np.bincount(pairs[:, 0], minlength=len(total))
-    keep = (total > 0) & (n_slices >= min_slices)
+    lab, sl = det_labels[has_mask], det["slice"][has_mask]
+    pairs = np.unique(np.column_stack([lab, sl]), axis=0)
+    spans = np.bincount(pairs[:, 0], minlength=len(total))
+    at_edge = np.zeros(len(total), bool)
+    at_edge[lab[(sl == 0) | (sl == n_slices - 1)]] = True
+    keep = (total > 0) & ((spans >= min_slices) | at_edge)
     new = np.cumsum(keep) - 1
     return np.where(keep[det_labels], new[det_labels], -1)
 
