@@ -204,8 +204,3 @@ def boxes_to_array(boxes: list[Box]) -> np.ndarray:
     if not boxes:
         return np.zeros((0, 6), np.float64)
     return np.array([(b.cls, b.x, b.y, b.w, b.h, b.score) for b in boxes], np.float64)
-
-
-def array_to_boxes(arr: np.ndarray) -> list[Box]:
-    """Inverse of :func:`boxes_to_array`."""
-    return [Box(int(r[0]), *map(float, r[1:6])) for r in np.asarray(arr).reshape(-1, 6)]
