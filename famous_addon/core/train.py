@@ -68,6 +68,17 @@ def require_torch():
 # ------------------------------------------------------------------ network
 
 
+def _darknet_order(block) -> list:
+    """A conv block's tensors in the order Darknet stores them in ``.weights``:
+    batch-norm beta (or the conv bias), then BN scale, running mean and
+    variance, then the kernel."""
+    conv = block[0]
+    if len(block) > 1 and block[1].__class__.__name__ == "BatchNorm2d":
+        bn = block[1]
+        return [bn.bias, bn.weight, bn.running_mean, bn.running_var, conv.weight]
+    return [conv.bias, conv.weight]
+
+
 class DarknetTorch:
     """A Darknet cfg as PyTorch layers (convolutional, route, shortcut, maxpool, upsample, yolo).
 
@@ -193,13 +204,7 @@ class DarknetTorch:
 
         chunks = [np.array([0, 2, 5], "<i4").tobytes(), np.array([seen], "<i8").tobytes()]
         for block in self.convs():
-            conv = block[0]
-            if len(block) > 1 and block[1].__class__.__name__ == "BatchNorm2d":
-                bn = block[1]
-                parts = [bn.bias, bn.weight, bn.running_mean, bn.running_var, conv.weight]
-            else:
-                parts = [conv.bias, conv.weight]
-            for t in parts:
+            for t in _darknet_order(block):
                 chunks.append(t.detach().cpu().numpy().astype("<f4").ravel().tobytes())
         atomic_write_bytes(Path(path), b"".join(chunks))
 
@@ -217,13 +222,7 @@ class DarknetTorch:
         pos = 0
         with torch.no_grad():
             for block in self.convs():
-                conv = block[0]
-                if len(block) > 1 and block[1].__class__.__name__ == "BatchNorm2d":
-                    bn = block[1]
-                    parts = [bn.bias, bn.weight, bn.running_mean, bn.running_var, conv.weight]
-                else:
-                    parts = [conv.bias, conv.weight]
-                for t in parts:
+                for t in _darknet_order(block):
                     n = t.numel()
                     t.copy_(torch.from_numpy(data[pos : pos + n].copy()).view_as(t))
                     pos += n

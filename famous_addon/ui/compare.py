@@ -252,13 +252,14 @@ CLASSES = (
 )
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
 def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.famous_compare = PointerProperty(type=FamousCompareSettings)
 
 
 def unregister():
     del bpy.types.Scene.famous_compare
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

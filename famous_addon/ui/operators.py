@@ -306,11 +306,4 @@ class FAMOUS_OT_cancel(bpy.types.Operator):
 CLASSES = (FAMOUS_OT_run_detection, FAMOUS_OT_build_meshes, FAMOUS_OT_quantify, FAMOUS_OT_cancel)
 
 
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

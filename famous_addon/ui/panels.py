@@ -65,11 +65,4 @@ class FAMOUS_PT_main(bpy.types.Panel):
 CLASSES = (FAMOUS_PT_main,)
 
 
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

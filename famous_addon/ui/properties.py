@@ -96,13 +96,14 @@ class FamousSettings(bpy.types.PropertyGroup):
 CLASSES = (FamousClassRow, FamousSettings)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
 def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.famous = PointerProperty(type=FamousSettings)
 
 
 def unregister():
     del bpy.types.Scene.famous
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

@@ -232,13 +232,14 @@ CLASSES = (
 )
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
 def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.famous_quantify = PointerProperty(type=FamousQuantifySettings)
 
 
 def unregister():
     del bpy.types.Scene.famous_quantify
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()
