@@ -92,6 +92,7 @@ def cmd_run(args) -> int:
         min_tolerance_px=args.min_tolerance_px,
         merge_bridges=not args.no_merge,
         min_slices=args.min_slices,
+        confirm_boxes=args.confirm_boxes,
     )
     bar = TqdmProgress("famous run")
     try:
@@ -191,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=3,
         help="drop organelles seen on fewer slices (detector flashes; 1 keeps all)",
+    )
+    p.add_argument(
+        "--confirm-boxes",
+        type=int,
+        default=2,
+        help="with --model: keep an organelle only if this many of its boxes reach its "
+        "class's confirm score (thresholds.json; 0 keeps all)",
     )
     p.set_defaults(func=cmd_run)
 

@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     phantom = seen
 
     if (DEMO_MODEL / "model.weights").is_file():
-        unseen = out / "phantom_seed1"
-        _phantom(unseen, args.shape, 1)
+        unseen = out / "phantom_seed4"
+        _phantom(unseen, args.shape, 4)
         _step(f"2. the real job: detector {DEMO_MODEL.name} on a phantom it never saw")
         run = _run(unseen, out / "run_detector", model=DEMO_MODEL)
         phantom = unseen

@@ -24,7 +24,7 @@ def test_register_and_unregister(blender):
         famous_addon.register()
         assert hasattr(blender.types.Scene, "famous")
         assert blender.context.scene.famous.classes == "fibsem"
-        for op in ("run_detection", "build_meshes", "quantify", "cancel"):
+        for op in ("run_detection", "build_meshes", "quantify", "cancel", "train"):
             assert hasattr(blender.types, f"FAMOUS_OT_{op}")
         assert hasattr(blender.types, "FAMOUS_PT_main")
         famous_addon.unregister()

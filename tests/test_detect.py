@@ -268,3 +268,45 @@ def test_rgb_model_gets_grey_slices_as_three_channels(tmp_path):
     img = np.random.default_rng(0).integers(0, 255, (100, 90), dtype=np.uint8)
     assert isinstance(det(0, img), list)
     assert np.isfinite(det.forward(img[None, :64, :64])).all()
+
+
+def test_confirm_thresholds_and_box_scale_from_annotated_slices():
+    from famous_addon.core.train import choose_box_scale, choose_confirm_thresholds
+
+    # class 0: the detector draws every box 10 % too wide and 20 % too high
+    truths, preds = [], []
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        t, p = [], []
+        for _ in range(4):
+            x, y, w, h = rng.uniform(50, 300), rng.uniform(50, 300), 40.0, 30.0
+            t.append(Box(0, x, y, w, h))
+            p.append(Box(0, x - 2, y - 3, w * 1.1, h * 1.2, float(rng.uniform(0.6, 1.0))))
+        p.append(Box(0, 5, 5, 10, 10, 0.7))  # a false box: not a true score
+        truths.append(t)
+        preds.append(p)
+    scale = choose_box_scale(preds, truths, [(400, 400)] * 4, 2)
+    assert scale[0] == pytest.approx((1 / 1.1, 1 / 1.2), abs=1e-3)
+    assert scale[1] == (1.0, 1.0)  # no boxes of class 1: left alone
+    true_scores = [b.score for p in preds for b in p if b.w > 20]
+    confirm = choose_confirm_thresholds(preds, truths, [0.5, 0.3], cap=1.0)
+    assert confirm[0] == pytest.approx(np.median(true_scores))
+    assert confirm[1] == 0.3  # no true boxes: the box threshold
+    assert choose_confirm_thresholds(preds, truths, [0.5, 0.3], cap=0.6)[0] == 0.6
+
+
+def test_box_scale_and_confirm_are_applied_and_stored(tmp_path):
+    import json
+
+    from famous_addon.core.detect import DetectSettings, scale_boxes
+
+    xyxy = np.array([[10.0, 20.0, 30.0, 60.0]])
+    assert scale_boxes(xyxy, np.array([[0.5, 1.5]])).tolist() == [[15.0, 10.0, 25.0, 70.0]]
+    names = ["a", "b"]
+    s = DetectSettings([0.3, 0.5], confirm_thresholds=[0.8, 0.4], box_scale=[(0.9, 0.95), (1, 1)])
+    back = DetectSettings.from_json(json.loads(json.dumps(s.to_json(names))), names, tmp_path)
+    assert back.box_scale == [(0.9, 0.95), (1.0, 1.0)]
+    assert back.confirm() == [0.8, 0.5]  # never below the box threshold
+    data = s.to_json(names) | {"box_scale": {"b": [0.1, 1]}}
+    with pytest.raises(FamousError, match="box_scale of 'b'"):
+        DetectSettings.from_json(data, names, tmp_path / "thresholds.json")

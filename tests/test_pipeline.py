@@ -260,3 +260,44 @@ def test_cli_info_and_phantom(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "16 slices x 192 rows x 192 columns" in text
     assert "10 x 10 x 10 nm" in text and "ImageJ" in text
+
+
+def test_unconfirmed_organelles_are_dropped():
+    from famous_addon.core.pipeline import _drop_unconfirmed
+
+    # organelle 0: sure on 2 slices; 1: middling scores on 5 slices (a flicker);
+    # 2: one box only, sure (the stack cuts it); 3: class 1 with its own lower bar
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 1, 2, 3, 3, -1])
+    score = np.array([0.9, 0.85, 0.3, 0.5, 0.6, 0.7, 0.5, 0.6, 0.95, 0.45, 0.5, 0.99])
+    cls = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0])
+    det = {"score": score, "cls": cls}
+    kept = _drop_unconfirmed(labels, det, [0.8, 0.4], 2)
+    assert kept.tolist() == [0, 0, 0, -1, -1, -1, -1, -1, 1, 2, 2, -1]
+    assert (_drop_unconfirmed(labels, det, [0.8, 0.4], 0) == labels).all()
+
+
+def test_detector_confirmation_removes_false_organelles_only(tmp_path):
+    from pathlib import Path
+
+    model = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+    ph = tmp_path / "ph"
+    write_phantom(ph, shape=(32, 384, 384), seed=11, stl=False)
+    truth, rows = _truth(ph)
+    truth_classes = {int(r["id"]): r["class"] for r in rows}
+    scores = {}
+    for n in (0, 2):
+        run = tmp_path / f"run{n}"
+        run_pipeline(
+            ph / "stack.tif",
+            ph / "classes.toml",
+            run,
+            model=model,
+            labels=True,
+            settings=RunSettings(confirm_boxes=n),
+        )
+        labels = tifffile.imread(run / "labels.tif")
+        scores[n] = match_objects(labels, _classes_of(run), truth, truth_classes, 0.5, 1e-6)
+    tp = {n: sum(s.tp for s in scores[n]) for n in scores}
+    fp = {n: sum(s.fp for s in scores[n]) for n in scores}
+    assert fp[0] > 0 and fp[2] < fp[0] / 2, (fp, tp)
+    assert tp[2] >= tp[0] - 1, (fp, tp)

@@ -9,26 +9,21 @@ import sys
 
 def cmd_annotate_pick(args) -> int:
     """Export evenly spread slices as 8-bit PNGs for YOLO_mark, with ``obj.names``."""
-    from ..core.annotations import spread_indices, write_yolo_mark
+    from ..core.annotations import export_for_annotation
     from ..core.classes import load_classes
     from ..core.progress import TqdmProgress
     from ..core.stack import open_stack
 
     stack = open_stack(args.stack)
     classes = load_classes(args.classes)
-    picks = spread_indices(len(stack), args.fraction, minimum=args.min_slices)
     bar = TqdmProgress("annotate-pick")
     try:
-        written = write_yolo_mark(
-            args.out,
-            (stack.read(k) for k in picks),
-            [f"slice_{k:05d}" for k in picks],
-            classes.names,
-            progress=bar,
+        picks = export_for_annotation(
+            stack, classes, args.out, args.fraction, args.min_slices, progress=bar
         )
     finally:
         bar.close()
-    print(f"wrote {len(written)} slices ({', '.join(str(k) for k in picks)}) to {args.out}")
+    print(f"wrote {len(picks)} slices ({', '.join(str(k) for k in picks)}) to {args.out}")
     print(f"classes in obj.names: {', '.join(classes.names)}")
     print(
         "box them with YOLO_mark, then: famous train",

@@ -216,6 +216,45 @@ def write_yolo_mark(
     return written
 
 
+def export_for_annotation(
+    stack,
+    classes,
+    out: str | Path,
+    fraction: float = 0.01,
+    minimum: int = 2,
+    progress: ProgressFn | None = None,
+) -> list[int]:
+    """Write evenly spread slices of a stack as 8-bit PNGs for YOLO_mark, with ``obj.names``.
+
+    Parameters
+    ----------
+    stack : Stack
+        The opened image stack (16-bit slices are windowed to 8 bits).
+    classes : ClassConfig
+        Its names go to ``obj.names``, in the detector's order.
+    out : str or Path
+        Folder to write; it must not hold these slices already.
+    fraction : float
+        Share of the slices (the paper boxes about 1 %).
+    minimum : int
+        At least this many slices.
+
+    Returns
+    -------
+    list of int
+        The slices written, as ``slice_NNNNN.png``.
+    """
+    picks = spread_indices(len(stack), fraction, minimum=minimum)
+    write_yolo_mark(
+        out,
+        (stack.read(k) for k in picks),
+        [f"slice_{k:05d}" for k in picks],
+        classes.names,
+        progress=progress,
+    )
+    return picks
+
+
 def spread_indices(n_slices: int, fraction: float, minimum: int = 1) -> list[int]:
     """Evenly spread slice indices covering ``fraction`` of a stack (at least ``minimum``).
 

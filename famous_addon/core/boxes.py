@@ -61,7 +61,12 @@ class Box:
 
 
 class BoxSource(Protocol):
-    """Anything that returns the boxes of a slice."""
+    """Anything that returns the boxes of a slice.
+
+    A source may also have ``confirm_thresholds`` (a score per class): the
+    pipeline then keeps only organelles confirmed by confident boxes (a
+    detector has it; boxes drawn by hand need no confirmation).
+    """
 
     def __call__(self, index: int, image: np.ndarray) -> list[Box]: ...
 

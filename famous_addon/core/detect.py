@@ -371,6 +371,16 @@ class DetectSettings:
         instead of the tiles.
     batch : int
         Tiles per forward pass.
+    confirm_thresholds : list of float, optional
+        Per class, the score an organelle must reach on a few of its slices to
+        be kept (hysteresis: boxes above ``score_thresholds`` continue an
+        organelle, boxes above these confirm it). None: the score thresholds.
+    box_scale : list of (float, float), optional
+        Per class, factors for box width and height about the box centre:
+        corrects a detector that draws its boxes systematically larger or
+        smaller than the user does (learned on the annotated slices). Masks
+        such as the inscribed ellipse follow the box, so this bias would
+        otherwise go straight into the volumes.
     """
 
     score_thresholds: list[float]
@@ -379,6 +389,13 @@ class DetectSettings:
     tile_overlap: int = 96
     whole_slice_classes: list[int] = field(default_factory=list)
     batch: int = 4
+    confirm_thresholds: list[float] | None = None
+    box_scale: list[tuple[float, float]] | None = None
+
+    def confirm(self) -> list[float]:
+        """Per-class confirmation scores, never below the box thresholds."""
+        confirm = self.confirm_thresholds or self.score_thresholds
+        return [max(c, s) for c, s in zip(confirm, self.score_thresholds)]
 
     def to_json(self, names: list[str]) -> dict:
         return {
@@ -388,6 +405,12 @@ class DetectSettings:
             "tile_overlap": self.tile_overlap,
             "whole_slice_classes": [names[c] for c in self.whole_slice_classes],
             "batch": self.batch,
+            "confirm_thresholds": dict(zip(names, self.confirm())),
+            **(
+                {"box_scale": {n: list(v) for n, v in zip(names, self.box_scale)}}
+                if self.box_scale is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -401,10 +424,13 @@ class DetectSettings:
                 )
             return names.index(name)
 
-        th = data.get("score_thresholds", {})
-        thresholds = [0.25] * len(names)
-        for name, value in th.items():
-            thresholds[index(name)] = float(value)
+        def per_class(key, default):
+            values = list(default)
+            for name, value in data.get(key, {}).items():
+                values[index(name)] = float(value)
+            return values
+
+        thresholds = per_class("score_thresholds", [0.25] * len(names))
         return cls(
             score_thresholds=thresholds,
             nms_iou=float(data.get("nms_iou", 0.45)),
@@ -412,7 +438,36 @@ class DetectSettings:
             tile_overlap=int(data.get("tile_overlap", 96)),
             whole_slice_classes=[index(n) for n in data.get("whole_slice_classes", [])],
             batch=max(1, int(data.get("batch", 4))),
+            confirm_thresholds=per_class("confirm_thresholds", thresholds),
+            box_scale=_box_scale(data.get("box_scale"), names, index, path),
         )
+
+
+def _box_scale(data, names: list[str], index, path: Path) -> list[tuple[float, float]] | None:
+    """``{"class": [sw, sh]}`` from thresholds.json as a per-class list (1, 1 where absent)."""
+    if not data:
+        return None
+    scale = [(1.0, 1.0)] * len(names)
+    for name, value in data.items():
+        try:
+            sw, sh = (float(v) for v in value)
+        except (TypeError, ValueError):
+            sw = sh = -1.0
+        if not (0.25 <= sw <= 4 and 0.25 <= sh <= 4):
+            raise FamousError(
+                f"box_scale of {name!r} is {value!r}, not two factors between 0.25 and 4.",
+                path,
+                "give [width factor, height factor], e.g. [0.95, 0.95], or remove box_scale.",
+            )
+        scale[index(name)] = (sw, sh)
+    return scale
+
+
+def scale_boxes(xyxy: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Boxes ``(n, 4)`` x0 y0 x1 y1 scaled about their centres by ``(n, 2)`` factors (w, h)."""
+    centre = (xyxy[:, :2] + xyxy[:, 2:]) / 2
+    half = (xyxy[:, 2:] - xyxy[:, :2]) / 2 * scale
+    return np.concatenate([centre - half, centre + half], axis=1)
 
 
 # --------------------------------------------------------------- box algebra
@@ -642,6 +697,11 @@ class Detector:
         self._net = net
         self._outputs = net.getUnconnectedOutLayersNames()
 
+    @property
+    def confirm_thresholds(self) -> list[float]:
+        """Per-class score an organelle must reach to be kept (see :class:`DetectSettings`)."""
+        return self.settings.confirm()
+
     def describe(self) -> dict:
         """Settings for ``run.json``: backend used, files, input size, thresholds."""
         return {
@@ -762,6 +822,8 @@ class Detector:
         classes = np.concatenate(classes)
         if len(origins) > 1:
             xyxy, _ = merge_cut_boxes(xyxy, classes, np.concatenate(tiles_of), np.concatenate(cuts))
+        if st.box_scale is not None:
+            xyxy = scale_boxes(xyxy, np.asarray(st.box_scale, np.float64)[classes])
         xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, cols)
         xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, rows)
         ok = (xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)

@@ -45,6 +45,7 @@ class RunSettings:
     merge_bridges: bool = True
     merge_min_overlap: float = 0.5
     min_slices: int = 3
+    confirm_boxes: int = 2
     points: str = "outline"
     outlier_k: int = 8
     outlier_std: float = 2.0
@@ -354,6 +355,9 @@ def run_pipeline(
     if settings.merge_bridges and len(labels0):
         det_labels = _merge_bridges(out, stack, det, labels0, settings, sub(progress, 0.72, 0.8))
     det_labels = _drop_small(det_labels, det, settings.min_slices, n_slices)
+    confirm = getattr(source, "confirm_thresholds", None)
+    if confirm is not None:
+        det_labels = _drop_unconfirmed(det_labels, det, confirm, settings.confirm_boxes)
     timings["linking"] = time.perf_counter() - t0
 
     # 3. point clouds, organelle table, labels
@@ -455,6 +459,31 @@ def _drop_small(det_labels: np.ndarray, det: dict, min_slices: int, n_slices: in
     keep = (total > 0) & ((spans >= min_slices) | at_edge)
     new = np.cumsum(keep) - 1
     return np.where(keep[det_labels], new[det_labels], -1)
+
+
+def _drop_unconfirmed(
+    det_labels: np.ndarray, det: dict, confirm: list[float], n_boxes: int
+) -> np.ndarray:
+    """Remove organelles the detector is never confident about (hysteresis).
+
+    Boxes above the detection threshold continue an organelle, but an
+    organelle is kept only where at least ``n_boxes`` of its boxes (all of
+    them, if it has fewer) score at least its class's ``confirm`` threshold.
+    False positives (vesicles and noise taken for small organelles) flicker
+    at middling scores over a few slices; a real organelle near its equator
+    is detected confidently on several. Renumbers the rest 0..m-1.
+    """
+    ok = det_labels >= 0
+    if not ok.any():
+        return det_labels
+    lab = det_labels[ok]
+    sure = det["score"][ok] >= np.asarray(confirm, np.float64)[det["cls"][ok]]
+    n = np.bincount(lab)
+    keep = np.bincount(lab, weights=sure, minlength=len(n)) >= np.minimum(n, n_boxes)
+    new = np.cumsum(keep) - 1
+    out = np.full_like(det_labels, -1)
+    out[ok] = np.where(keep[lab], new[lab], -1)
+    return out
 
 
 def _assemble(out, stack, classes, det, det_labels, write_labels, settings, progress):

@@ -587,6 +587,33 @@ def split_images(n: int, val_fraction: float, seed: int) -> tuple[list[int], lis
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
+def _scored_boxes(preds, truths, c: int, iou: float) -> tuple[list[tuple[float, bool]], int]:
+    """(score, is a true box) of each class-``c`` prediction, and the number of truth boxes.
+
+    Predictions are matched by decreasing score to the unmatched truth box
+    with the highest IoU (>= ``iou``).
+    """
+    from .detect import _iou_matrix, _xyxy
+
+    scored = []
+    n_truth = 0
+    for pred, truth in zip(preds, truths):
+        t = [b for b in truth if b.cls == c]
+        p = sorted((b for b in pred if b.cls == c), key=lambda b: -b.score)
+        n_truth += len(t)
+        hit = np.zeros(len(t), bool)
+        ious = _iou_matrix(_xyxy(p), _xyxy(t))[0] if (p and t) else None
+        for k, b in enumerate(p):
+            ok = False
+            if t:
+                cand = np.where(hit, -1.0, ious[k])
+                j = int(np.argmax(cand))
+                if cand[j] >= iou:
+                    hit[j] = ok = True
+            scored.append((b.score, ok))
+    return scored, n_truth
+
+
 def choose_thresholds(
     preds: list[list[Box]],
     truths: list[list[Box]],
@@ -599,26 +626,9 @@ def choose_thresholds(
     The threshold lies halfway between the last kept and the next score, and
     within [0.1, 0.9].
     """
-    from .detect import _iou_matrix, _xyxy
-
     out = []
     for c in range(n_classes):
-        scored = []
-        n_truth = 0
-        for pred, truth in zip(preds, truths):
-            t = [b for b in truth if b.cls == c]
-            p = sorted((b for b in pred if b.cls == c), key=lambda b: -b.score)
-            n_truth += len(t)
-            hit = np.zeros(len(t), bool)
-            ious = _iou_matrix(_xyxy(p), _xyxy(t))[0] if (p and t) else None
-            for k, b in enumerate(p):
-                ok = False
-                if t:
-                    cand = np.where(hit, -1.0, ious[k])
-                    j = int(np.argmax(cand))
-                    if cand[j] >= iou:
-                        hit[j] = ok = True
-                scored.append((b.score, ok))
+        scored, n_truth = _scored_boxes(preds, truths, c, iou)
         if not n_truth or not scored:
             out.append(default)
             continue
@@ -634,27 +644,123 @@ def choose_thresholds(
     return out
 
 
+def choose_confirm_thresholds(
+    preds: list[list[Box]],
+    truths: list[list[Box]],
+    thresholds: list[float],
+    iou: float = 0.5,
+    cap: float = 0.8,
+) -> list[float]:
+    """Per-class score that confirms an organelle: the median score of true boxes.
+
+    An organelle is kept when a few of its boxes score at least as high as a
+    typical correctly found box on the annotated slices (see
+    :class:`~.detect.DetectSettings`). Never below the class's box threshold,
+    and at most ``cap``, so a model that is sure of everything it saw in
+    training still confirms real organelles on new slices.
+    """
+    out = []
+    for c, thr in enumerate(thresholds):
+        scored, _ = _scored_boxes(preds, truths, c, iou)
+        true_scores = [s for s, ok in scored if ok]
+        median = float(np.median(true_scores)) if true_scores else thr
+        out.append(float(np.clip(median, thr, max(cap, thr))))
+    return out
+
+
+def choose_box_scale(
+    preds: list[list[Box]],
+    truths: list[list[Box]],
+    shapes: list[tuple[int, int]],
+    n_classes: int,
+    iou: float = 0.5,
+    min_pairs: int = 10,
+    limits: tuple[float, float] = (0.8, 1.25),
+    min_score: float = 0.3,
+) -> list[tuple[float, float]]:
+    """Per-class width and height factors that turn the detector's boxes into the user's.
+
+    The median of truth size over predicted size, over predictions scoring at
+    least ``min_score``, matched to a truth box (IoU >= ``iou``) and touching
+    no image border (a border cuts both boxes alike). Classes with fewer than
+    ``min_pairs`` matches keep (1, 1); factors stay within ``limits``.
+    """
+    from .detect import _iou_matrix, _xyxy
+
+    ratios: list[list[tuple[float, float]]] = [[] for _ in range(n_classes)]
+    for pred, truth, (rows, cols) in zip(preds, truths, shapes):
+        inside = [
+            b
+            for b in pred
+            if b.score >= min_score
+            and min(b.x, b.y) > 1
+            and b.x + b.w < cols - 1
+            and b.y + b.h < rows - 1
+        ]
+        for c in range(n_classes):
+            p = [b for b in inside if b.cls == c]
+            t = [b for b in truth if b.cls == c]
+            if not p or not t:
+                continue
+            m = _iou_matrix(_xyxy(p), _xyxy(t))[0]
+            for i, j in enumerate(m.argmax(axis=1)):
+                if m[i, j] >= iou:
+                    ratios[c].append((t[j].w / p[i].w, t[j].h / p[i].h))
+    out = []
+    for r in ratios:
+        if len(r) < min_pairs:
+            out.append((1.0, 1.0))
+            continue
+        sw, sh = np.clip(np.median(np.asarray(r), axis=0), *limits)
+        out.append((round(float(sw), 4), round(float(sh), 4)))
+    return out
+
+
+def _rescaled(boxes: list[Box], scale: list[tuple[float, float]], shape) -> list[Box]:
+    """Boxes scaled about their centres as the detector will scale them (clipped to the image)."""
+    from .detect import _xyxy, scale_boxes
+
+    if not boxes:
+        return boxes
+    xyxy = scale_boxes(_xyxy(boxes), np.asarray(scale, np.float64)[[b.cls for b in boxes]])
+    xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, shape[1])
+    xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, shape[0])
+    return [
+        Box(b.cls, x0, y0, x1 - x0, y1 - y0, b.score)
+        for b, (x0, y0, x1, y1) in zip(boxes, xyxy.tolist())
+    ]
+
+
 def calibrate_model(
     model_dir: str | Path,
     classes,
     images: list[np.ndarray],
     truths: list[list[Box]],
     settings: DetectSettings,
+    held_out: list[int] | None = None,
 ) -> tuple[list[float], dict]:
     """Choose per-class thresholds on annotated slices and measure the model there.
 
     Runs the model folder's detector (OpenCV, CPU) with near-zero thresholds,
-    picks each class's threshold with :func:`choose_thresholds`, writes
-    ``thresholds.json`` (with the tiling and suppression ``settings``) and
-    measures the detector at those thresholds.
+    picks each class's box threshold with :func:`choose_thresholds` on the
+    ``held_out`` images and its confirm threshold with
+    :func:`choose_confirm_thresholds` on all of them (more true boxes make a
+    steadier median), writes ``thresholds.json`` (with the tiling and
+    suppression ``settings``) and measures the detector at those thresholds
+    on the held-out images.
+
+    Parameters
+    ----------
+    held_out : list of int, optional
+        Indices of the images to choose thresholds and measure on; all when None.
 
     Returns
     -------
     thresholds : list of float
     metrics : dict
         ``mAP50`` (from the near-zero-threshold run), ``per_class`` (AP50,
-        precision, recall, recall per case at the chosen thresholds) and
-        ``recall_by_case``.
+        precision, recall, recall per case at the chosen thresholds),
+        ``recall_by_case`` and ``confirm_thresholds``.
     """
     from dataclasses import replace
 
@@ -662,22 +768,35 @@ def calibrate_model(
 
     out = Path(model_dir)
     names = list(classes.names)
-    low = replace(settings, score_thresholds=[0.01] * len(names))
+    held_out = list(range(len(images))) if held_out is None else list(held_out)
+    low = replace(
+        settings, score_thresholds=[0.01] * len(names), confirm_thresholds=None, box_scale=None
+    )
     write_json(out / THRESHOLDS_NAME, low.to_json(names))
     det = load_detector(out, classes, "cpu")
-    low_preds = [det.detect(im) for im in images]
-    thresholds = choose_thresholds(low_preds, truths, len(names))
-    write_json(out / THRESHOLDS_NAME, replace(settings, score_thresholds=thresholds).to_json(names))
+    all_preds = [det.detect(im) for im in images]
+    box_scale = choose_box_scale(all_preds, truths, [im.shape for im in images], len(names))
+    all_preds = [_rescaled(p, box_scale, im.shape) for p, im in zip(all_preds, images)]
+    low_preds = [all_preds[i] for i in held_out]
+    eval_truths = [truths[i] for i in held_out]
+    thresholds = choose_thresholds(low_preds, eval_truths, len(names))
+    confirm = choose_confirm_thresholds(all_preds, truths, thresholds)
+    chosen = replace(
+        settings, score_thresholds=thresholds, confirm_thresholds=confirm, box_scale=box_scale
+    )
+    write_json(out / THRESHOLDS_NAME, chosen.to_json(names))
     det = load_detector(out, classes, "cpu")
-    shapes = [im.shape for im in images]
-    at_thr = evaluate([det.detect(im) for im in images], truths, shapes, names)
-    ap = evaluate(low_preds, truths, shapes, names)
+    shapes = [images[i].shape for i in held_out]
+    at_thr = evaluate([det.detect(images[i]) for i in held_out], eval_truths, shapes, names)
+    ap = evaluate(low_preds, eval_truths, shapes, names)
     metrics = {
         "mAP50": ap["mAP50"],
         "per_class": {
             n: {**at_thr["per_class"][n], "AP50": ap["per_class"][n]["AP50"]} for n in names
         },
         "recall_by_case": at_thr["recall_by_case"],
+        "confirm_thresholds": dict(zip(names, confirm)),
+        "box_scale": dict(zip(names, box_scale)),
     }
     return thresholds, metrics
 
@@ -861,7 +980,6 @@ def train_model(
     save_classes(classes, out / CLASSES_NAME)
 
     progress(0.92, "choosing thresholds")
-    eval_idx = val_idx or train_idx
     overlap = int(min(cfgt.input_size // 2, max(32, np.percentile(wh.max(1), 95) * 1.1)))
     big = [
         c
@@ -873,9 +991,10 @@ def train_model(
     thresholds, metrics = calibrate_model(
         out,
         classes,
-        [images[i] for i in eval_idx],
-        [boxes[i] for i in eval_idx],
+        images,
+        boxes,
         DetectSettings([0.25] * len(classes), tile_overlap=overlap, whole_slice_classes=big),
+        held_out=val_idx or None,
     )
     metrics["evaluated_on"] = (
         "held-out slices"
@@ -911,6 +1030,8 @@ __all__ = [
     "DarknetTorch",
     "TrainConfig",
     "calibrate_model",
+    "choose_box_scale",
+    "choose_confirm_thresholds",
     "choose_thresholds",
     "decode_head",
     "kmeans_anchors",

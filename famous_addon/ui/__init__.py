@@ -1,10 +1,10 @@
 """The add-on's user interface: settings, operators and the sidebar panel."""
 
-from . import compare, operators, panels, properties, quantify
+from . import compare, operators, panels, properties, quantify, train
 
-# compare's and quantify's panels are sub-panels of panels' main panel, so they
+# train's, compare's and quantify's panels are sub-panels of panels' main panel, so they
 # register after it.
-MODULES = (properties, operators, panels, compare, quantify)
+MODULES = (properties, operators, panels, train, compare, quantify)
 
 
 def register():

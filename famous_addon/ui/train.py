@@ -1,0 +1,187 @@
+"""The panel's "Train" section: export slices to box, then train the detector.
+
+Settings live in ``Scene.famous_train``. The operators call the same
+functions as ``famous annotate-pick`` and ``famous train``
+(:func:`~famous_addon.core.annotations.export_for_annotation`,
+:func:`~famous_addon.core.train.train_model`) in a background thread, with
+progress (epoch, loss, ETA) and cancel; a cancelled training resumes from its
+checkpoint when Train is pressed again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+from ..core.classes import PRESETS
+from ..core.errors import FamousError
+from .operators import _Background, _path
+
+
+class FamousTrainSettings(bpy.types.PropertyGroup):
+    annotations: StringProperty(
+        name="Annotations",
+        subtype="DIR_PATH",
+        description="YOLO_mark folder: slices exported here are boxed with YOLO_mark, "
+        "then trained on",
+    )
+    fraction: FloatProperty(
+        name="Slices",
+        default=0.01,
+        min=0.001,
+        max=1.0,
+        subtype="FACTOR",
+        description="Share of the stack's slices to export for boxing (the paper boxes ~1%)",
+    )
+    width: EnumProperty(
+        name="Width",
+        items=[
+            ("slim", "Slim", "Half-width YOLOv4-tiny: trains in minutes on a laptop CPU"),
+            ("tiny", "Tiny", "Standard YOLOv4-tiny widths"),
+        ],
+        default="slim",
+    )
+    epochs: IntProperty(name="Epochs", default=60, min=1, description="Passes of 16 batches")
+    model_out: StringProperty(
+        name="Model folder",
+        subtype="DIR_PATH",
+        description="Where the trained model goes (cfg, weights, names, thresholds, report)",
+    )
+
+
+def _classes(settings):
+    from ..core.classes import load_classes
+
+    if not settings.classes:
+        raise FamousError("no class config is set.", fix="give a .toml, obj.names, or fibsem.")
+    return load_classes(
+        settings.classes if settings.classes in PRESETS else _path(settings.classes)
+    )
+
+
+def _annotations(t) -> Path:
+    folder = _path(t.annotations)
+    if not folder:
+        raise FamousError(
+            "no annotation folder is set.", fix="choose the Annotations folder under Train."
+        )
+    return Path(folder)
+
+
+class FAMOUS_OT_export_annotation_slices(_Background, bpy.types.Operator):
+    """Write ~1% of the stack's slices as PNGs (with obj.names) to box with YOLO_mark"""
+
+    bl_idname = "famous.export_annotation_slices"
+    bl_label = "Export slices to box"
+
+    _starting = "exporting slices"
+    _noun = "export"
+
+    def _work(self, context):
+        from ..core.annotations import export_for_annotation
+        from ..core.stack import open_stack
+
+        settings, t = context.scene.famous, context.scene.famous_train
+        stack_path = _path(settings.stack)
+        if not stack_path:
+            raise FamousError("no stack is set.", fix="choose the image Stack in the panel.")
+        stack = open_stack(stack_path, settings.voxel_size_nm())
+        classes = _classes(settings)
+        out = _annotations(t)
+
+        def work(progress):
+            picks = export_for_annotation(stack, classes, out, t.fraction, progress=progress)
+            return out, picks
+
+        return work
+
+    def _done(self, context, result):
+        out, picks = result
+        return f"{len(picks)} slices in {out}: box them with YOLO_mark, then Train"
+
+
+class FAMOUS_OT_train(_Background, bpy.types.Operator):
+    """Train the YOLOv4-tiny detector on the boxed slices; the model then runs detection"""
+
+    bl_idname = "famous.train"
+    bl_label = "Train detector"
+
+    _starting = "training starting"
+    _noun = "training"
+    _cancel_hint = "; Train again resumes it"
+
+    def _work(self, context):
+        from ..core.train import require_torch, train_model
+
+        settings, t = context.scene.famous, context.scene.famous_train
+        require_torch()
+        classes = _classes(settings)
+        annotations = _annotations(t)
+        out = _path(t.model_out)
+        if not out:
+            raise FamousError("no model folder is set.", fix="choose the Model folder under Train.")
+        epochs, width = t.epochs, t.width
+        command = (
+            f"famous train {annotations} --classes {settings.classes} --out {out} "
+            f"--epochs {epochs} --width {width}  # from Blender"
+        )
+
+        def work(progress):
+            report = train_model(
+                annotations, classes, out, epochs, width, progress, command=command
+            )
+            return out, report
+
+        return work
+
+    def _done(self, context, result):
+        out, report = result
+        settings = context.scene.famous
+        settings.model, settings.source = str(out), "MODEL"
+        return f"model: {out} (held-out mAP@0.5 {report['metrics']['mAP50']:.2f})"
+
+
+class FAMOUS_PT_train(bpy.types.Panel):
+    bl_label = "Train"
+    bl_idname = "FAMOUS_PT_train"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "FAMOUS"
+    bl_parent_id = "FAMOUS_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        t = context.scene.famous_train
+        layout = self.layout
+        layout.prop(t, "annotations")
+        row = layout.row(align=True)
+        row.prop(t, "fraction")
+        row.operator("famous.export_annotation_slices", text="Export", icon="EXPORT")
+        col = layout.column(align=True)
+        col.row(align=True).prop(t, "width", expand=True)
+        col.prop(t, "epochs")
+        col.prop(t, "model_out")
+        layout.operator("famous.train", icon="OUTLINER_OB_ARMATURE")
+
+
+CLASSES = (
+    FamousTrainSettings,
+    FAMOUS_OT_export_annotation_slices,
+    FAMOUS_OT_train,
+    FAMOUS_PT_train,
+)
+
+
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def register():
+    _register_classes()
+    bpy.types.Scene.famous_train = PointerProperty(type=FamousTrainSettings)
+
+
+def unregister():
+    del bpy.types.Scene.famous_train
+    _unregister_classes()

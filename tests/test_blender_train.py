@@ -1,0 +1,57 @@
+"""The panel's Train section: export slices to box, train, and detect with the result."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.blender
+
+
+@pytest.fixture
+def addon(blender):
+    import famous_addon
+
+    famous_addon.register()
+    yield blender
+    famous_addon.unregister()
+
+
+def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
+    pytest.importorskip("torch")
+    phantom, _ = phantom_run
+    s, t = addon.context.scene.famous, addon.context.scene.famous_train
+    s.stack = str(phantom / "stack.tif")
+    s.classes = str(phantom / "classes.toml")
+    t.annotations = str(tmp_path / "ann")
+    t.fraction = 0.2
+    assert addon.ops.famous.export_annotation_slices() == {"FINISHED"}
+    pngs = sorted((tmp_path / "ann").glob("slice_*.png"))
+    assert len(pngs) == 3  # 20 % of 16 slices
+    names = (tmp_path / "ann" / "obj.names").read_text().split()
+    assert names[:2] == ["early_endosome", "late_endosome"]
+    first = pngs[0]
+    k = int(first.stem.split("_")[1])
+    stack_slice = cv2.imread(str(first), cv2.IMREAD_UNCHANGED)
+    import tifffile
+
+    assert np.array_equal(stack_slice, tifffile.imread(phantom / "stack.tif", key=k))
+    # exporting again would overwrite the user's boxes: refused, in the UI
+    with pytest.raises(RuntimeError, match="never overwrites annotations"):
+        addon.ops.famous.export_annotation_slices()
+
+    # the user boxes the slices (here: the phantom's own boxes), then trains
+    for png in pngs:
+        shutil.copy(phantom / "boxes" / f"{png.stem}.txt", png.with_suffix(".txt"))
+    with pytest.raises(RuntimeError, match="no model folder is set"):
+        addon.ops.famous.train()
+    t.model_out = str(tmp_path / "model")
+    t.epochs = 1
+    assert addon.ops.famous.train() == {"FINISHED"}
+    assert s.source == "MODEL" and s.model == str(tmp_path / "model")
+    assert s.status.startswith("model: ") and "mAP@0.5" in s.status
+    net = cv2.dnn.readNetFromDarknet(
+        str(tmp_path / "model" / "model.cfg"), str(tmp_path / "model" / "model.weights")
+    )
+    assert not net.empty()
