@@ -13,6 +13,7 @@ import pytest
 
 from famous_addon.core.boxes import Box
 from famous_addon.core.classes import ClassConfig, ClassSpec, ExtractRecipe
+from famous_addon.core.errors import FamousError
 from famous_addon.core.extract import RECIPES, extract_box, paper_recipe, segment_slice
 
 PIXEL_NM = 6.0
@@ -194,3 +195,32 @@ def test_refined_scales_with_pixel_size():
     up[y0:y1, x0:x1] = mf
     down = cv2.resize(up, (64, 64), interpolation=cv2.INTER_AREA) > 0
     assert iou(down, m) > 0.9
+
+
+def test_learned_recipe_trains_on_boxes_and_finds_unseen_organelles():
+    from famous_addon.core.learned import fit_pixel_classifier
+
+    shape = (96, 96)
+    rng = np.random.default_rng(3)
+
+    def slice_with_mitos(seed):
+        masks, layers = [], []
+        for cy, cx in ((28, 28), (28, 70), (70, 48)):
+            m, ls = mito(shape, cy + rng.integers(-3, 4), cx + rng.integers(-3, 4), 10, 14)
+            masks.append(m)
+            layers += ls
+        return render(layers, shape, seed=seed), masks
+
+    train = [slice_with_mitos(s) for s in range(3)]
+    weights = fit_pixel_classifier(
+        [img for img, _ in train],
+        [[tight_box(m) for m in ms] for _, ms in train],
+        REFINED,
+        PIXEL_NM,
+    )
+    learned = replace(REFINED, method="learned", weights=weights)
+    img, masks = slice_with_mitos(9)
+    for truth in masks:
+        assert iou(full_mask(img, tight_box(truth), learned, shape), truth) > 0.8
+    with pytest.raises(FamousError, match="needs 58 weights"):
+        full_mask(img, tight_box(masks[0]), replace(learned, weights=(1.0,)), shape)

@@ -13,8 +13,9 @@ good mask of a tight box must do without knowing the true mask:
 
 A candidate's score is the mean over the class's boxes of fit x stability;
 each class configured with a grey-value recipe gets the best-scoring candidate
-among the paper's recipe, the ellipse and the ``refined`` recipe over a small
-grid of its threshold offset and opening radius. A chosen ``refined`` recipe
+among the paper's recipe, the ellipse, the ``refined`` recipe over a small
+grid of its threshold offset and opening radius, and the ``learned`` pixel
+classifier trained on the same boxes (:mod:`.learned`). A chosen ``refined`` recipe
 keeps the class's ``adaptive`` setting: with it (the default) the calibrated
 offset is the centre of the offsets tried per box (a per-box choice by the
 same criterion). The configured recipe is kept unless a candidate beats it by
@@ -32,6 +33,7 @@ import numpy as np
 from .boxes import Box
 from .classes import ClassConfig, ExtractRecipe
 from .extract import JITTER, bbox_fit, extract_box, mask_iou
+from .learned import fit_pixel_classifier
 from .progress import ProgressFn, silent
 
 THRESHOLD_OFFSETS = (0.0, 0.25, 0.5, 0.75)
@@ -140,6 +142,16 @@ def calibrate(
             items = [items[i] for i in sorted(rng.choice(len(items), max_boxes, replace=False))]
         cands = {"configured": replace(spec.extract, adaptive=False)}
         cands.update(candidates(spec.extract))
+        if spec.extract.method != "ellipse":
+            weights = fit_pixel_classifier(
+                images,
+                [[b for b in bs if b.cls == ci] for bs in boxes_per_image],
+                spec.extract,
+                pixel_nm,
+                seed=seed,
+            )
+            if weights is not None:
+                cands["learned"] = replace(spec.extract, method="learned", weights=weights)
         table = {}
         for n, (name, recipe) in enumerate(cands.items()):
             fs = np.array([box_score(images[k], b, recipe, pixel_nm) for k, b in items])

@@ -32,7 +32,7 @@ from .errors import FamousError
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("fibsem", "yeast")
 
-EXTRACT_METHODS = ("otsu", "ellipse", "paper", "refined")
+EXTRACT_METHODS = ("otsu", "ellipse", "paper", "refined", "learned")
 POLARITIES = ("light", "dark")
 MESHERS = ("hull", "volume")
 MESH_SHAPES = ("uniform", "project")
@@ -75,6 +75,8 @@ class ExtractRecipe:
     separate_core: float = 0.0
     adaptive: bool = True
     membrane_nm: float = 0.0
+    # The "learned" method's trained pixel classifier (famous_addon.core.learned).
+    weights: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,17 @@ def _build_dataclass(cls, data: dict, where: str, path):
         raise FamousError(f"{where}: {exc}", path) from None
 
 
+def _weights(value, where: str, path) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise FamousError(
+            f"{where}: extract.weights is not a list of numbers.",
+            path,
+            "let calibration write it (famous run --annotations DIR), or remove it.",
+        ) from None
+
+
 def parse_config(data: dict, source: str | Path = "") -> ClassConfig:
     """Build and validate a :class:`ClassConfig` from a TOML/JSON-like dict."""
     path = str(source) or None
@@ -204,7 +217,10 @@ def parse_config(data: dict, source: str | Path = "") -> ClassConfig:
             )
         seen.add(name)
         where = f"class {name!r}"
-        extract = _build_dataclass(ExtractRecipe, dict(entry.get("extract", {})), where, path)
+        raw = dict(entry.get("extract", {}))
+        if "weights" in raw:
+            raw["weights"] = _weights(raw["weights"], where, path)
+        extract = _build_dataclass(ExtractRecipe, raw, where, path)
         _choice(extract.method, EXTRACT_METHODS, where, "extract.method", path)
         _choice(extract.polarity, POLARITIES, where, "extract.polarity", path)
         for key in (

@@ -9,7 +9,9 @@ the name a class config uses in ``extract.method``; ``context`` (a
   holes filled (``fill_holes``), as FAMOUS first shipped it;
 - ``ellipse``: Algorithm 3 as the paper's text describes it;
 - ``refined``: the paper's threshold with the failures seen on tight boxes in
-  real EM fixed (see :func:`refined_recipe`).
+  real EM fixed (see :func:`refined_recipe`);
+- ``learned``: a pixel classifier trained on the annotated boxes
+  (:mod:`famous_addon.core.learned`).
 
 :func:`segment_slice` applies them to all boxes of a slice and then gives
 pixels claimed by two overlapping boxes to one of them; it is the per-slice
@@ -598,3 +600,9 @@ def segment_slice(
         offsets=offsets,
         masks=np.concatenate(flats) if flats else np.zeros(0, bool),
     )
+
+
+# learned.py builds on this module's helpers, so it registers itself last.
+from .learned import learned_recipe  # noqa: E402
+
+RECIPES["learned"] = learned_recipe
