@@ -178,7 +178,7 @@ def calibrate(
             "fit": round(table[best][1], 4),
             "stability": round(table[best][2], 4),
             "n_boxes": len(items),
-            "recipe": asdict(chosen),
+            "recipe": {**asdict(chosen), "weights": list(chosen.weights)},
             "scores": {name: round(v[0], 4) for name, v in table.items()},
         }
     return replace(classes, classes=tuple(specs)), report
