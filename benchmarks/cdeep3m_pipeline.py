@@ -1,13 +1,22 @@
 """The whole bpy-free pipeline on real SBEM: CDeep3M mitochondria, validation split.
 
 Boxes come from the labels (one box per 4-connected piece per slice, as an
-annotator would draw them), the pipeline extracts, links and labels, and the
-result is scored against the labels: voxel IoU/Dice of the foreground, and
-3-D object precision/recall/F1 at IoU >= 0.5 (Hungarian) on the 26-connected
+annotator would draw them) or, with ``--model``, from a detector trained on
+the training split; the pipeline extracts, links and labels, and the result
+is scored against the labels: voxel IoU/Dice of the foreground, and 3-D
+object precision/recall/F1 at IoU >= 0.5 (Hungarian) on the 26-connected
 components of each foreground (the labels are semantic: no instance ids), and
 on FAMOUS's own linked organelles.
 
     python benchmarks/cdeep3m_pipeline.py [--data ../shared/data/cdeep3m-mito] [--split val]
+
+The detector (the training split, every slice boxed from its labels)::
+
+    D=../shared/data/cdeep3m-mito
+    famous boxes-from-labels $D/train_mito.tif --stack $D/train_raw.tif --slices 0-19 \
+        --classes obj.names --out ann       # obj.names: one line, mitochondria
+    famous train ann --classes obj.names --out model --epochs 60
+    python benchmarks/cdeep3m_pipeline.py --model model
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ def main() -> int:
     here = Path(__file__).resolve().parents[1]
     ap.add_argument("--data", default=str(here.parent / "shared/data/cdeep3m-mito"))
     ap.add_argument("--split", default="val", choices=["train", "val"])
+    ap.add_argument("--model", help="detector model folder (default: boxes from the labels)")
     args = ap.parse_args()
     data = Path(args.data)
     raw, lab = data / f"{args.split}_raw.tif", data / f"{args.split}_mito.tif"
@@ -58,15 +68,17 @@ def main() -> int:
             write_yolo_txt(boxes / f"slice_{k:05d}.txt", b, truth.shape[1:])
         names = work / "obj.names"
         names.write_text("mitochondria\n")
+        source = {"model": args.model} if args.model else {"boxes": boxes}
         t0 = time.perf_counter()
-        run_pipeline(raw, names, work / "run", boxes=boxes, voxel_size_nm=VOXEL_NM, labels=True)
+        run_pipeline(raw, names, work / "run", voxel_size_nm=VOXEL_NM, labels=True, **source)
         seconds = time.perf_counter() - t0
         pred = tifffile.imread(work / "run" / "labels.tif")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     fg = pred > 0
     inter, union = (fg & truth).sum(), (fg | truth).sum()
-    print(f"{raw.name}: {truth.shape}, {n_boxes} boxes from the labels, run {seconds:.1f} s")
+    where = f"detector {args.model}" if args.model else f"{n_boxes} boxes from the labels"
+    print(f"{raw.name}: {truth.shape}, {where}, run {seconds:.1f} s")
     print(f"voxel IoU {inter / union:.3f}   Dice {2 * inter / (fg.sum() + truth.sum()):.3f}")
     vox = float(np.prod(VOXEL_NM)) / 1e9
     t_cc = components(truth)

@@ -35,6 +35,7 @@ from famous_addon.core.classes import from_names
 from famous_addon.core.detect import evaluate, load_detector
 
 ROOT = Path(__file__).resolve().parents[1]
+STEP_REPORTS = ("base_report.json", "finetune1_report.json", "report.json")
 
 
 def forward_table(model: Path, repeats: int) -> None:
@@ -99,14 +100,22 @@ def slice_overhead(model: Path, repeats: int) -> None:
 def demo_accuracy(model: Path, seed: int, n_slices: int, step: int) -> None:
     from famous_addon.core.synthetic import Phantom
 
-    report = json.loads((model / "report.json").read_text())
-    cfg = report["config"]
-    print("\nDemo model training:", f"{report['train_seconds'] / 60:.1f} min,", report["command"])
-    print(
-        f"  {cfg['epochs']} epochs x {cfg['steps_per_epoch']} steps x {cfg['batch']} crops of "
-        f"{cfg['train_size']} px, width {cfg['width']}, device {cfg.get('device', 'cpu')}, "
-        f"{report['threads']} torch thread(s), {report['n_images']} annotated slices"
-    )
+    # A model may have been trained in steps (base, then fine-tunes): one line each.
+    steps = [model / f for f in STEP_REPORTS if (model / f).is_file()]
+    print(f"\nTraining of {model.name} ({os.cpu_count()} cores here):")
+    print(f"{'report':<24} {'device':>6} {'threads':>7} {'epochs':>6} {'min':>6}  command")
+    total: dict[str, float] = {}
+    for path in steps:
+        report = json.loads(path.read_text())
+        cfg = report["config"]
+        device = cfg.get("device", "cpu")
+        minutes = report["train_seconds"] / 60
+        total[device] = total.get(device, 0.0) + minutes
+        print(
+            f"{path.name:<24} {device:>6} {report['threads']:>7} {cfg['epochs']:>6} "
+            f"{minutes:>6.1f}  {report['command']}"
+        )
+    print("total: " + ", ".join(f"{m:.1f} min on {d}" for d, m in total.items()))
     names = (model / "obj.names").read_text().split()
     det = load_detector(model, from_names(names), "cpu")
     ph = Phantom((n_slices, 512, 512), seed=seed, voxel_size_nm=(10, 10, 10))

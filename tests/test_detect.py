@@ -310,3 +310,13 @@ def test_box_scale_and_confirm_are_applied_and_stored(tmp_path):
     data = s.to_json(names) | {"box_scale": {"b": [0.1, 1]}}
     with pytest.raises(FamousError, match="box_scale of 'b'"):
         DetectSettings.from_json(data, names, tmp_path / "thresholds.json")
+
+
+def test_box_scale_keeps_sides_on_the_slice_edge():
+    from famous_addon.core.detect import apply_box_scale
+
+    xyxy = np.array([[10.0, 10.0, 30.0, 30.0], [0.0, 40.0, 20.0, 60.0]])
+    out = apply_box_scale(xyxy, np.array([0, 0]), [(0.5, 0.5)], (100, 100))
+    assert out[0].tolist() == [15.0, 15.0, 25.0, 25.0]
+    # cut by the left edge: that side stays, the others shrink about the centre
+    assert out[1].tolist() == [0.0, 45.0, 15.0, 55.0]

@@ -470,6 +470,20 @@ def scale_boxes(xyxy: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
+def apply_box_scale(xyxy: np.ndarray, classes: np.ndarray, box_scale, shape) -> np.ndarray:
+    """Scale each box by its class's factors, keeping sides on the slice's edge.
+
+    A side on the edge is where the slice cuts the organelle, not where the
+    detector guessed its outline, so it stays.
+    """
+    rows, cols = shape
+    at_edge = np.column_stack(
+        [xyxy[:, 0] <= 1, xyxy[:, 1] <= 1, xyxy[:, 2] >= cols - 1, xyxy[:, 3] >= rows - 1]
+    )
+    scaled = scale_boxes(xyxy, np.asarray(box_scale, np.float64)[classes])
+    return np.where(at_edge, xyxy, scaled)
+
+
 # --------------------------------------------------------------- box algebra
 
 
@@ -823,7 +837,7 @@ class Detector:
         if len(origins) > 1:
             xyxy, _ = merge_cut_boxes(xyxy, classes, np.concatenate(tiles_of), np.concatenate(cuts))
         if st.box_scale is not None:
-            xyxy = scale_boxes(xyxy, np.asarray(st.box_scale, np.float64)[classes])
+            xyxy = apply_box_scale(xyxy, classes, st.box_scale, (rows, cols))
         xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, cols)
         xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, rows)
         ok = (xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)

@@ -717,12 +717,12 @@ def choose_box_scale(
 
 
 def _rescaled(boxes: list[Box], scale: list[tuple[float, float]], shape) -> list[Box]:
-    """Boxes scaled about their centres as the detector will scale them (clipped to the image)."""
-    from .detect import _xyxy, scale_boxes
+    """Boxes scaled as the detector will scale them (clipped to the image)."""
+    from .detect import _xyxy, apply_box_scale
 
     if not boxes:
         return boxes
-    xyxy = scale_boxes(_xyxy(boxes), np.asarray(scale, np.float64)[[b.cls for b in boxes]])
+    xyxy = apply_box_scale(_xyxy(boxes), np.array([b.cls for b in boxes]), scale, shape)
     xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, shape[1])
     xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, shape[0])
     return [
