@@ -35,7 +35,7 @@ from scipy import ndimage
 from famous_addon.core.annotations import boxes_from_label_slice
 from famous_addon.core.boxes import write_yolo_txt
 from famous_addon.core.compare import format_table, match_objects
-from famous_addon.core.pipeline import run_pipeline
+from famous_addon.core.pipeline import RunSettings, run_pipeline
 
 # The sample states no voxel size; CDeep3M's matching model is named xy5.9nm40nmz.
 VOXEL_NM = (40.0, 5.9, 5.9)
@@ -51,6 +51,9 @@ def main() -> int:
     ap.add_argument("--data", default=str(here.parent / "shared/data/cdeep3m-mito"))
     ap.add_argument("--split", default="val", choices=["train", "val"])
     ap.add_argument("--model", help="detector model folder (default: boxes from the labels)")
+    ap.add_argument(
+        "--confirm-boxes", type=int, default=2, help="with --model (0: no confirmation)"
+    )
     args = ap.parse_args()
     data = Path(args.data)
     raw, lab = data / f"{args.split}_raw.tif", data / f"{args.split}_mito.tif"
@@ -70,7 +73,16 @@ def main() -> int:
         names.write_text("mitochondria\n")
         source = {"model": args.model} if args.model else {"boxes": boxes}
         t0 = time.perf_counter()
-        run_pipeline(raw, names, work / "run", voxel_size_nm=VOXEL_NM, labels=True, **source)
+        settings = RunSettings(confirm_boxes=args.confirm_boxes)
+        run_pipeline(
+            raw,
+            names,
+            work / "run",
+            voxel_size_nm=VOXEL_NM,
+            labels=True,
+            settings=settings,
+            **source,
+        )
         seconds = time.perf_counter() - t0
         pred = tifffile.imread(work / "run" / "labels.tif")
     finally:
