@@ -52,6 +52,13 @@ def _report_errors(op, fn):
         return None
 
 
+def _classes_arg(settings) -> str:
+    """The panel's class config: a preset name as it is, a file as an absolute path."""
+    if not settings.classes:
+        raise FamousError("no class config is set.", fix="give a .toml, obj.names, or fibsem.")
+    return settings.classes if settings.classes in PRESETS else _path(settings.classes)
+
+
 def _detect_work(settings):
     """The detection call with the panel's settings, as a ``work(progress)`` function."""
     from ..blender import workflow
@@ -65,9 +72,7 @@ def _detect_work(settings):
             f"no {'model' if settings.source == 'MODEL' else 'boxes'} folder is set.",
             fix="choose it in the panel, or switch 'Boxes from'.",
         )
-    if not settings.classes:
-        raise FamousError("no class config is set.", fix="give a .toml, obj.names, or fibsem.")
-    classes = settings.classes if settings.classes in PRESETS else _path(settings.classes)
+    classes = _classes_arg(settings)
     out = _output(settings)
     kwargs = dict(
         boxes=src if settings.source == "BOXES" else None,

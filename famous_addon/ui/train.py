@@ -15,9 +15,8 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from ..core.classes import PRESETS
 from ..core.errors import FamousError
-from .operators import _Background, _path
+from .operators import _Background, _classes_arg, _path
 
 
 class FamousTrainSettings(bpy.types.PropertyGroup):
@@ -54,11 +53,7 @@ class FamousTrainSettings(bpy.types.PropertyGroup):
 def _classes(settings):
     from ..core.classes import load_classes
 
-    if not settings.classes:
-        raise FamousError("no class config is set.", fix="give a .toml, obj.names, or fibsem.")
-    return load_classes(
-        settings.classes if settings.classes in PRESETS else _path(settings.classes)
-    )
+    return load_classes(_classes_arg(settings))
 
 
 def _annotations(t) -> Path:
