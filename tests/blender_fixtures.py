@@ -20,6 +20,16 @@ def blender():
     return bpy
 
 
+@pytest.fixture
+def addon(blender):
+    """The add-on registered in a fresh scene, unregistered afterwards."""
+    import famous_addon
+
+    famous_addon.register()
+    yield blender
+    famous_addon.unregister()
+
+
 @pytest.fixture(scope="session")
 def phantom_run(tmp_path_factory):
     """A tiny phantom (16 x 160 x 160, seed 0) and its run folder with labels.

@@ -8,15 +8,6 @@ from famous_addon.core.runfolder import read_csv
 pytestmark = pytest.mark.blender
 
 
-@pytest.fixture
-def addon(blender):
-    import famous_addon
-
-    famous_addon.register()
-    yield blender
-    famous_addon.unregister()
-
-
 def test_register_and_unregister(blender):
     import famous_addon
 

@@ -9,15 +9,6 @@ import pytest
 pytestmark = pytest.mark.blender
 
 
-@pytest.fixture
-def addon(blender):
-    import famous_addon
-
-    famous_addon.register()
-    yield blender
-    famous_addon.unregister()
-
-
 def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
     pytest.importorskip("torch")
     phantom, _ = phantom_run

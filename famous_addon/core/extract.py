@@ -69,6 +69,14 @@ class BoxContext:
     box: tuple[int, int, int, int]
     full_box: tuple[float, float, float, float]
 
+    @classmethod
+    def of(cls, roi: np.ndarray, context: BoxContext | None) -> BoxContext:
+        """``context``, or the ROI alone as its own context when there is none."""
+        if context is not None:
+            return context
+        h, w = roi.shape
+        return cls(roi, (0, 0, w, h), (0.0, 0.0, float(w), float(h)))
+
     def cut_sides(self) -> tuple[bool, bool, bool, bool]:
         """Which sides (left, top, right, bottom) of the box the slice's edge cut off."""
         x0, y0, x1, y1 = self.box
@@ -220,9 +228,7 @@ def refined_recipe(
 
     Kernel sizes are physical (nm): the pixel size scales them.
     """
-    if context is None:
-        h, w = roi.shape
-        context = BoxContext(roi, (0, 0, w, h), (0.0, 0.0, float(w), float(h)))
+    context = BoxContext.of(roi, context)
     x0, y0, x1, y1 = context.box
     h, w = y1 - y0, x1 - x0
     if h == 0 or w == 0:

@@ -176,9 +176,7 @@ def learned_recipe(
             f"{len(recipe.weights)}.",
             fix="train them: famous run ... --annotations DIR (the boxed slices).",
         )
-    if context is None:
-        h, w = roi.shape
-        context = BoxContext(roi, (0, 0, w, h), (0.0, 0.0, float(w), float(h)))
+    context = BoxContext.of(roi, context)
     x0, y0, x1, y1 = context.box
     h, w = y1 - y0, x1 - x0
     if h == 0 or w == 0:
