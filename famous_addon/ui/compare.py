@@ -16,12 +16,12 @@ from bpy.props import (
     EnumProperty,
     FloatProperty,
     FloatVectorProperty,
-    PointerProperty,
     StringProperty,
 )
 
 from ..core.errors import FamousError
 from .operators import _Background, _output, _path, _report_errors
+from .properties import scene_settings_factory
 
 COMPARE_DIR = "compare"
 
@@ -252,14 +252,4 @@ CLASSES = (
 )
 
 
-_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
-
-
-def register():
-    _register_classes()
-    bpy.types.Scene.famous_compare = PointerProperty(type=FamousCompareSettings)
-
-
-def unregister():
-    del bpy.types.Scene.famous_compare
-    _unregister_classes()
+register, unregister = scene_settings_factory(CLASSES, "famous_compare", FamousCompareSettings)

@@ -96,14 +96,23 @@ class FamousSettings(bpy.types.PropertyGroup):
 CLASSES = (FamousClassRow, FamousSettings)
 
 
-_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+def scene_settings_factory(classes, attribute: str, group):
+    """``register, unregister`` for ``classes`` plus ``Scene.<attribute>`` of type ``group``.
+
+    Each section of the panel keeps its settings in its own pointer property
+    on the scene, registered after its classes and removed before them.
+    """
+    register_classes, unregister_classes = bpy.utils.register_classes_factory(classes)
+
+    def register():
+        register_classes()
+        setattr(bpy.types.Scene, attribute, PointerProperty(type=group))
+
+    def unregister():
+        delattr(bpy.types.Scene, attribute)
+        unregister_classes()
+
+    return register, unregister
 
 
-def register():
-    _register_classes()
-    bpy.types.Scene.famous = PointerProperty(type=FamousSettings)
-
-
-def unregister():
-    del bpy.types.Scene.famous
-    _unregister_classes()
+register, unregister = scene_settings_factory(CLASSES, "famous", FamousSettings)

@@ -19,10 +19,10 @@ from bpy.props import (
     FloatProperty,
     FloatVectorProperty,
     IntProperty,
-    PointerProperty,
 )
 
 from .operators import _Background, _output, _report_errors
+from .properties import scene_settings_factory
 
 # Blender needs the items of a dynamic enum kept alive by Python.
 _ENUM_CACHE: dict[str, list] = {}
@@ -232,14 +232,4 @@ CLASSES = (
 )
 
 
-_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
-
-
-def register():
-    _register_classes()
-    bpy.types.Scene.famous_quantify = PointerProperty(type=FamousQuantifySettings)
-
-
-def unregister():
-    del bpy.types.Scene.famous_quantify
-    _unregister_classes()
+register, unregister = scene_settings_factory(CLASSES, "famous_quantify", FamousQuantifySettings)

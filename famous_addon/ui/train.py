@@ -13,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from ..core.errors import FamousError
 from .operators import _Background, _classes_arg, _path
+from .properties import scene_settings_factory
 
 
 class FamousTrainSettings(bpy.types.PropertyGroup):
@@ -169,14 +170,4 @@ CLASSES = (
 )
 
 
-_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
-
-
-def register():
-    _register_classes()
-    bpy.types.Scene.famous_train = PointerProperty(type=FamousTrainSettings)
-
-
-def unregister():
-    del bpy.types.Scene.famous_train
-    _unregister_classes()
+register, unregister = scene_settings_factory(CLASSES, "famous_train", FamousTrainSettings)
