@@ -2,8 +2,9 @@
 
 Prints three tables:
 
-1. ms per tile of the OpenCV DNN forward at 416 and 608 input, one tile per
-   forward against several;
+1. ms per tile and tiles/s of the OpenCV DNN forward at 416 and 608 input,
+   one tile per forward against several, on the CPU and, where the OpenCV
+   build has CUDA, on the CUDA backends;
 2. the time to detect one 2048 x 2048 slice (tiling, decoding, merging,
    suppression) as a ratio to the sum of its DNN forwards in the same run
    (goal <= 1.25x);
@@ -32,15 +33,18 @@ import cv2
 import numpy as np
 
 from famous_addon.core.classes import from_names
-from famous_addon.core.detect import evaluate, load_detector
+from famous_addon.core.detect import cuda_available, evaluate, load_detector
 
 ROOT = Path(__file__).resolve().parents[1]
-STEP_REPORTS = ("base_report.json", "finetune1_report.json", "report.json")
 
 
 def forward_table(model: Path, repeats: int) -> None:
-    print("\nDNN forward (OpenCV", cv2.__version__, f"{cv2.getNumThreads()} threads)")
-    print(f"{'input':>6} {'tiles/forward':>14} {'ms/tile':>8}")
+    # CUDA rows only where this OpenCV build has CUDA and sees a device (pip's wheels do not)
+    backends = ["cpu"] + (["cuda", "cuda_fp16"] if cuda_available() else [])
+    print("\nDNN forward (OpenCV", cv2.__version__, f"{cv2.getNumThreads()} CPU threads)")
+    if len(backends) == 1:
+        print("(no CUDA in this OpenCV build: CPU only; README says how to get one with CUDA)")
+    print(f"{'backend':>9} {'input':>6} {'tiles/forward':>14} {'ms/tile':>8} {'tiles/s':>8}")
     rng = np.random.default_rng(0)
     for size in (416, 608):
         with tempfile.TemporaryDirectory() as tmp:
@@ -49,15 +53,16 @@ def forward_table(model: Path, repeats: int) -> None:
             cfg = (model / "model.cfg").read_text()
             cfg = cfg.replace("width=416", f"width={size}").replace("height=416", f"height={size}")
             (Path(tmp) / "model.cfg").write_text(cfg)
-            det = load_detector(tmp, backend="cpu")
             tiles = rng.integers(0, 255, (8, size, size), dtype=np.uint8)
-            det.forward(tiles[:1])
-            for n in (1, 4, 8):
-                t = time.perf_counter()
-                for _ in range(repeats):
-                    det.forward(tiles[:n])
-                ms = (time.perf_counter() - t) / repeats / n * 1000
-                print(f"{size:>6} {n:>14} {ms:>8.1f}")
+            for backend in backends:
+                det = load_detector(tmp, backend=backend)
+                det.forward(tiles[:1])
+                for n in (1, 4, 8):
+                    t = time.perf_counter()
+                    for _ in range(repeats):
+                        det.forward(tiles[:n])
+                    s = (time.perf_counter() - t) / repeats / n
+                    print(f"{backend:>9} {size:>6} {n:>14} {s * 1000:>8.1f} {1 / s:>8.1f}")
 
 
 def slice_overhead(model: Path, repeats: int) -> None:
@@ -101,7 +106,8 @@ def demo_accuracy(model: Path, seed: int, n_slices: int, step: int) -> None:
     from famous_addon.core.synthetic import Phantom
 
     # A model may have been trained in steps (base, then fine-tunes): one line each.
-    steps = [model / f for f in STEP_REPORTS if (model / f).is_file()]
+    tuned = sorted(model.glob("finetune*_report.json"), key=lambda p: int(p.stem[8:-7] or 0))
+    steps = [p for p in (model / "base_report.json", *tuned, model / "report.json") if p.is_file()]
     print(f"\nTraining of {model.name} ({os.cpu_count()} cores here):")
     print(f"{'report':<24} {'device':>6} {'threads':>7} {'epochs':>6} {'min':>6}  command")
     total: dict[str, float] = {}

@@ -103,6 +103,7 @@ def cmd_run(args) -> int:
             boxes=args.boxes,
             model=args.model,
             backend=args.backend,
+            flip_views=args.flip_views,
             voxel_size_nm=args.voxel_size,
             labels=args.labels or args.quantify,
             workers=args.workers,
@@ -178,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="YOLO_mark folder of boxed slices: choose each class's extraction recipe on them",
     )
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "cuda_fp16"])
+    p.add_argument(
+        "--flip-views",
+        type=int,
+        choices=[1, 2, 4],
+        help="with --model: also detect on mirrored slices and fuse the boxes "
+        "(1 off, 2, 4; default: the model's thresholds.json)",
+    )
     p.add_argument("--layers-to-scan", type=int, default=50, help="Algorithm 4 look-back (slices)")
     p.add_argument("--tolerance", type=float, default=0.2, help="Algorithm 4 centre tolerance")
     p.add_argument(

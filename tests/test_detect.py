@@ -320,3 +320,53 @@ def test_box_scale_keeps_sides_on_the_slice_edge():
     assert out[0].tolist() == [15.0, 15.0, 25.0, 25.0]
     # cut by the left edge: that side stays, the others shrink about the centre
     assert out[1].tolist() == [0.0, 45.0, 15.0, 55.0]
+
+
+def test_fuse_views_averages_boxes_and_discounts_one_view():
+    from famous_addon.core.detect import fuse_views
+
+    a = (np.array([[10.0, 10, 50, 50], [100, 100, 120, 120]]), np.array([0.9, 0.6]), [0, 0])
+    b = (np.array([[14.0, 10, 54, 50], [12, 12, 48, 48]]), np.array([0.3, 0.8]), [0, 0])
+    xyxy, scores, classes = fuse_views([a, b])
+    order = np.argsort(-scores)
+    # the object both views see: one box, score-weighted mean, mean score
+    assert scores[order[0]] == pytest.approx((0.9 + 0.8) / 2)
+    assert xyxy[order[0]] == pytest.approx(
+        (0.9 * np.array([10, 10, 50, 50]) + 0.8 * np.array([12, 12, 48, 48])) / 1.7
+    )
+    # a box only one view sees keeps half its score; a second box of view b on
+    # the same object is not fused into it (one box per view and cluster)
+    assert sorted(scores[order[1:]].tolist()) == pytest.approx([0.15, 0.3])
+    assert classes.tolist() == [0, 0, 0]
+    # boxes of other classes never fuse
+    c = (np.array([[10.0, 10, 50, 50]]), np.array([0.9]), [1])
+    _, scores, classes = fuse_views([a, c])
+    assert sorted(classes.tolist()) == [0, 0, 1] and scores.max() == pytest.approx(0.45)
+
+
+def test_flip_views_map_boxes_back_to_the_slice():
+    import json
+
+    from famous_addon.core.detect import DetectSettings
+    from famous_addon.core.synthetic import Phantom
+
+    det = load_detector(DEMO, from_names((DEMO / "obj.names").read_text().split()), "cpu")
+    image, labels = Phantom((20, 512, 512), seed=7, voxel_size_nm=(10, 10, 10)).render_slice(10)
+    image = np.ascontiguousarray(image[:, 40:])  # not square, so a wrong mirror shows
+    det.settings.flip_views = 1
+    plain = det.detect(image)
+    det.settings.flip_views = 4
+    fused = det.detect(image)
+    assert len(plain) >= 5 and len(fused) >= 5
+    ious = _box_iou(fused, plain)
+    # each fused box lies where the plain detector put one (mirrored back correctly)
+    assert np.median(ious.max(axis=1)) > 0.8, ious.max(axis=1)
+    data = DetectSettings([0.3]).to_json(["a"]) | {"flip_views": 3}
+    with pytest.raises(FamousError, match="flip_views"):
+        DetectSettings.from_json(json.loads(json.dumps(data)), ["a"], Path("thresholds.json"))
+
+
+def _box_iou(a: list[Box], b: list[Box]) -> np.ndarray:
+    from famous_addon.core.detect import _iou_matrix, _xyxy
+
+    return _iou_matrix(_xyxy(a), _xyxy(b))[0]

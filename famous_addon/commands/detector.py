@@ -115,6 +115,7 @@ def cmd_train(args) -> int:
         workers=args.workers,
         lr=args.lr,
         init=args.init or "",
+        flip_views=args.flip_views,
     )
     bar = TqdmProgress("train")
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -206,5 +207,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--init", metavar="MODEL_DIR", help="fine-tune this model (keeps its cfg)")
     p.add_argument("--device", default="cpu", help="torch device for training: cpu, cuda, cuda:1")
     p.add_argument("--workers", type=int, default=2, help="threads preparing batches")
+    p.add_argument(
+        "--flip-views",
+        type=int,
+        choices=[1, 2, 4],
+        default=1,
+        help="test-time mirrored views the model is calibrated and run with (1: off)",
+    )
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out")
     p.set_defaults(func=cmd_train)

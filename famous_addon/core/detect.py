@@ -381,6 +381,13 @@ class DetectSettings:
         smaller than the user does (learned on the annotated slices). Masks
         such as the inscribed ellipse follow the box, so this bias would
         otherwise go straight into the volumes.
+    flip_views : {1, 2, 4}
+        Test-time augmentation: the slice is also detected mirrored left-right
+        (2) and up-down and both (4), and the views' boxes are fused (see
+        :func:`fuse_views`). On an unseen phantom two views raised the demo
+        model's mAP@0.5 from 0.856 to 0.891 for twice the DNN time, but not its
+        3-D object F1 (the fused scores confirm fewer small organelles), so
+        it is off unless a model's ``thresholds.json`` turns it on.
     """
 
     score_thresholds: list[float]
@@ -391,6 +398,7 @@ class DetectSettings:
     batch: int = 4
     confirm_thresholds: list[float] | None = None
     box_scale: list[tuple[float, float]] | None = None
+    flip_views: int = 1
 
     def confirm(self) -> list[float]:
         """Per-class confirmation scores, never below the box thresholds."""
@@ -406,6 +414,7 @@ class DetectSettings:
             "whole_slice_classes": [names[c] for c in self.whole_slice_classes],
             "batch": self.batch,
             "confirm_thresholds": dict(zip(names, self.confirm())),
+            "flip_views": self.flip_views,
             **(
                 {"box_scale": {n: list(v) for n, v in zip(names, self.box_scale)}}
                 if self.box_scale is not None
@@ -431,6 +440,9 @@ class DetectSettings:
             return values
 
         thresholds = per_class("score_thresholds", [0.25] * len(names))
+        flip_views = data.get("flip_views", 1)
+        if flip_views not in FLIP_VIEWS:
+            raise FamousError(f"has flip_views {flip_views!r}.", path, "use 1 (off), 2 or 4 views.")
         return cls(
             score_thresholds=thresholds,
             nms_iou=float(data.get("nms_iou", 0.45)),
@@ -440,6 +452,7 @@ class DetectSettings:
             batch=max(1, int(data.get("batch", 4))),
             confirm_thresholds=per_class("confirm_thresholds", thresholds),
             box_scale=_box_scale(data.get("box_scale"), names, index, path),
+            flip_views=flip_views,
         )
 
 
@@ -536,6 +549,62 @@ def suppress(
                 kept.append(i)
         keep_all.extend(idx[kept].tolist())
     return np.array(sorted(keep_all), dtype=int)
+
+
+# (mirror left-right, mirror up-down) of each view, for 1, 2 or 4 views
+FLIP_VIEWS = {1: [(False, False)], 2: [(False, False), (True, False)]}
+FLIP_VIEWS[4] = FLIP_VIEWS[2] + [(False, True), (True, True)]
+
+
+def fuse_views(views: list[tuple[np.ndarray, np.ndarray, np.ndarray]], iou: float = 0.55):
+    """Fuse the boxes of several views of one slice (weighted box fusion).
+
+    Boxes are visited by decreasing score; each joins the same-class cluster
+    whose fused box it overlaps most (IoU >= ``iou``), unless that cluster
+    already holds a box of its view. A cluster's box is the score-weighted
+    mean of its members; its score is their sum over the number of views, so
+    a box that only one view sees loses confidence and the box edges average
+    out.
+
+    Parameters
+    ----------
+    views : list of (xyxy (n, 4), scores (n,), classes (n,))
+
+    Returns
+    -------
+    xyxy, scores, classes
+    """
+    xyxy = np.concatenate([v[0] for v in views]).reshape(-1, 4).astype(np.float64)
+    scores = np.concatenate([v[1] for v in views]).astype(np.float64)
+    classes = np.concatenate([v[2] for v in views]).astype(int)
+    view_of = np.concatenate([np.full(len(v[1]), k) for k, v in enumerate(views)])
+    out_xyxy, out_scores, out_classes = [], [], []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        weight, weighted, members = [], [], []
+        for i in idx:
+            if weight:
+                fused = np.array(weighted) / np.array(weight)[:, None]
+                overlap = _iou_matrix(xyxy[i][None], fused)[0][0]
+                overlap[[view_of[i] in m for m in members]] = -1
+                j = int(np.argmax(overlap))
+                if overlap[j] >= iou:
+                    weight[j] += scores[i]
+                    weighted[j] = weighted[j] + scores[i] * xyxy[i]
+                    members[j].add(view_of[i])
+                    continue
+            weight.append(scores[i])
+            weighted.append(scores[i] * xyxy[i])
+            members.append({view_of[i]})
+        out_xyxy.extend(np.array(weighted) / np.array(weight)[:, None])
+        out_scores.extend(np.array(weight) / len(views))
+        out_classes.extend([c] * len(weight))
+    return (
+        np.array(out_xyxy, np.float64).reshape(-1, 4),
+        np.array(out_scores, np.float64),
+        np.array(out_classes, int),
+    )
 
 
 def merge_cut_boxes(
@@ -753,14 +822,14 @@ class Detector:
         n = len(tiles)
         return np.concatenate([o.reshape(n, -1, o.shape[-1]) for o in outs], axis=1)
 
+    @staticmethod
     def _candidates(
-        self, rows: np.ndarray, scale: tuple[float, float], offset: tuple[int, int], keep_cls
+        rows: np.ndarray, scale: tuple[float, float], offset: tuple[int, int], keep_cls, thr
     ):
-        """Rows of one tile -> xyxy boxes (slice pixels), scores, classes above threshold."""
+        """Rows of one tile -> xyxy boxes (slice pixels), scores, classes above ``thr``."""
         cls_scores = rows[:, 5:]
         cls = cls_scores.argmax(axis=1)
         score = cls_scores[np.arange(len(rows)), cls]
-        thr = np.asarray(self.settings.score_thresholds, np.float32)
         ok = (score >= thr[cls]) & keep_cls[cls]
         r = rows[ok]
         sx, sy = scale
@@ -772,13 +841,49 @@ class Detector:
 
     def detect(self, image: np.ndarray) -> list[Box]:
         """Boxes of one slice (2-D uint8), in slice pixels, after merging and suppression."""
-        import cv2
-
         image = np.asarray(image)
         if image.ndim != 2 or image.dtype != np.uint8:
             raise FamousError(
                 f"the detector needs a 2-D uint8 slice, got {image.dtype} {image.shape}."
             )
+        st = self.settings
+        thr = np.asarray(st.score_thresholds, np.float32)
+        if st.flip_views == 1:
+            xyxy, scores, classes = self._detect_view(image, thr)
+        else:
+            rows, cols = image.shape
+            views = []
+            for flip_x, flip_y in FLIP_VIEWS[st.flip_views]:
+                view = np.ascontiguousarray(image[:: -1 if flip_y else 1, :: -1 if flip_x else 1])
+                # a box a view misses counts 0 in the fused mean: half the threshold
+                # keeps the boxes that can still reach it with another view's help
+                b, sc, c = self._detect_view(view, thr * 0.5)
+                if flip_x:
+                    b[:, [0, 2]] = cols - b[:, [2, 0]]
+                if flip_y:
+                    b[:, [1, 3]] = rows - b[:, [3, 1]]
+                views.append((b, sc, c))
+            xyxy, scores, classes = fuse_views(views)
+            # no second suppression: each view was suppressed already, and on
+            # unseen phantoms one more over the fused boxes cost 0.015 mAP
+            ok = scores >= thr[classes]
+            xyxy, scores, classes = xyxy[ok], scores[ok], classes[ok]
+        return [
+            Box(
+                int(classes[i]),
+                float(xyxy[i, 0]),
+                float(xyxy[i, 1]),
+                float(xyxy[i, 2] - xyxy[i, 0]),
+                float(xyxy[i, 3] - xyxy[i, 1]),
+                float(scores[i]),
+            )
+            for i in range(len(scores))
+        ]
+
+    def _detect_view(self, image: np.ndarray, thr: np.ndarray):
+        """xyxy boxes, scores and classes of one slice as it is, above ``thr`` per class."""
+        import cv2
+
         rows, cols = image.shape
         tw, th = self.info.width, self.info.height
         st = self.settings
@@ -803,7 +908,7 @@ class Detector:
             batch = np.stack([padded[y : y + th, x : x + tw] for x, y in chunk])
             out = self.forward(batch)
             for k, (x, y) in enumerate(chunk):
-                b, s, c = self._candidates(out[k], (tw, th), (x, y), ~whole)
+                b, s, c = self._candidates(out[k], (tw, th), (x, y), ~whole, thr)
                 inner = np.array([x > 0, y > 0, x + tw < pcol, y + th < prow])
                 cut = (
                     np.stack(
@@ -826,14 +931,14 @@ class Detector:
             small = np.full((th, tw), pad_value, np.uint8)
             small[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
             out = self.forward(small[None])
-            b, s, c = self._candidates(out[0], (tw / f, th / f), (0, 0), whole)
+            b, s, c = self._candidates(out[0], (tw / f, th / f), (0, 0), whole, thr)
             boxes.append(b), scores.append(s), classes.append(c)
             cuts.append(np.zeros((len(b), 4), bool)), tiles_of.append(np.full(len(b), -1))
         xyxy = np.concatenate(boxes).astype(np.float64)
-        if len(xyxy) == 0:
-            return []
         scores = np.concatenate(scores)
         classes = np.concatenate(classes)
+        if len(xyxy) == 0:
+            return xyxy.reshape(0, 4), scores, classes
         if len(origins) > 1:
             xyxy, _ = merge_cut_boxes(xyxy, classes, np.concatenate(tiles_of), np.concatenate(cuts))
         if st.box_scale is not None:
@@ -843,17 +948,7 @@ class Detector:
         ok = (xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)
         xyxy, scores, classes = xyxy[ok], scores[ok], classes[ok]
         keep = suppress(xyxy, scores, classes, st.nms_iou, st.containment)
-        return [
-            Box(
-                int(classes[i]),
-                float(xyxy[i, 0]),
-                float(xyxy[i, 1]),
-                float(xyxy[i, 2] - xyxy[i, 0]),
-                float(xyxy[i, 3] - xyxy[i, 1]),
-                float(scores[i]),
-            )
-            for i in keep
-        ]
+        return xyxy[keep], scores[keep], classes[keep]
 
     def __call__(self, index: int, image: np.ndarray) -> list[Box]:
         return self.detect(image)

@@ -19,7 +19,7 @@ import json
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +94,12 @@ def make_box_source(
     boxes: str | Path | None = None,
     model: str | Path | None = None,
     backend: str = "auto",
+    flip_views: int | None = None,
 ):
     """The box source for a run: per-slice YOLO files or the YOLOv4 detector.
 
-    Everything is checked here, before any slice is processed.
+    Everything is checked here, before any slice is processed. ``flip_views``
+    (1, 2 or 4) overrides the model's test-time views.
     """
     if (boxes is None) == (model is None):
         raise FamousError(
@@ -108,9 +110,14 @@ def make_box_source(
         source = YoloTxtBoxes(boxes, stack.shape[1:], len(classes), n_slices=stack.shape[0])
         source.validate()
         return source
-    from .detect import load_detector
+    from .detect import FLIP_VIEWS, load_detector
 
-    return load_detector(model, classes, backend=backend)
+    detector = load_detector(model, classes, backend=backend)
+    if flip_views is not None:
+        if flip_views not in FLIP_VIEWS:
+            raise FamousError(f"flip_views {flip_views!r}: use 1 (off), 2 or 4 views.")
+        detector.settings = replace(detector.settings, flip_views=flip_views)
+    return detector
 
 
 def process_slice(stack: Stack, source, classes: ClassConfig, pixel_nm: float, k: int) -> dict:
@@ -233,6 +240,7 @@ def run_pipeline(
     boxes: str | Path | None = None,
     model: str | Path | None = None,
     backend: str = "auto",
+    flip_views: int | None = None,
     voxel_size_nm: tuple[float, float, float] | None = None,
     labels: bool = False,
     workers: int = 1,
@@ -256,6 +264,8 @@ def run_pipeline(
         Exactly one: a folder of per-slice YOLO txt files, or a detector model folder.
     backend : {"auto", "cpu", "cuda", "cuda_fp16"}
         DNN backend for ``model``.
+    flip_views : {1, 2, 4}, optional
+        Test-time mirrored views for ``model``; None: the model's own setting.
     voxel_size_nm : (z, y, x), optional
         Overrides the stack's metadata.
     labels : bool
@@ -290,7 +300,7 @@ def run_pipeline(
     vs = stack.require_voxel_size()
     if not isinstance(classes, ClassConfig):
         classes = load_classes(classes)
-    source = make_box_source(stack, classes, boxes, model, backend)
+    source = make_box_source(stack, classes, boxes, model, backend, flip_views)
     pixel_nm = float(np.sqrt(vs[1] * vs[2]))
     calibration = None
     if annotations is not None:
