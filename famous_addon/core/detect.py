@@ -386,8 +386,8 @@ class DetectSettings:
         (2) and up-down and both (4), and the views' boxes are fused (see
         :func:`fuse_views`). On an unseen phantom two views raised the demo
         model's mAP@0.5 from 0.856 to 0.891 for twice the DNN time, but not its
-        3-D object F1 (the fused scores confirm fewer small organelles), so
-        it is off unless a model's ``thresholds.json`` turns it on.
+        3-D object F1 on three phantoms, so it is off unless a model's
+        ``thresholds.json`` turns it on.
     """
 
     score_thresholds: list[float]
