@@ -16,7 +16,7 @@ The detector (the training split, every slice boxed from its labels)::
     famous boxes-from-labels $D/train_mito.tif --stack $D/train_raw.tif --slices 0-19 \
         --classes obj.names --out ann       # obj.names: one line, mitochondria
     famous train ann --classes obj.names --out model --epochs 60
-    python benchmarks/cdeep3m_pipeline.py --model model
+    python benchmarks/cdeep3m_pipeline.py --model model [--flip-views 2]
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def main() -> int:
     ap.add_argument(
         "--confirm-boxes", type=int, default=2, help="with --model (0: no confirmation)"
     )
+    ap.add_argument(
+        "--flip-views", type=int, choices=[1, 2, 4], help="with --model: test-time mirrored views"
+    )
     args = ap.parse_args()
     data = Path(args.data)
     raw, lab = data / f"{args.split}_raw.tif", data / f"{args.split}_mito.tif"
@@ -71,7 +74,9 @@ def main() -> int:
             write_yolo_txt(boxes / f"slice_{k:05d}.txt", b, truth.shape[1:])
         names = work / "obj.names"
         names.write_text("mitochondria\n")
-        source = {"model": args.model} if args.model else {"boxes": boxes}
+        source = (
+            {"model": args.model, "flip_views": args.flip_views} if args.model else {"boxes": boxes}
+        )
         t0 = time.perf_counter()
         settings = RunSettings(confirm_boxes=args.confirm_boxes)
         run_pipeline(

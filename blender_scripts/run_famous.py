@@ -3,7 +3,8 @@
 Inside Blender::
 
     blender -b -P blender_scripts/run_famous.py -- --stack S --classes C \\
-        (--model MODEL_DIR | --boxes DIR | --run RUN_DIR) --out DIR [--mesher hull|volume]
+        (--model MODEL_DIR | --boxes DIR | --run RUN_DIR) --out DIR [--mesher hull|volume] \\
+        [--backend auto|cpu|cuda|cuda_fp16] [--flip-views 1|2|4]
 
 or with the ``bpy`` wheel::
 
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"), help="voxel size in nm"
     )
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "cuda_fp16"])
+    p.add_argument(
+        "--flip-views",
+        type=int,
+        choices=[1, 2, 4],
+        help="with --model: test-time mirrored views (default: the model's setting)",
+    )
     p.add_argument("--workers", type=int, default=1, help="local processes for the slices")
     p.add_argument(
         "--resolution",
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> dict:
                 boxes=args.boxes,
                 model=args.model,
                 backend=args.backend,
+                flip_views=args.flip_views,
                 voxel_size_nm=args.voxel_size,
                 workers=args.workers,
                 progress=sub(bar, 0.0, 0.5),

@@ -46,6 +46,26 @@ def test_operators_match_the_headless_script(addon, phantom_run, headless, tmp_p
     assert read_csv(cli_out / "quantification.csv") == ui_rows
 
 
+def test_panel_detection_with_the_demo_model_and_flip_views(addon, phantom_run, tmp_path):
+    import json
+    from pathlib import Path
+
+    phantom, _ = phantom_run
+    s = addon.context.scene.famous
+    assert s.flip_views == "MODEL"
+    s.stack = str(phantom / "stack.tif")
+    s.classes = str(phantom / "classes.toml")
+    s.source = "MODEL"
+    s.model = str(Path(__file__).resolve().parents[1] / "assets" / "demo_model")
+    s.backend = "cpu"
+    s.flip_views = "2"
+    s.output = str(tmp_path / "ui")
+    assert addon.ops.famous.run_detection() == {"FINISHED"}
+    run = json.loads((tmp_path / "ui" / "run" / "run.json").read_text())
+    assert run["boxes"]["flip_views"] == 2 and run["boxes"]["backend"] == "cpu"
+    assert run["n_detections"] > 0
+
+
 def test_operator_errors_are_reports(addon, tmp_path):
     s = addon.context.scene.famous
     s.output = str(tmp_path / "empty")

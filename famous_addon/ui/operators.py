@@ -78,6 +78,7 @@ def _detect_work(settings):
         boxes=src if settings.source == "BOXES" else None,
         model=src if settings.source == "MODEL" else None,
         backend=settings.backend,
+        flip_views=None if settings.flip_views == "MODEL" else int(settings.flip_views),
         voxel_size_nm=settings.voxel_size_nm(),
     )
 

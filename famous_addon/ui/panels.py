@@ -27,6 +27,7 @@ class FAMOUS_PT_main(bpy.types.Panel):
         if s.source == "MODEL":
             box.prop(s, "model")
             box.prop(s, "backend")
+            box.prop(s, "flip_views")
         else:
             box.prop(s, "boxes")
         box.operator("famous.run_detection", icon="PLAY")

@@ -65,6 +65,18 @@ class FamousSettings(bpy.types.PropertyGroup):
         items=[(b, b, f"OpenCV DNN backend {b}") for b in ("auto", "cpu", "cuda", "cuda_fp16")],
         default="auto",
     )
+    flip_views: EnumProperty(
+        name="Flip views",
+        description="Also detect on mirrored slices and fuse the boxes (twice or four times "
+        "the detection time)",
+        items=[
+            ("MODEL", "Model's setting", "As the model's thresholds.json says"),
+            ("1", "Off", "The slice as it is"),
+            ("2", "2 views", "And mirrored left-right"),
+            ("4", "4 views", "And mirrored up-down, and both"),
+        ],
+        default="MODEL",
+    )
     output: StringProperty(
         name="Output", subtype="DIR_PATH", description="Folder for the run folder and results"
     )
