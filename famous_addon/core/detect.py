@@ -1074,6 +1074,34 @@ def truth_categories(
     return out
 
 
+def match_class(
+    pred: list[Box], truth: list[Box], c: int, iou: float = 0.5
+) -> tuple[list[tuple[float, bool]], np.ndarray]:
+    """Match the class-``c`` predictions of one image to its class-``c`` truth boxes.
+
+    Predictions are matched by decreasing score to the unmatched truth box
+    with the highest IoU (>= ``iou``).
+
+    Returns
+    -------
+    scored : list of (score, is a true box), one per class-``c`` prediction
+    hit : (len(truth),) bool, which truth boxes were found
+    """
+    p = sorted((b for b in pred if b.cls == c), key=lambda b: -b.score)
+    hit = np.zeros(len(truth), bool)
+    ious = _iou_matrix(_xyxy(p), _xyxy(truth))[0] if (p and truth) else None
+    scored = []
+    for k, b in enumerate(p):
+        ok = False
+        if truth:
+            cand = np.where(hit, -1.0, ious[k])
+            j = int(np.argmax(cand))
+            if cand[j] >= iou:
+                hit[j] = ok = True
+        scored.append((b.score, ok))
+    return scored, hit
+
+
 def evaluate(
     preds: list[list[Box]],
     truths: list[list[Box]],
@@ -1108,19 +1136,9 @@ def evaluate(
         cats = truth_categories(truth, shape, median_area)
         for c in range(n_classes):
             t_idx = [i for i, b in enumerate(truth) if b.cls == c]
-            p = sorted((b for b in pred if b.cls == c), key=lambda b: -b.score)
             n_truth[c] += len(t_idx)
-            hit = np.zeros(len(t_idx), bool)
-            if p and t_idx:
-                ious, _ = _iou_matrix(_xyxy(p), _xyxy([truth[i] for i in t_idx]))
-            for k, b in enumerate(p):
-                ok = False
-                if t_idx:
-                    cand = np.where(hit, -1.0, ious[k])
-                    j = int(np.argmax(cand))
-                    if cand[j] >= iou:
-                        hit[j] = ok = True
-                scored[c].append((b.score, ok))
+            pairs, hit = match_class(pred, [truth[i] for i in t_idx], c, iou)
+            scored[c].extend(pairs)
             for j, i in enumerate(t_idx):
                 found.setdefault((c, cats[i]), []).append(bool(hit[j]))
     per_class = {}

@@ -289,23 +289,30 @@ def mask_iou(a: np.ndarray, box_a, b: np.ndarray, box_b) -> float:
     return np.count_nonzero(pa & pb) / union if union else 0.0
 
 
-def _refined_mask(img, box, full_box, t, recipe, pixel_nm, cut) -> np.ndarray:
-    """One refined mask for the box ``box`` of the prepared image ``img`` at threshold ``t``."""
+def _central_piece(binary, box, full_box, recipe, pixel_nm, cut, fill: bool):
+    """A box's binary pixels opened and cut to their most central component.
+
+    With ``fill``, holes are filled before the opening (which could break an
+    organelle's thin membrane ring) and again after. Returns the mask and the
+    centre weight it was picked with (an ellipse inscribed in ``full_box``).
+    """
     x0, y0, x1, y1 = box
     h, w = y1 - y0, x1 - x0
-    inside = img[y0:y1, x0:x1] > t
-    binary = _fill_holes(inside, cut) if recipe.fill_holes else inside
-    # Holes are filled before the opening, which could break an organelle's
-    # thin membrane ring.
-    binary = binary.astype(np.uint8)
+    binary = (_fill_holes(binary, cut) if fill else binary).astype(np.uint8)
     r = min(int(round(recipe.open_nm / pixel_nm)), min(h, w) // 4)
     if r > 0:
         binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, _disk(r))
     fx0, fy0, fx1, fy1 = full_box
     weight = _ellipse((h, w), (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0))
     mask = _pick_component(binary, weight)
-    if recipe.fill_holes:
-        mask = _fill_holes(mask, cut)
+    return (_fill_holes(mask, cut) if fill else mask), weight
+
+
+def _refined_mask(img, box, full_box, t, recipe, pixel_nm, cut) -> np.ndarray:
+    """One refined mask for the box ``box`` of the prepared image ``img`` at threshold ``t``."""
+    x0, y0, x1, y1 = box
+    inside = img[y0:y1, x0:x1] > t
+    mask, weight = _central_piece(inside, box, full_box, recipe, pixel_nm, cut, recipe.fill_holes)
     if recipe.separate_core > 0 and mask.sum() >= 10:
         mask = _separate_from_surround(img, box, mask, inside, recipe.separate_core, pixel_nm)
         mask = _pick_component(mask, weight)

@@ -31,10 +31,8 @@ from .classes import ExtractRecipe
 from .errors import FamousError
 from .extract import (
     BoxContext,
+    _central_piece,
     _disk,
-    _ellipse,
-    _fill_holes,
-    _pick_component,
     bbox_fit,
     box_context,
     refined_recipe,
@@ -186,10 +184,4 @@ def learned_recipe(
     feats = pixel_features(_prepared(context, recipe), context.full_box, pixel_nm)
     z = ((feats[y0:y1, x0:x1] - mean) / spread) @ coef + bias
     cut = context.cut_sides()
-    binary = _fill_holes(z > 0, cut).astype(np.uint8)
-    r = min(int(round(recipe.open_nm / pixel_nm)), min(h, w) // 4)
-    if r > 0:
-        binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, _disk(r))
-    fx0, fy0, fx1, fy1 = context.full_box
-    centre = _ellipse((h, w), (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0))
-    return _fill_holes(_pick_component(binary, centre), cut)
+    return _central_piece(z > 0, context.box, context.full_box, recipe, pixel_nm, cut, True)[0]

@@ -467,8 +467,13 @@ def _drop_small(det_labels: np.ndarray, det: dict, min_slices: int, n_slices: in
     at_edge = np.zeros(len(total), bool)
     at_edge[lab[(sl == 0) | (sl == n_slices - 1)]] = True
     keep = (total > 0) & ((spans >= min_slices) | at_edge)
-    new = np.cumsum(keep) - 1
-    return np.where(keep[det_labels], new[det_labels], -1)
+    return _renumbered(det_labels, keep)
+
+
+def _renumbered(det_labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Labels with the kept organelles numbered 0..m-1 and the others (and -1) as -1."""
+    new = np.where(keep, np.cumsum(keep) - 1, -1)
+    return np.where(det_labels >= 0, new[det_labels], -1)
 
 
 def _drop_unconfirmed(
@@ -490,10 +495,7 @@ def _drop_unconfirmed(
     sure = det["score"][ok] >= np.asarray(confirm, np.float64)[det["cls"][ok]]
     n = np.bincount(lab)
     keep = np.bincount(lab, weights=sure, minlength=len(n)) >= np.minimum(n, n_boxes)
-    new = np.cumsum(keep) - 1
-    out = np.full_like(det_labels, -1)
-    out[ok] = np.where(keep[lab], new[lab], -1)
-    return out
+    return _renumbered(det_labels, keep)
 
 
 def _assemble(out, stack, classes, det, det_labels, write_labels, settings, progress):

@@ -590,29 +590,15 @@ def split_images(n: int, val_fraction: float, seed: int) -> tuple[list[int], lis
 
 
 def _scored_boxes(preds, truths, c: int, iou: float) -> tuple[list[tuple[float, bool]], int]:
-    """(score, is a true box) of each class-``c`` prediction, and the number of truth boxes.
-
-    Predictions are matched by decreasing score to the unmatched truth box
-    with the highest IoU (>= ``iou``).
-    """
-    from .detect import _iou_matrix, _xyxy
+    """(score, is a true box) of each class-``c`` prediction, and the number of truth boxes."""
+    from .detect import match_class
 
     scored = []
     n_truth = 0
     for pred, truth in zip(preds, truths):
         t = [b for b in truth if b.cls == c]
-        p = sorted((b for b in pred if b.cls == c), key=lambda b: -b.score)
         n_truth += len(t)
-        hit = np.zeros(len(t), bool)
-        ious = _iou_matrix(_xyxy(p), _xyxy(t))[0] if (p and t) else None
-        for k, b in enumerate(p):
-            ok = False
-            if t:
-                cand = np.where(hit, -1.0, ious[k])
-                j = int(np.argmax(cand))
-                if cand[j] >= iou:
-                    hit[j] = ok = True
-            scored.append((b.score, ok))
+        scored.extend(match_class(pred, t, c, iou)[0])
     return scored, n_truth
 
 

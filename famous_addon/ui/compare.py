@@ -21,6 +21,7 @@ from bpy.props import (
 
 from ..core.errors import FamousError
 from .operators import _Background, _output, _path, _report_errors
+from .panels import SubPanel
 from .properties import scene_settings_factory
 
 COMPARE_DIR = "compare"
@@ -186,14 +187,9 @@ def _pct(x: float) -> str:
     return "—" if x < 0 else f"{100 * x:.1f}"
 
 
-class FAMOUS_PT_compare(bpy.types.Panel):
+class FAMOUS_PT_compare(SubPanel, bpy.types.Panel):
     bl_label = "Compare"
     bl_idname = "FAMOUS_PT_compare"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "FAMOUS"
-    bl_parent_id = "FAMOUS_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
         from ..blender.stl_import import class_collections, layer_collection, segmentations

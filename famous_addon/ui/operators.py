@@ -59,13 +59,19 @@ def _classes_arg(settings) -> str:
     return settings.classes if settings.classes in PRESETS else _path(settings.classes)
 
 
+def _stack_path(settings) -> str:
+    """The panel's image stack, as an absolute path."""
+    stack = _path(settings.stack)
+    if not stack:
+        raise FamousError("no stack is set.", fix="choose the image Stack in the panel.")
+    return stack
+
+
 def _detect_work(settings):
     """The detection call with the panel's settings, as a ``work(progress)`` function."""
     from ..blender import workflow
 
-    stack = _path(settings.stack)
-    if not stack:
-        raise FamousError("no stack is set.", fix="choose the image Stack in the panel.")
+    stack = _stack_path(settings)
     src = _path(settings.model if settings.source == "MODEL" else settings.boxes)
     if not src:
         raise FamousError(

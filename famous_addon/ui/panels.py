@@ -5,12 +5,22 @@ from __future__ import annotations
 import bpy
 
 
-class FAMOUS_PT_main(bpy.types.Panel):
-    bl_label = "FAMOUS"
-    bl_idname = "FAMOUS_PT_main"
+class _SidebarTab:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "FAMOUS"
+
+
+class SubPanel(_SidebarTab):
+    """Mixin for a closed-by-default section under the main FAMOUS panel."""
+
+    bl_parent_id = "FAMOUS_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+
+class FAMOUS_PT_main(_SidebarTab, bpy.types.Panel):
+    bl_label = "FAMOUS"
+    bl_idname = "FAMOUS_PT_main"
 
     def draw(self, context):
         s = context.scene.famous

@@ -22,6 +22,7 @@ from bpy.props import (
 )
 
 from .operators import _Background, _output, _report_errors
+from .panels import SubPanel
 from .properties import scene_settings_factory
 
 # Blender needs the items of a dynamic enum kept alive by Python.
@@ -175,14 +176,9 @@ class FAMOUS_OT_reset_colours(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class FAMOUS_PT_measure(bpy.types.Panel):
+class FAMOUS_PT_measure(SubPanel, bpy.types.Panel):
     bl_label = "Measurements"
     bl_idname = "FAMOUS_PT_measure"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "FAMOUS"
-    bl_parent_id = "FAMOUS_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
         from ..blender.colorize import current_legend

@@ -16,7 +16,8 @@ import bpy
 from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from ..core.errors import FamousError
-from .operators import _Background, _classes_arg, _path
+from .operators import _Background, _classes_arg, _path, _stack_path
+from .panels import SubPanel
 from .properties import scene_settings_factory
 
 
@@ -80,10 +81,7 @@ class FAMOUS_OT_export_annotation_slices(_Background, bpy.types.Operator):
         from ..core.stack import open_stack
 
         settings, t = context.scene.famous, context.scene.famous_train
-        stack_path = _path(settings.stack)
-        if not stack_path:
-            raise FamousError("no stack is set.", fix="choose the image Stack in the panel.")
-        stack = open_stack(stack_path, settings.voxel_size_nm())
+        stack = open_stack(_stack_path(settings), settings.voxel_size_nm())
         classes = _classes(settings)
         out = _annotations(t)
 
@@ -139,14 +137,9 @@ class FAMOUS_OT_train(_Background, bpy.types.Operator):
         return f"model: {out} (held-out mAP@0.5 {report['metrics']['mAP50']:.2f})"
 
 
-class FAMOUS_PT_train(bpy.types.Panel):
+class FAMOUS_PT_train(SubPanel, bpy.types.Panel):
     bl_label = "Train"
     bl_idname = "FAMOUS_PT_train"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "FAMOUS"
-    bl_parent_id = "FAMOUS_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
         t = context.scene.famous_train
