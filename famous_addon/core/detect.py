@@ -385,8 +385,9 @@ class DetectSettings:
         Test-time augmentation: the slice is also detected mirrored left-right
         (2) and up-down and both (4), and the views' boxes are fused (see
         :func:`fuse_views`). On an unseen phantom two views raised the demo
-        model's mAP@0.5 from 0.856 to 0.891 for twice the DNN time, but moved
-        its 3-D object F1 on five phantoms by no more than one phantom's
+        model's mAP@0.5 from 0.871 to 0.897 for twice the DNN time, but not
+        its recall at the chosen thresholds, and moved the previous demo
+        model's 3-D object F1 on five phantoms by no more than one phantom's
         spread, so it is off unless a model's ``thresholds.json`` turns it on.
     """
 
