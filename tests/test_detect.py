@@ -155,7 +155,13 @@ def test_suppress_containment_and_nms():
     )
     scores = np.array([0.6, 0.9, 0.8, 0.8, 0.5, 0.7, 0.4])
     classes = np.array([0, 0, 0, 0, 0, 0, 1])
-    assert suppress(xyxy, scores, classes, 0.45, 0.7).tolist() == [0, 2, 3, 6]
+    assert suppress(xyxy, scores, classes, 0.45, [0.7, 0.7]).tolist() == [0, 2, 3, 6]
+    # containment off for class 0: the piece and the spanning box stay, NMS still works
+    assert suppress(xyxy, scores, classes, 0.45, [None, 0.7]).tolist() == [0, 1, 2, 3, 4, 6]
+    # ... except for a piece cut by a tile border, which the whole box replaces
+    pieces = np.array([False, True, False, False, False, False, False])
+    kept = suppress(xyxy, scores, classes, 0.45, [None, 0.7], pieces)
+    assert kept.tolist() == [0, 2, 3, 4, 6]
 
 
 class _OracleDetector(Detector):
@@ -262,6 +268,40 @@ def test_demo_model_finds_objects_on_an_unseen_phantom():
     assert hits / n_truth >= 0.70, m
 
 
+def test_recalibrate_rewrites_thresholds_and_keeps_the_training_report(tmp_path, capsys):
+    import argparse
+    import json
+    import shutil
+
+    from famous_addon.commands.detector import add_parsers
+    from famous_addon.core.annotations import write_yolo_mark
+    from famous_addon.core.synthetic import CLASS_NAMES, Phantom
+
+    model = tmp_path / "model"
+    shutil.copytree(DEMO, model)
+    before = json.loads((model / "report.json").read_text())
+    ph = Phantom((40, 512, 512), seed=321, voxel_size_nm=(10, 10, 10))
+    images, boxes = [], []
+    for k in (5, 15, 25, 35):
+        image, labels = ph.render_slice(k)
+        images.append(image)
+        boxes.append(ph.boxes(k, labels))
+    write_yolo_mark(tmp_path / "ann", images, [f"s{k}" for k in range(4)], CLASS_NAMES, boxes)
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    args = parser.parse_args(["recalibrate", str(model), str(tmp_path / "ann")])
+    assert args.func(args) == 0
+    assert "containment suppression off for" in capsys.readouterr().out
+    report = json.loads((model / "report.json").read_text())
+    assert report["metrics_at_training"] == before.get("metrics_at_training", before["metrics"])
+    assert report["recalibrated"]["val_images"] and report["recalibrated"]["command"]
+    assert (model / "model.weights").read_bytes() == (DEMO / "model.weights").read_bytes()
+    det = load_detector(model, from_names(list(CLASS_NAMES)), "cpu")
+    chosen = report["metrics"]["containment"]
+    assert det.settings.containment == [chosen[n] for n in CLASS_NAMES]
+    assert det.settings.score_thresholds == [report["thresholds"][n] for n in CLASS_NAMES]
+
+
 def test_rgb_model_gets_grey_slices_as_three_channels(tmp_path):
     det = load_detector(make_model(tmp_path / "m", channels=3), backend="cpu")
     assert det.info.channels == 3
@@ -310,6 +350,32 @@ def test_box_scale_and_confirm_are_applied_and_stored(tmp_path):
     data = s.to_json(names) | {"box_scale": {"b": [0.1, 1]}}
     with pytest.raises(FamousError, match="box_scale of 'b'"):
         DetectSettings.from_json(data, names, tmp_path / "thresholds.json")
+
+
+def test_containment_per_class_in_json_and_chosen_from_annotated_slices(tmp_path):
+    import json
+
+    from famous_addon.core.detect import DetectSettings
+    from famous_addon.core.train import choose_containment
+
+    names = ["round", "long"]
+    s = DetectSettings([0.3, 0.5], containment=[None, 0.7])
+    data = json.loads(json.dumps(s.to_json(names)))
+    assert data["containment"] == {"round": None, "long": 0.7}
+    assert DetectSettings.from_json(data, names, tmp_path).containment == [None, 0.7]
+    # one number for every class, as older model folders have it
+    old = DetectSettings.from_json(data | {"containment": 0.6}, names, tmp_path)
+    assert old.containment == [0.6, 0.6]
+    with pytest.raises(FamousError, match="containment of 'long'"):
+        DetectSettings.from_json(data | {"containment": {"long": 1.5}}, names, tmp_path)
+
+    # class 0: two neighbours, which containment turns into one box spanning
+    # both (AP 0 against 1); class 1: a whole object, with containment or not
+    truths = [[Box(0, 10, 10, 20, 20), Box(0, 32, 10, 20, 20), Box(1, 100, 100, 80, 20)]]
+    on = [[Box(0, 10, 10, 42, 20, 0.9), Box(1, 100, 100, 80, 20, 0.9)]]
+    off = [[Box(0, 10, 10, 20, 20, 0.8), Box(0, 32, 10, 20, 20, 0.7), *on[0][1:]]]
+    chosen = choose_containment(on, off, truths, [(200, 200)], [0.7, 0.7])
+    assert chosen == [None, 0.7]
 
 
 def test_box_scale_keeps_sides_on_the_slice_edge():

@@ -277,9 +277,18 @@ def test_unconfirmed_organelles_are_dropped():
 
 
 def test_detector_confirmation_removes_false_organelles_only(tmp_path):
+    import json
+    import shutil
     from pathlib import Path
 
-    model = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+    # the demo model with box thresholds well under its confirm thresholds, so
+    # that flickering false boxes are kept on slices and only confirmation can go
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "assets" / "demo_model", model)
+    settings = json.loads((model / "thresholds.json").read_text())
+    settings["score_thresholds"] = dict.fromkeys(settings["score_thresholds"], 0.3)
+    settings["confirm_thresholds"] = dict.fromkeys(settings["confirm_thresholds"], 0.8)
+    (model / "thresholds.json").write_text(json.dumps(settings))
     ph = tmp_path / "ph"
     write_phantom(ph, shape=(32, 384, 384), seed=11, stl=False)
     truth, rows = _truth(ph)

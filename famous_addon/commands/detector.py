@@ -1,4 +1,4 @@
-"""Detector subcommands: ``annotate-pick``, ``boxes-from-labels`` and ``train``."""
+"""Detector subcommands: ``annotate-pick``, ``boxes-from-labels``, ``train``, ``recalibrate``."""
 
 from __future__ import annotations
 
@@ -133,8 +133,28 @@ def cmd_train(args) -> int:
         )
     finally:
         bar.close()
+    print(f"trained in {report['train_seconds'] / 60:.1f} min")
+    _print_metrics(report)
+    print(f"model written to {args.out}")
+    return 0
+
+
+def cmd_recalibrate(args) -> int:
+    """Choose a model folder's thresholds again on annotated slices."""
+    from ..core.train import recalibrate_model
+
+    command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = recalibrate_model(args.model, args.annotations, args.flip_views, command)
+    _print_metrics(report)
+    off = [n for n, v in report["metrics"]["containment"].items() if v is None]
+    print(f"containment suppression off for: {', '.join(off) or 'no class'}")
+    print(f"thresholds.json and report.json of {args.model} updated")
+    return 0
+
+
+def _print_metrics(report: dict) -> None:
     m = report["metrics"]
-    print(f"trained in {report['train_seconds'] / 60:.1f} min; evaluated on {m['evaluated_on']}")
+    print(f"evaluated on {m['evaluated_on']}")
     print(f"mAP@0.5 {m['mAP50']:.3f}")
     print(f"{'class':<16} {'AP50':>6} {'prec':>6} {'recall':>6} {'thresh':>6}")
     for name, c in m["per_class"].items():
@@ -144,12 +164,10 @@ def cmd_train(args) -> int:
         )
     cases = ", ".join(f"{k} {v['recall']:.3f} (n={v['n']})" for k, v in m["recall_by_case"].items())
     print(f"recall by case: {cases}")
-    print(f"model written to {args.out}")
-    return 0
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``annotate-pick``, ``boxes-from-labels`` and ``train``."""
+    """Add ``annotate-pick``, ``boxes-from-labels``, ``train`` and ``recalibrate``."""
     p = subparsers.add_parser(
         "annotate-pick",
         help="export evenly spread slices (~1%%) as PNGs for boxing in YOLO_mark",
@@ -216,3 +234,17 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out")
     p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "recalibrate",
+        help="choose a trained model's thresholds again on annotated slices",
+        description="Rewrites MODEL_DIR/thresholds.json as `famous train` would at its end "
+        "(box and confirm thresholds, box scale, containment suppression per class) and adds "
+        "the new metrics to report.json. The weights are not touched.",
+    )
+    p.add_argument("model", help="model folder (famous train output)")
+    p.add_argument("annotations", help="YOLO_mark folder (images + .txt boxes)")
+    p.add_argument(
+        "--flip-views", type=int, choices=[1, 2, 4], help="test-time views (default: the model's)"
+    )
+    p.set_defaults(func=cmd_recalibrate)

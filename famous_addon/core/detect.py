@@ -43,6 +43,8 @@ THRESHOLDS_NAME = "thresholds.json"
 REPORT_NAME = "report.json"
 
 BACKENDS = ("auto", "cpu", "cuda", "cuda_fp16")
+# a box with this much of its area inside a larger same-class box is a piece of it
+CONTAINMENT = 0.7
 
 # ---------------------------------------------------------------- Darknet cfg
 
@@ -360,9 +362,15 @@ class DetectSettings:
         Minimum score per class (class config order).
     nms_iou : float
         Class-wise NMS overlap.
-    containment : float
-        A box whose intersection with a larger same-class box covers at least
-        this fraction of its own area is dropped as a piece of it.
+    containment : list of (float or None)
+        Per class: a box whose intersection with a larger same-class box
+        covers at least this fraction of its own area is dropped as a piece
+        of it (see :func:`suppress`). None turns this off for the class:
+        where organelles lie close together the larger box is more often two
+        neighbours in one box than a whole object (on unseen phantoms the rule
+        cost the demo model 0.05-0.19 AP for endosomes, lysosomes and
+        mitochondria). Pieces cut by a tile border are dropped in any case.
+        Training chooses it per class (:func:`~.train.choose_containment`).
     tile_overlap : int
         Pixels shared by neighbouring tiles; at least the largest expected
         object, so every object lies whole in some tile.
@@ -384,16 +392,15 @@ class DetectSettings:
     flip_views : {1, 2, 4}
         Test-time augmentation: the slice is also detected mirrored left-right
         (2) and up-down and both (4), and the views' boxes are fused (see
-        :func:`fuse_views`). On an unseen phantom two views raised the demo
-        model's mAP@0.5 from 0.871 to 0.897 for twice the DNN time, but not
-        its recall at the chosen thresholds, and moved the previous demo
-        model's 3-D object F1 on five phantoms by no more than one phantom's
-        spread, so it is off unless a model's ``thresholds.json`` turns it on.
+        :func:`fuse_views`). On two unseen phantoms four views moved the demo
+        model's mAP@0.5 from 0.946 / 0.935 to 0.947 / 0.954 for four times the
+        DNN time and lowered its lysosome recall at the chosen thresholds, so
+        it is off unless a model's ``thresholds.json`` turns it on.
     """
 
     score_thresholds: list[float]
     nms_iou: float = 0.45
-    containment: float = 0.7
+    containment: list[float | None] | None = None
     tile_overlap: int = 96
     whole_slice_classes: list[int] = field(default_factory=list)
     batch: int = 4
@@ -406,11 +413,15 @@ class DetectSettings:
         confirm = self.confirm_thresholds or self.score_thresholds
         return [max(c, s) for c, s in zip(confirm, self.score_thresholds)]
 
+    def contain(self, n_classes: int) -> list[float | None]:
+        """Per-class containment (the default for every class when unset)."""
+        return list(self.containment or [CONTAINMENT] * n_classes)
+
     def to_json(self, names: list[str]) -> dict:
         return {
             "score_thresholds": dict(zip(names, self.score_thresholds)),
             "nms_iou": self.nms_iou,
-            "containment": self.containment,
+            "containment": dict(zip(names, self.contain(len(names)))),
             "tile_overlap": self.tile_overlap,
             "whole_slice_classes": [names[c] for c in self.whole_slice_classes],
             "batch": self.batch,
@@ -447,7 +458,7 @@ class DetectSettings:
         return cls(
             score_thresholds=thresholds,
             nms_iou=float(data.get("nms_iou", 0.45)),
-            containment=float(data.get("containment", 0.7)),
+            containment=_containment(data.get("containment", CONTAINMENT), names, index, path),
             tile_overlap=int(data.get("tile_overlap", 96)),
             whole_slice_classes=[index(n) for n in data.get("whole_slice_classes", [])],
             batch=max(1, int(data.get("batch", 4))),
@@ -455,6 +466,28 @@ class DetectSettings:
             box_scale=_box_scale(data.get("box_scale"), names, index, path),
             flip_views=flip_views,
         )
+
+
+def _containment(data, names: list[str], index, path: Path) -> list[float | None]:
+    """Per-class containment from a number (every class) or {name: number or null}."""
+
+    def check(name, value):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise FamousError(
+                f"containment of {name} is {value!r}, not a fraction in (0, 1] or null.",
+                path,
+                'give e.g. 0.7, or {"mitochondria": 0.7, "lysosome": null} (null: off).',
+            )
+        return float(value)
+
+    if not isinstance(data, dict):
+        return [check("every class", data)] * len(names)
+    values: list[float | None] = [CONTAINMENT] * len(names)
+    for name, value in data.items():
+        values[index(name)] = check(repr(name), value)
+    return values
 
 
 def _box_scale(data, names: list[str], index, path: Path) -> list[tuple[float, float]] | None:
@@ -518,30 +551,49 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def suppress(
-    xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, nms_iou: float, containment: float
+    xyxy: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    nms_iou: float,
+    containment: list[float | None],
+    pieces: np.ndarray | None = None,
 ) -> np.ndarray:
     """Class-wise NMS plus containment suppression; returns the kept indices.
 
     Boxes are visited by decreasing score. A box is dropped when a kept box of
     its class overlaps it with IoU >= ``nms_iou`` or contains it (intersection
-    >= ``containment`` of its own area). A box that contains one kept, smaller
-    box and scores at least half as high replaces it (whatever their IoU), so
-    a whole mitochondrion wins over a confident piece of it; a box containing several kept boxes is
-    dropped, since it more likely spans neighbours than one object.
+    >= the class's ``containment`` of its own area). A box that contains one
+    kept, smaller box and scores at least half as high replaces it (whatever
+    their IoU), so a whole mitochondrion wins over a confident piece of it; a
+    box containing several kept boxes is dropped, since it more likely spans
+    neighbours than one object.
+
+    Parameters
+    ----------
+    containment : list of (float or None)
+        Per class; None: no containment rule for the class, except for ``pieces``.
+    pieces : (n,) bool, optional
+        Boxes cut by a tile border: parts of an object some other tile sees
+        whole, so one inside a larger box (by :data:`CONTAINMENT`) always goes.
     """
+    pieces = np.zeros(len(xyxy), bool) if pieces is None else pieces
     keep_all = []
     for c in np.unique(classes):
         idx = np.flatnonzero(classes == c)
         idx = idx[np.argsort(-scores[idx], kind="stable")]
         iou, ios = _iou_matrix(xyxy[idx], xyxy[idx])
         area = (xyxy[idx, 2] - xyxy[idx, 0]) * (xyxy[idx, 3] - xyxy[idx, 1])
+        piece = pieces[idx]
+        smaller_piece = np.where(area[:, None] > area[None, :], piece[None, :], piece[:, None])
+        limit = np.where(smaller_piece, CONTAINMENT, np.inf)
+        if containment[c] is not None:
+            limit = np.minimum(limit, containment[c])
+        nested = ios >= limit
         s = scores[idx]
         kept: list[int] = []
         for i in range(len(idx)):
-            inside = [j for j in kept if ios[i, j] >= containment and area[j] < area[i]]
-            if any(
-                iou[i, j] >= nms_iou or ios[i, j] >= containment for j in kept if j not in inside
-            ):
+            inside = [j for j in kept if nested[i, j] and area[j] < area[i]]
+            if any(iou[i, j] >= nms_iou or nested[i, j] for j in kept if j not in inside):
                 continue
             if not inside:
                 kept.append(i)
@@ -940,15 +992,20 @@ class Detector:
         classes = np.concatenate(classes)
         if len(xyxy) == 0:
             return xyxy.reshape(0, 4), scores, classes
+        pieces = np.concatenate(cuts).any(axis=1)
         if len(origins) > 1:
-            xyxy, _ = merge_cut_boxes(xyxy, classes, np.concatenate(tiles_of), np.concatenate(cuts))
+            xyxy, group = merge_cut_boxes(
+                xyxy, classes, np.concatenate(tiles_of), np.concatenate(cuts)
+            )
+            # a cut box merged with its other parts is whole
+            pieces &= np.bincount(group, minlength=len(group))[group] == 1
         if st.box_scale is not None:
             xyxy = apply_box_scale(xyxy, classes, st.box_scale, (rows, cols))
         xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, cols)
         xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, rows)
         ok = (xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)
-        xyxy, scores, classes = xyxy[ok], scores[ok], classes[ok]
-        keep = suppress(xyxy, scores, classes, st.nms_iou, st.containment)
+        xyxy, scores, classes, pieces = xyxy[ok], scores[ok], classes[ok], pieces[ok]
+        keep = suppress(xyxy, scores, classes, st.nms_iou, st.contain(len(self.names)), pieces)
         return xyxy[keep], scores[keep], classes[keep]
 
     def __call__(self, index: int, image: np.ndarray) -> list[Box]:
