@@ -92,6 +92,7 @@ def cmd_run(args) -> int:
         min_tolerance_px=args.min_tolerance_px,
         merge_bridges=not args.no_merge,
         min_slices=args.min_slices,
+        min_depth_nm=args.min_depth_nm,
         confirm_boxes=args.confirm_boxes,
     )
     bar = TqdmProgress("famous run")
@@ -199,7 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-slices",
         type=int,
         default=3,
-        help="drop organelles seen on fewer slices (detector flashes; 1 keeps all)",
+        help="drop organelles seen on fewer slices (detector flashes; 1 and "
+        "--min-depth-nm 0 keep all)",
+    )
+    p.add_argument(
+        "--min-depth-nm",
+        type=float,
+        default=60.0,
+        help="... or spanning less than this in z, in nm (default 60; 0: slices only)",
     )
     p.add_argument(
         "--confirm-boxes",

@@ -163,7 +163,7 @@ def test_organelles_on_too_few_slices_are_dropped(phantom, tmp_path):
         phantom / "classes.toml",
         tmp_path / "b",
         boxes=boxes,
-        settings=RunSettings(min_slices=1),
+        settings=RunSettings(min_slices=1, min_depth_nm=0),
         **kw,
     )
     kept = rf.RunFolder(tmp_path / "a").organelles()
@@ -260,6 +260,13 @@ def test_cli_info_and_phantom(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "16 slices x 192 rows x 192 columns" in text
     assert "10 x 10 x 10 nm" in text and "ImageJ" in text
+
+
+def test_min_span_is_in_slices_and_nm():
+    s = RunSettings()
+    assert [s.min_span(z) for z in (5, 10, 20, 40, 100)] == [12, 6, 3, 3, 3]
+    assert RunSettings(min_slices=1, min_depth_nm=0).min_span(10) == 1
+    assert RunSettings(min_slices=1, min_depth_nm=25).min_span(10) == 3
 
 
 def test_unconfirmed_organelles_are_dropped():

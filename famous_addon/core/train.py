@@ -768,9 +768,9 @@ def calibrate_model(
     :func:`choose_thresholds` on the
     ``held_out`` images and its confirm threshold with
     :func:`choose_confirm_thresholds` on all of them (more true boxes make a
-    steadier median), writes ``thresholds.json`` (with the tiling and
-    suppression ``settings``) and measures the detector at those thresholds
-    on the held-out images.
+    steadier median), measures the detector at those thresholds on the
+    held-out images and then writes ``thresholds.json`` (with the tiling and
+    suppression ``settings``).
 
     Parameters
     ----------
@@ -795,10 +795,12 @@ def calibrate_model(
     low = replace(
         settings, score_thresholds=[0.01] * len(names), confirm_thresholds=None, box_scale=None
     )
-    write_json(out / THRESHOLDS_NAME, low.to_json(names))
+    # the settings live in memory until chosen: an interrupted calibration
+    # leaves the model folder's thresholds.json as it was
     det = load_detector(out, classes, "cpu")
+    det.settings = low
     on = [det.detect(im) for im in images]
-    det.settings.containment = [None] * len(names)
+    det.settings = replace(low, containment=[None] * len(names))
     off = [det.detect(im) for im in images]
     all_shapes = [im.shape for im in images]
     containment = choose_containment(on, off, truths, all_shapes, low.contain(len(names)))
@@ -820,8 +822,7 @@ def calibrate_model(
         box_scale=box_scale,
         containment=containment,
     )
-    write_json(out / THRESHOLDS_NAME, chosen.to_json(names))
-    det = load_detector(out, classes, "cpu")
+    det.settings = chosen
     shapes = [images[i].shape for i in held_out]
     at_thr = evaluate([det.detect(images[i]) for i in held_out], eval_truths, shapes, names)
     ap = evaluate(low_preds, eval_truths, shapes, names)
@@ -835,6 +836,7 @@ def calibrate_model(
         "box_scale": dict(zip(names, box_scale)),
         "containment": dict(zip(names, containment)),
     }
+    write_json(out / THRESHOLDS_NAME, chosen.to_json(names))
     return thresholds, metrics
 
 
