@@ -11,6 +11,7 @@ Usage::
 
     python benchmarks/end_to_end.py [--model assets/demo_model] [--seeds 2 3 4 5 6]
         [--shape 64 512 512] [--flip-views N] [--work /tmp/famous_e2e]
+        [--min-slices 3] [--min-depth-nm 60]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from famous_addon.core.pipeline import run_pipeline
+from famous_addon.core.pipeline import RunSettings, run_pipeline
 from famous_addon.core.synthetic import write_phantom
 from famous_addon.demo import score_run
 
@@ -39,7 +40,11 @@ def main() -> None:
     ap.add_argument("--shape", nargs=3, type=int, default=[64, 512, 512])
     ap.add_argument("--flip-views", type=int, default=None, help="default: the model's setting")
     ap.add_argument("--work", type=Path, default=Path("/tmp/famous_e2e"))
+    defaults = RunSettings()
+    ap.add_argument("--min-slices", type=int, default=defaults.min_slices)
+    ap.add_argument("--min-depth-nm", type=float, default=defaults.min_depth_nm)
     args = ap.parse_args()
+    settings = RunSettings(min_slices=args.min_slices, min_depth_nm=args.min_depth_nm)
 
     print(f"model {args.model}, phantoms {tuple(args.shape)}, {os.cpu_count()} cores")
     names, rows = None, []
@@ -59,6 +64,7 @@ def main() -> None:
                 model=args.model,
                 flip_views=args.flip_views,
                 labels=True,
+                settings=settings,
             )
         seconds = time.perf_counter() - t
         scores = score_run(run, phantom)
