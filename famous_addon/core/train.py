@@ -750,6 +750,16 @@ def choose_containment(
     ]
 
 
+def _read_boxed(annotations: str | Path, n_classes: int):
+    """Images and boxes of a YOLO_mark folder; an error when it holds no box at all."""
+    from .annotations import read_yolo_mark
+
+    images, boxes = read_yolo_mark(annotations, n_classes=n_classes, load_images=True)
+    if not any(boxes):
+        raise FamousError("holds no boxes.", annotations, "box the organelles in YOLO_mark first.")
+    return images, boxes
+
+
 def calibrate_model(
     model_dir: str | Path,
     classes,
@@ -783,7 +793,8 @@ def calibrate_model(
     metrics : dict
         ``mAP50`` (from the near-zero-threshold run), ``per_class`` (AP50,
         precision, recall, recall per case at the chosen thresholds),
-        ``recall_by_case`` and ``confirm_thresholds``.
+        ``recall_by_case``, ``confirm_thresholds``, ``box_scale``,
+        ``containment`` and ``evaluated_on``.
     """
     from dataclasses import replace
 
@@ -791,7 +802,11 @@ def calibrate_model(
 
     out = Path(model_dir)
     names = list(classes.names)
-    held_out = list(range(len(images))) if held_out is None else list(held_out)
+    if held_out is None:
+        evaluated_on = "all annotated slices (no held-out split)"
+        held_out = list(range(len(images)))
+    else:
+        evaluated_on = "held-out slices"
     low = replace(
         settings, score_thresholds=[0.01] * len(names), confirm_thresholds=None, box_scale=None
     )
@@ -835,6 +850,7 @@ def calibrate_model(
         "confirm_thresholds": dict(zip(names, confirm)),
         "box_scale": dict(zip(names, box_scale)),
         "containment": dict(zip(names, containment)),
+        "evaluated_on": evaluated_on,
     }
     write_json(out / THRESHOLDS_NAME, chosen.to_json(names))
     return thresholds, metrics
@@ -884,7 +900,6 @@ def train_model(
         The report written to ``report.json``.
     """
     torch = require_torch()
-    from .annotations import read_yolo_mark
     from .classes import save_classes
     from .runfolder import atomic_path, atomic_write_bytes, write_json
 
@@ -901,10 +916,8 @@ def train_model(
         torch.set_num_threads(cfgt.threads)
     torch.manual_seed(cfgt.seed)
 
-    images, boxes = read_yolo_mark(annotations, n_classes=len(classes), load_images=True)
+    images, boxes = _read_boxed(annotations, len(classes))
     n_boxes = sum(len(b) for b in boxes)
-    if n_boxes == 0:
-        raise FamousError("holds no boxes.", annotations, "box the organelles in YOLO_mark first.")
     train_idx, val_idx = split_images(len(images), cfgt.val_fraction, cfgt.seed)
     wh = np.array([(b.w, b.h) for i in train_idx for b in boxes[i]])
     if cfgt.init:
@@ -1040,11 +1053,6 @@ def train_model(
         ),
         held_out=val_idx or None,
     )
-    metrics["evaluated_on"] = (
-        "held-out slices"
-        if val_idx
-        else "training slices (fewer than 3 annotated: no held-out split)"
-    )
     report = {
         "command": command or " ".join(sys.argv),
         "annotations": str(Path(annotations).resolve()),
@@ -1102,7 +1110,6 @@ def recalibrate_model(
     """
     from dataclasses import replace
 
-    from .annotations import read_yolo_mark
     from .classes import load_classes
     from .runfolder import write_json
 
@@ -1113,16 +1120,13 @@ def recalibrate_model(
     report_path = out / REPORT_NAME
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     config = report.get("config", {})
-    images, boxes = read_yolo_mark(annotations, n_classes=len(classes), load_images=True)
-    if not any(boxes):
-        raise FamousError("holds no boxes.", annotations, "box the organelles in YOLO_mark first.")
+    images, boxes = _read_boxed(annotations, len(classes))
     _, val_idx = split_images(
         len(images), config.get("val_fraction", TrainConfig.val_fraction), config.get("seed", 0)
     )
     thresholds, metrics = calibrate_model(
         out, classes, images, boxes, settings, held_out=val_idx or None
     )
-    metrics["evaluated_on"] = "held-out slices" if val_idx else "all annotated slices"
     for key in ("metrics", "thresholds"):
         if key in report:
             report.setdefault(f"{key}_at_training", report[key])
