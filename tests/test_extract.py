@@ -139,6 +139,32 @@ def test_box_on_image_border():
     assert iou(ell, ellipse(big, 32, 64, 12.5, 20.5)[:, :70]) > 0.9
 
 
+@pytest.mark.parametrize("side", ["left", "right", "top", "bottom"])
+def test_ellipse_of_a_box_clipped_at_the_slice_edge_stays_open_there(side):
+    # A round organelle (radius 15) whose centre lies 5 px past the slice
+    # edge: only a 10-px sliver shows, widest at the edge, and the detector's
+    # box (trained on clipped boxes) stops at the edge.
+    big = (64, 80)
+    whole = ellipse(big, 32, 75, 15, 15)
+    truth = whole[:, :70]
+    img = np.full(truth.shape, 150, np.uint8)
+    turn = {"right": 0, "left": 2, "top": 1, "bottom": 3}[side]
+    truth, img = np.rot90(truth, turn).copy(), np.rot90(img, turn).copy()
+    box = tight_box(truth)
+    ell = full_mask(img, box, ExtractRecipe(method="ellipse"), truth.shape)
+    inscribed = np.zeros_like(truth)
+    x0, y0 = int(box.x), int(box.y)
+    inscribed[y0 : y0 + int(box.h), x0 : x0 + int(box.w)] = RECIPES["ellipse"](
+        img[y0 : y0 + int(box.h), x0 : x0 + int(box.w)], ExtractRecipe(method="ellipse"), 6.0
+    )
+    assert iou(inscribed, truth) < 0.8
+    assert iou(ell, truth) > 0.9
+    # a box inside the slice keeps the ellipse inscribed in it
+    inner = tight_box(ellipse(big, 32, 40, 15, 10))
+    m = full_mask(np.full(big, 150, np.uint8), inner, ExtractRecipe(method="ellipse"), big)
+    assert iou(m, ellipse(big, 32, 40, 15.5, 10.5)) > 0.9
+
+
 def test_paper_recipe_is_the_literal_algorithm():
     shape = (40, 40)
     ring = ellipse(shape, 20, 20, 12, 12) & ~ellipse(shape, 20, 20, 6, 6)

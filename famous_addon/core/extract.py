@@ -148,14 +148,49 @@ def ellipse_recipe(
     """Algorithm 3 as the paper's text describes it: the ellipse inscribed in the box.
 
     A box that reaches past the slice keeps its full ellipse, cut by the slice
-    edge, instead of an ellipse squeezed into the visible part.
+    edge, instead of an ellipse squeezed into the visible part. So does a box
+    that stops at the slice edge (see :func:`_open_at_edge`).
     """
     full = (0.0, 0.0, float(roi.shape[1]), float(roi.shape[0]))
     if context is not None:
-        x0, y0 = context.box[:2]
+        x0, y0, x1, y1 = context.box
         fx0, fy0, fx1, fy1 = context.full_box
         full = (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0)
+        rows, cols = context.image.shape[:2]
+        full = _open_at_edge(full, (x0 == 0, y0 == 0, x1 == cols, y1 == rows))
     return _ellipse(roi.shape, full) >= 0.0
+
+
+def _open_at_edge(full, edge) -> tuple[float, float, float, float]:
+    """The box of a round organelle that the slice edge cuts, from its visible part.
+
+    A detector trained on boxes clipped to the slice draws a cut organelle's
+    box up to the edge, and the ellipse inscribed in it would round off the
+    side where the organelle actually goes on. Its true extent past the edge
+    is unknown; taking the organelle as round as its visible box allows
+    (extent across the cut = the box's longer side) puts the ellipse's far
+    side at the box's inner side and leaves it open at the edge: a sliver at
+    the edge becomes the cap of a round organelle, widest at the edge.
+
+    Parameters
+    ----------
+    full : (x0, y0, x1, y1)
+        The detected box in ROI coordinates.
+    edge : (left, top, right, bottom)
+        Which of the box's sides lie on the slice edge.
+    """
+    x0, y0, x1, y1 = full
+    d = max(x1 - x0, y1 - y0)
+    left, top, right, bottom = edge
+    if right and not left:
+        x1 = max(x1, x0 + d)
+    elif left and not right:
+        x0 = min(x0, x1 - d)
+    if bottom and not top:
+        y1 = max(y1, y0 + d)
+    elif top and not bottom:
+        y0 = min(y0, y1 - d)
+    return x0, y0, x1, y1
 
 
 def _disk(radius: int) -> np.ndarray:
