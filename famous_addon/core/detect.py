@@ -368,7 +368,7 @@ class DetectSettings:
         of it (see :func:`suppress`). None turns this off for the class:
         where organelles lie close together the larger box is more often two
         neighbours in one box than a whole object (on unseen phantoms the rule
-        cost the demo model 0.05-0.19 AP for endosomes, lysosomes and
+        cost the step-7 demo model 0.05-0.19 AP for endosomes, lysosomes and
         mitochondria). Pieces cut by a tile border are dropped in any case.
         Training chooses it per class (:func:`~.train.choose_containment`).
     tile_overlap : int
@@ -392,8 +392,8 @@ class DetectSettings:
     flip_views : {1, 2, 4}
         Test-time augmentation: the slice is also detected mirrored left-right
         (2) and up-down and both (4), and the views' boxes are fused (see
-        :func:`fuse_views`). On two unseen phantoms four views moved the demo
-        model's mAP@0.5 from 0.946 / 0.935 to 0.947 / 0.954 for four times the
+        :func:`fuse_views`). On two unseen phantoms four views moved the step-7
+        demo model's mAP@0.5 from 0.946 / 0.935 to 0.947 / 0.954 for four times the
         DNN time and lowered its lysosome recall at the chosen thresholds, so
         it is off unless a model's ``thresholds.json`` turns it on.
     """

@@ -83,6 +83,16 @@ class BoxContext:
         fx0, fy0, fx1, fy1 = self.full_box
         return (fx0 < x0 - 0.5, fy0 < y0 - 0.5, fx1 > x1 + 0.5, fy1 > y1 + 0.5)
 
+    def edge_sides(self) -> tuple[bool, bool, bool, bool]:
+        """Which sides (left, top, right, bottom) of the box lie on the slice's edge.
+
+        ``image`` is the grown box clipped to the slice, so a box side on the
+        border of ``image`` is on the slice's edge.
+        """
+        x0, y0, x1, y1 = self.box
+        rows, cols = self.image.shape[:2]
+        return (x0 == 0, y0 == 0, x1 == cols, y1 == rows)
+
 
 def _to_uint8(roi: np.ndarray) -> np.ndarray:
     """Grey uint8 view of a ROI; other dtypes are stretched over their own range."""
@@ -153,11 +163,9 @@ def ellipse_recipe(
     """
     full = (0.0, 0.0, float(roi.shape[1]), float(roi.shape[0]))
     if context is not None:
-        x0, y0, x1, y1 = context.box
+        x0, y0 = context.box[:2]
         fx0, fy0, fx1, fy1 = context.full_box
-        full = (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0)
-        rows, cols = context.image.shape[:2]
-        full = _open_at_edge(full, (x0 == 0, y0 == 0, x1 == cols, y1 == rows))
+        full = _open_at_edge((fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0), context.edge_sides())
     return _ellipse(roi.shape, full) >= 0.0
 
 

@@ -734,10 +734,10 @@ def choose_containment(
     ``on`` and ``off`` are the same images' detections with ``containment``
     and with the rule off for every class (suppression is class-wise, so one
     run of each serves all classes). A class turns it off when that raises
-    its AP@0.5 by more than ``margin``: on the demo model's annotated slices
-    this picked out endosomes, lysosomes and mitochondria (0.06-0.18 AP, as
-    much as on unseen phantoms) and kept it for the nucleus (no difference
-    there; on one unseen phantom off cost 0.05 AP).
+    its AP@0.5 by more than ``margin``: on the annotated slices of the step-7
+    demo model this picked out endosomes, lysosomes and mitochondria
+    (0.06-0.18 AP, as much as on unseen phantoms) and kept it for the nucleus
+    (no difference there; on one unseen phantom off cost 0.05 AP).
     """
     from .detect import evaluate
 
