@@ -69,7 +69,8 @@ def slice_overhead(model: Path, repeats: int) -> None:
     from famous_addon.core.synthetic import Phantom
 
     det = load_detector(model, backend="cpu")
-    image, _ = Phantom((3, 2048, 2048), seed=5, voxel_size_nm=(10, 10, 10)).render_slice(1)
+    ph = Phantom((3, 2048, 2048), seed=5, voxel_size_nm=(10, 10, 10))
+    image = ph.render_with_neighbours(1) if det.neighbours else ph.render_slice(1)[0]
     spent, tiles_seen = [], []
     forward = det.forward
 
@@ -133,9 +134,10 @@ def demo_accuracy(model: Path, seed: int, n_slices: int, step: int) -> None:
         image, labels = ph.render_slice(k)
         truths.append(ph.boxes(k, labels))
         shapes.append(image.shape)
-        preds.append(det(k, image))
+        seen = ph.render_with_neighbours(k) if det.neighbours else image
+        preds.append(det(k, seen))
         det.settings.score_thresholds = low
-        low_preds.append(det(k, image))
+        low_preds.append(det(k, seen))
         det.settings.score_thresholds = chosen
     at_thr = evaluate(preds, truths, shapes, names)
     ap = evaluate(low_preds, truths, shapes, names)

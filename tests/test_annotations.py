@@ -190,3 +190,44 @@ def test_cli_annotate_pick_and_boxes_from_labels(tmp_path, capsys):
     b = boxes[0][0]
     assert (b.cls, b.x, b.y, b.w, b.h) == (2, 10, 5, 20, 10)
     np.testing.assert_array_equal(images[1], stack[7])
+
+
+def test_neighbours_are_written_beside_the_slices_and_checked_on_reading(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 255, (20, 40, 50), dtype=np.uint8)
+    labels = np.zeros((20, 40, 50), np.uint16)
+    labels[:, 5:15, 10:30] = 3
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    args = _parse(
+        ["annotate-pick", str(tmp_path / "stack.tif"), "--fraction", "0.1",
+         "--out", str(tmp_path / "pick"), "--neighbours"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    saved = cv2.imread(str(tmp_path / "pick" / "neighbours" / "slice_00015.png"), -1)
+    np.testing.assert_array_equal(saved, np.dstack([stack[14], stack[15], stack[16]]))
+    args = _parse(
+        ["boxes-from-labels", str(tmp_path / "labels.tif"), "--slices", "0,7",
+         "--out", str(tmp_path / "ann"), "--stack", str(tmp_path / "stack.tif"),
+         "--class", "mitochondria", "--neighbours"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    images, boxes = read_yolo_mark(tmp_path / "ann", load_images=True, neighbours=True)
+    # the first slice stands in for its missing upper neighbour
+    np.testing.assert_array_equal(images[0], np.dstack([stack[0], stack[0], stack[1]]))
+    np.testing.assert_array_equal(images[1], np.dstack([stack[6], stack[7], stack[8]]))
+    assert boxes[1][0].cls == 2
+    # neighbours of another slice, and none at all, are named with the fix
+    other = tmp_path / "ann" / "neighbours" / "slice_00007.png"
+    cv2.imwrite(str(other), np.dstack([stack[1], stack[2], stack[3]]))
+    with pytest.raises(FamousError, match="slice_00007.png.*middle slice.*--neighbours"):
+        read_yolo_mark(tmp_path / "ann", load_images=True, neighbours=True)
+    other.unlink()
+    with pytest.raises(FamousError, match="slice_00007.png.*is missing"):
+        read_yolo_mark(tmp_path / "ann", load_images=True, neighbours=True)
+    args = _parse(
+        ["boxes-from-labels", str(tmp_path / "labels.tif"), "--slices", "3",
+         "--out", str(tmp_path / "ann2"), "--neighbours"]
+    )  # fmt: skip
+    with pytest.raises(FamousError, match="needs the image stack"):
+        args.func(args)

@@ -20,6 +20,8 @@ def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
     assert addon.ops.famous.export_annotation_slices() == {"FINISHED"}
     pngs = sorted((tmp_path / "ann").glob("slice_*.png"))
     assert len(pngs) == 3  # 20 % of 16 slices
+    # the panel's default: each slice also between its neighbours, for training
+    assert t.neighbours and len(list((tmp_path / "ann" / "neighbours").glob("*.png"))) == 3
     names = (tmp_path / "ann" / "obj.names").read_text().split()
     assert names[:2] == ["early_endosome", "late_endosome"]
     first = pngs[0]
@@ -46,3 +48,4 @@ def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
         str(tmp_path / "model" / "model.cfg"), str(tmp_path / "model" / "model.weights")
     )
     assert not net.empty()
+    assert "channels=3" in (tmp_path / "model" / "model.cfg").read_text()

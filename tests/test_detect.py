@@ -254,10 +254,11 @@ def test_demo_model_finds_objects_on_an_unseen_phantom():
     det = load_detector(DEMO, from_names((DEMO / "obj.names").read_text().split()), "cpu")
     ph = Phantom((40, 512, 512), seed=123, voxel_size_nm=(10, 10, 10))
     preds, truths, shapes = [], [], []
+    assert det.neighbours  # the demo model sees each slice between its neighbours
     for k in (8, 20, 32):
         image, labels = ph.render_slice(k)
         truths.append(ph.boxes(k, labels))
-        preds.append(det(k, image))
+        preds.append(det(k, ph.render_with_neighbours(k)))
         shapes.append(image.shape)
     m = evaluate(preds, truths, shapes, det.names)
     n_truth = sum(len(t) for t in truths)
@@ -286,7 +287,14 @@ def test_recalibrate_rewrites_thresholds_and_keeps_the_training_report(tmp_path,
         image, labels = ph.render_slice(k)
         images.append(image)
         boxes.append(ph.boxes(k, labels))
-    write_yolo_mark(tmp_path / "ann", images, [f"s{k}" for k in range(4)], CLASS_NAMES, boxes)
+    stems = [f"s{k}" for k in range(4)]
+    write_yolo_mark(tmp_path / "ann", images, stems, CLASS_NAMES, boxes)
+    # the demo model sees slices between their neighbours: recalibration reads them too
+    (tmp_path / "ann" / "neighbours").mkdir()
+    for k, stem in zip((5, 15, 25, 35), stems):
+        cv2.imwrite(
+            str(tmp_path / "ann" / "neighbours" / f"{stem}.png"), ph.render_with_neighbours(k)
+        )
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers())
     args = parser.parse_args(["recalibrate", str(model), str(tmp_path / "ann")])
@@ -417,7 +425,7 @@ def test_flip_views_map_boxes_back_to_the_slice():
     from famous_addon.core.synthetic import Phantom
 
     det = load_detector(DEMO, from_names((DEMO / "obj.names").read_text().split()), "cpu")
-    image, labels = Phantom((20, 512, 512), seed=7, voxel_size_nm=(10, 10, 10)).render_slice(10)
+    image = Phantom((20, 512, 512), seed=7, voxel_size_nm=(10, 10, 10)).render_with_neighbours(10)
     image = np.ascontiguousarray(image[:, 40:])  # not square, so a wrong mirror shows
     det.settings.flip_views = 1
     plain = det.detect(image)

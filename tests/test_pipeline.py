@@ -317,3 +317,46 @@ def test_detector_confirmation_removes_false_organelles_only(tmp_path):
     fp = {n: sum(s.fp for s in scores[n]) for n in scores}
     assert fp[0] > 0 and fp[2] < fp[0] / 2, (fp, tp)
     assert tp[2] >= tp[0] - 1, (fp, tp)
+
+
+def test_a_neighbours_model_gets_each_slice_between_its_neighbours(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    from famous_addon.core.train import DarknetTorch, with_neighbour_channels
+
+    # Two models that agree only when the run gives slice k in the middle
+    # channel: the demo model made one-slice (its three first-layer kernels
+    # summed: what it computes on three equal slices), and that model widened
+    # again (the sum in the middle, zeros for the neighbours).
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+    net = DarknetTorch((demo / "model.cfg").read_text())
+    net.load_weights(demo / "model.weights")
+    state = net.layers.state_dict()
+    first = next(k for k in state if k.endswith("weight"))
+    state[first] = state[first].sum(dim=1, keepdim=True)
+    one = DarknetTorch(net.cfg_text.replace("channels=3", "channels=1"))
+    one.layers.load_state_dict(state)
+    settings = json.loads((demo / "thresholds.json").read_text())
+    for name, model, neighbours in (
+        ("one", one, False),
+        ("wide", with_neighbour_channels(one), True),
+    ):
+        shutil.copytree(demo, tmp_path / name)
+        (tmp_path / name / "model.cfg").write_text(model.cfg_text)
+        model.save_weights(tmp_path / name / "model.weights")
+        (tmp_path / name / "thresholds.json").write_text(
+            json.dumps({**settings, "neighbours": neighbours})
+        )
+    ph = tmp_path / "ph"
+    write_phantom(ph, shape=(12, 256, 256), seed=3, stl=False)
+    labels = {}
+    for name in ("one", "wide"):
+        run = tmp_path / f"run_{name}"
+        run_pipeline(ph / "stack.tif", ph / "classes.toml", run, model=tmp_path / name, labels=True)
+        labels[name] = tifffile.imread(run / "labels.tif")
+        boxes = json.loads((run / "run.json").read_text())["fingerprint"]["boxes"]
+        assert boxes["neighbours"] is (name == "wide")
+    assert labels["one"].max() > 0
+    np.testing.assert_array_equal(labels["one"], labels["wide"])

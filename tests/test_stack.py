@@ -142,3 +142,15 @@ def test_not_a_tiff(tmp_path):
     path.write_text("hello")
     with pytest.raises(FamousError, match="x.tif"):
         open_stack(path)
+
+
+def test_slice_with_neighbours_stands_in_at_the_ends(tmp_path, volume):
+    tifffile.imwrite(tmp_path / "s.tif", volume)
+    stack = open_stack(tmp_path / "s.tif", voxel_size_nm=(10, 10, 10))
+    np.testing.assert_array_equal(stack.read_with_neighbours(2), volume[1:4].transpose(1, 2, 0))
+    np.testing.assert_array_equal(
+        stack.read_with_neighbours(0), volume[[0, 0, 1]].transpose(1, 2, 0)
+    )
+    np.testing.assert_array_equal(
+        stack.read_with_neighbours(4), volume[[3, 4, 4]].transpose(1, 2, 0)
+    )

@@ -14,7 +14,7 @@ from famous_addon.core.annotations import write_yolo_mark  # noqa: E402
 from famous_addon.core.boxes import Box  # noqa: E402
 from famous_addon.core.classes import from_names  # noqa: E402
 from famous_addon.core.detect import check_model, load_detector, yolo_tiny_cfg  # noqa: E402
-from famous_addon.core.errors import Cancelled  # noqa: E402
+from famous_addon.core.errors import Cancelled, FamousError  # noqa: E402
 from famous_addon.core.train import (  # noqa: E402
     AugmentConfig,
     CropSampler,
@@ -23,6 +23,7 @@ from famous_addon.core.train import (  # noqa: E402
     decode_head,
     kmeans_anchors,
     train_model,
+    with_neighbour_channels,
     yolo_loss,
 )
 
@@ -254,3 +255,83 @@ def test_train_command_line(tmp_path, capsys):
     assert "mAP@0.5" in out and "recall by case" in out
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     assert report["command"].startswith("famous ") and report["config"]["batch"] == 2
+
+
+def test_neighbour_crops_are_each_slice_cropped_alike():
+    rng = np.random.default_rng(4)
+    slices = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    boxes = [np.array([(1, 30, 40, 60, 70)], np.float64)]
+    plain = AugmentConfig(
+        scale=(1, 1), contrast=(1, 1), brightness=0, gamma=(1, 1), noise=0, blur_p=0
+    )
+    x3, t3 = CropSampler([slices], boxes, 64, plain).sample(np.random.default_rng(9))
+    assert x3.shape == (64, 64, 3)
+    for c in range(3):
+        one = np.ascontiguousarray(slices[..., c])
+        x1, t1 = CropSampler([one], boxes, 64, plain).sample(np.random.default_rng(9))
+        np.testing.assert_array_equal(x3[..., c], x1)
+        np.testing.assert_array_equal(t3, t1)
+    batch, _ = CropSampler([slices], boxes, 64, plain).batch(2, (0, 0))
+    assert tuple(batch.shape) == (2, 3, 64, 64)
+
+
+def test_widened_model_starts_as_the_one_slice_model_and_keeps_parity(tmp_path):
+    net = _random_net(2)
+    wide = with_neighbour_channels(net).eval()
+    assert "channels=3" in wide.cfg_text and "channels=1" in net.cfg_text
+    for name, model in (("one", net), ("wide", wide)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.cfg").write_text(model.cfg_text)
+        model.save_weights(tmp_path / name / "model.weights")
+    one, three = load_detector(tmp_path / "one", backend="cpu"), load_detector(tmp_path / "wide")
+    tiles = np.random.default_rng(5).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    middle = np.ascontiguousarray(tiles[..., 1])
+    assert np.abs(three.forward(tiles) - one.forward(middle)).max() <= 1e-5
+    # once the neighbours' kernels are trained, OpenCV still computes what torch does
+    with torch.no_grad():
+        wide.convs()[0][0].weight[:, 0].normal_(0, 0.3)
+        wide.convs()[0][0].weight[:, 2].normal_(0, 0.3)
+        raws = wide(torch.from_numpy(tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255))
+    wide.save_weights(tmp_path / "wide" / "model.weights")
+    three = load_detector(tmp_path / "wide", backend="cpu")
+    three.forward(tiles)  # sets the network input as detection does (channels last to first)
+    names = [f"conv_{y['layer'] - 1}" for y in wide.info.yolo_layers]
+    for raw, cv_raw in zip(raws, three._net.forward(names)):
+        assert np.abs(raw.numpy() - cv_raw).max() <= 1e-3
+
+
+def test_training_with_neighbours_from_a_one_slice_model(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(6)
+    images, boxes = zip(*[_toy(rng) for _ in range(3)])
+    ann = tmp_path / "ann"
+    stems = [f"s_{i}" for i in range(3)]
+    write_yolo_mark(ann, list(images), stems, ["dark", "light"], list(boxes))
+    classes = from_names(["dark", "light"])
+    config = TrainConfig(
+        steps_per_epoch=2, batch=2, train_size=64, input_size=96, workers=1, threads=1
+    )
+    train_model(ann, classes, tmp_path / "one", 1, "slim", config=config)
+    with_neighbours = TrainConfig(
+        **{**config.__dict__, "init": str(tmp_path / "one"), "neighbours": True}
+    )
+    with pytest.raises(FamousError, match="neighbours.*is missing"):
+        train_model(ann, classes, tmp_path / "wide", 1, "slim", config=with_neighbours)
+    seen = []
+    for image, stem in zip(images, stems):
+        shifted = np.roll(image, 2, axis=1)
+        seen.append(np.dstack([shifted, image, shifted]))
+        (ann / "neighbours").mkdir(exist_ok=True)
+        cv2.imwrite(str(ann / "neighbours" / f"{stem}.png"), seen[-1])
+    train_model(ann, classes, tmp_path / "wide", 1, "slim", config=with_neighbours)
+    assert "channels=3" in (tmp_path / "wide" / "model.cfg").read_text()
+    assert json.loads((tmp_path / "wide" / "thresholds.json").read_text())["neighbours"] is True
+    det = load_detector(tmp_path / "wide", classes, "cpu")
+    assert det.neighbours and isinstance(det(0, seen[0]), list)
+    with pytest.raises(FamousError, match=r"needs a \(Y, X, 3\) slices k-1, k, k\+1"):
+        det(0, images[0])
+    # a neighbours model cannot be fine-tuned on single slices
+    back = TrainConfig(**{**config.__dict__, "init": str(tmp_path / "wide")})
+    with pytest.raises(FamousError, match="3-channel input; this training gives 1"):
+        train_model(ann, classes, tmp_path / "back", 1, "slim", config=back)

@@ -19,7 +19,13 @@ def cmd_annotate_pick(args) -> int:
     bar = TqdmProgress("annotate-pick")
     try:
         picks = export_for_annotation(
-            stack, classes, args.out, args.fraction, args.min_slices, progress=bar
+            stack,
+            classes,
+            args.out,
+            args.fraction,
+            args.min_slices,
+            progress=bar,
+            neighbours=args.neighbours,
         )
     finally:
         bar.close()
@@ -43,6 +49,7 @@ def cmd_boxes_from_labels(args) -> int:
         boxes_from_label_slice,
         parse_slice_list,
         spread_indices,
+        write_neighbours,
         write_yolo_mark,
     )
     from ..core.boxes import write_yolo_txt
@@ -71,6 +78,10 @@ def cmd_boxes_from_labels(args) -> int:
     else:
         class_of = classes.index(args.cls) if args.cls else 0
     image_stack = open_stack(args.stack) if args.stack else None
+    if args.neighbours and image_stack is None:
+        raise FamousError(
+            "--neighbours needs the image stack.", fix="add --stack STACK (the images)."
+        )
     if image_stack is not None and image_stack.shape != labels.shape:
         raise FamousError(
             f"has shape {image_stack.shape}, the labels {labels.shape}.",
@@ -81,6 +92,8 @@ def cmd_boxes_from_labels(args) -> int:
     stems = [f"slice_{k:05d}" for k in picks]
     if image_stack is not None:
         write_yolo_mark(args.out, [image_stack.read(k) for k in picks], stems, classes.names, boxes)
+        if args.neighbours:
+            write_neighbours(args.out, image_stack, picks)
     else:
         from pathlib import Path
 
@@ -116,6 +129,7 @@ def cmd_train(args) -> int:
         lr=args.lr,
         init=args.init or "",
         flip_views=args.flip_views,
+        neighbours=args.neighbours,
     )
     bar = TqdmProgress("train")
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -166,6 +180,12 @@ def _print_metrics(report: dict) -> None:
     print(f"recall by case: {cases}")
 
 
+NEIGHBOURS_HELP = (
+    "also write neighbours/: each slice between the slices above and below it, "
+    "for famous train --neighbours"
+)
+
+
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``annotate-pick``, ``boxes-from-labels``, ``train`` and ``recalibrate``."""
     p = subparsers.add_parser(
@@ -181,6 +201,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         default="fibsem",
         help="class TOML, obj.names, or fibsem/yeast (default fibsem)",
     )
+    p.add_argument("--neighbours", action="store_true", help=NEIGHBOURS_HELP)
     p.set_defaults(func=cmd_annotate_pick)
 
     p = subparsers.add_parser(
@@ -198,6 +219,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--class", dest="cls", help="class name of every label (default: the first)")
     p.add_argument("--label-classes", help="CSV with columns id,class (e.g. a phantom's truth.csv)")
     p.add_argument("--min-pixels", type=int, default=4, help="drop smaller pieces (default 4)")
+    p.add_argument("--neighbours", action="store_true", help=NEIGHBOURS_HELP)
     p.set_defaults(func=cmd_boxes_from_labels)
 
     p = subparsers.add_parser(
@@ -231,6 +253,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         choices=[1, 2, 4],
         default=1,
         help="test-time mirrored views the model is calibrated and run with (1: off)",
+    )
+    p.add_argument(
+        "--neighbours",
+        action="store_true",
+        help="the detector sees each slice between the slices above and below it "
+        "(needs the annotation folder's neighbours/, from annotate-pick --neighbours); "
+        "with --init of a one-slice model, its weights start the middle channel",
     )
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out")
     p.set_defaults(func=cmd_train)

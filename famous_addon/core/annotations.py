@@ -6,6 +6,12 @@ with one box a line, ``class cx cy w h`` normalised by the image size::
     DIR/slice_00120.png   DIR/slice_00120.txt   ...
     DIR/obj.names         class names, one a line (class id = line number - 1)
     DIR/train.txt         the image names, one a line, as darknet and YOLO_mark list them
+    DIR/neighbours/slice_00120.png   optional: slices 119, 120, 121 as one 3-channel PNG
+
+The ``neighbours/`` images are for a detector that sees each slice between its
+neighbours in z (``famous train --neighbours``): a faint organelle cap that
+one noisy slice barely shows is plain in three. The user boxes only the
+slice itself, in YOLO_mark, as always.
 
 YOLO_mark writes a ``.txt`` (possibly empty) for every image the user opened,
 so an image without one is reported as not annotated and left out, and an
@@ -28,6 +34,7 @@ from .progress import ProgressFn, silent
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 NAMES_FILE = "obj.names"
 LIST_FILE = "train.txt"
+NEIGHBOURS_DIR = "neighbours"
 
 
 def _read_gray(path: Path) -> np.ndarray:
@@ -89,8 +96,43 @@ def read_names_file(folder: str | Path) -> list[str] | None:
     return None
 
 
+def read_neighbours(path: Path, image: np.ndarray) -> np.ndarray:
+    """The (Y, X, 3) neighbours image of annotation image ``path``, checked against it."""
+    n_path = path.parent / NEIGHBOURS_DIR / f"{path.stem}.png"
+    fix = (
+        "export the slices again with their neighbours (`famous annotate-pick --neighbours`, "
+        "or Export with Neighbouring slices on in Blender)."
+    )
+    if not n_path.is_file():
+        raise FamousError(
+            "is missing: the detector sees slices between their neighbours.", n_path, fix
+        )
+    img = cv2.imread(str(n_path), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise FamousError("is not an 8-bit 3-channel PNG.", n_path, fix)
+    if img.shape[:2] != image.shape or not np.array_equal(img[..., 1], image):
+        raise FamousError(f"does not hold {path.name} as its middle slice.", n_path, fix)
+    return img
+
+
+def write_neighbours(folder: str | Path, stack, picks: list[int]) -> None:
+    """Write ``neighbours/slice_NNNNN.png`` (slices k-1, k, k+1) for each pick ``k``."""
+    from .runfolder import atomic_path
+
+    where = Path(folder) / NEIGHBOURS_DIR
+    where.mkdir(parents=True, exist_ok=True)
+    for k in picks:
+        path = where / f"slice_{k:05d}.png"
+        with atomic_path(path) as tmp:
+            if not cv2.imwrite(str(tmp), stack.read_with_neighbours(k)):
+                raise FamousError("could not be written.", path, "check the disk and permissions.")
+
+
 def read_yolo_mark(
-    folder: str | Path, n_classes: int | None = None, load_images: bool = False
+    folder: str | Path,
+    n_classes: int | None = None,
+    load_images: bool = False,
+    neighbours: bool = False,
 ) -> tuple[list, list[list[Box]]]:
     """Read a YOLO_mark annotation folder.
 
@@ -102,6 +144,9 @@ def read_yolo_mark(
         folder's ``obj.names`` (when present).
     load_images : bool
         Return the images as 2-D uint8 arrays instead of their paths.
+    neighbours : bool
+        With ``load_images``: return each image between its neighbouring
+        slices, (Y, X, 3) from ``neighbours/`` (see the module docstring).
 
     Returns
     -------
@@ -150,6 +195,8 @@ def read_yolo_mark(
         img = _read_gray(path)
         txt = path.with_suffix(".txt")
         boxes.append(parse_yolo_lines(txt.read_text(), img.shape, n_classes, txt))
+        if load_images and neighbours:
+            img = read_neighbours(path, img)
         images.append(img if load_images else path)
     return images, boxes
 
@@ -223,6 +270,7 @@ def export_for_annotation(
     fraction: float = 0.01,
     minimum: int = 2,
     progress: ProgressFn | None = None,
+    neighbours: bool = False,
 ) -> list[int]:
     """Write evenly spread slices of a stack as 8-bit PNGs for YOLO_mark, with ``obj.names``.
 
@@ -238,6 +286,9 @@ def export_for_annotation(
         Share of the slices (the paper boxes about 1 %).
     minimum : int
         At least this many slices.
+    neighbours : bool
+        Also write ``neighbours/`` (each slice between its neighbours), for
+        ``famous train --neighbours``.
 
     Returns
     -------
@@ -252,6 +303,8 @@ def export_for_annotation(
         classes.names,
         progress=progress,
     )
+    if neighbours:
+        write_neighbours(out, stack, picks)
     return picks
 
 

@@ -396,6 +396,12 @@ class DetectSettings:
         demo model's mAP@0.5 from 0.946 / 0.935 to 0.947 / 0.954 for four times the
         DNN time and lowered its lysosome recall at the chosen thresholds, so
         it is off unless a model's ``thresholds.json`` turns it on.
+    neighbours : bool
+        The model sees each slice between its neighbours in z: its 3-channel
+        input is slices k-1, k, k+1 (``famous train --neighbours``), and
+        :meth:`Detector.detect` takes (Y, X, 3) images
+        (:meth:`~.stack.Stack.read_with_neighbours`). Off: a 3-channel model
+        gets the one slice in every channel, as a standard ``yolov4.cfg``.
     """
 
     score_thresholds: list[float]
@@ -407,6 +413,7 @@ class DetectSettings:
     confirm_thresholds: list[float] | None = None
     box_scale: list[tuple[float, float]] | None = None
     flip_views: int = 1
+    neighbours: bool = False
 
     def confirm(self) -> list[float]:
         """Per-class confirmation scores, never below the box thresholds."""
@@ -427,6 +434,7 @@ class DetectSettings:
             "batch": self.batch,
             "confirm_thresholds": dict(zip(names, self.confirm())),
             "flip_views": self.flip_views,
+            "neighbours": self.neighbours,
             **(
                 {"box_scale": {n: list(v) for n, v in zip(names, self.box_scale)}}
                 if self.box_scale is not None
@@ -465,6 +473,7 @@ class DetectSettings:
             confirm_thresholds=per_class("confirm_thresholds", thresholds),
             box_scale=_box_scale(data.get("box_scale"), names, index, path),
             flip_views=flip_views,
+            neighbours=bool(data.get("neighbours", False)),
         )
 
 
@@ -858,7 +867,8 @@ class Detector:
 
         Parameters
         ----------
-        tiles : (n, h, w) uint8, h and w the network input size
+        tiles : (n, h, w) or (n, h, w, 3) uint8, h and w the network input size
+            One slice, or a slice between its neighbours (channels last).
 
         Returns
         -------
@@ -867,9 +877,12 @@ class Detector:
         """
         if self._net is None:
             self._load()
-        blob = tiles.astype(np.float32)[:, None] * np.float32(1 / 255)
-        if self.info.channels == 3:
-            blob = np.repeat(blob, 3, axis=1)
+        if tiles.ndim == 4:
+            blob = tiles.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+        else:
+            blob = tiles.astype(np.float32)[:, None] * np.float32(1 / 255)
+            if self.info.channels == 3:
+                blob = np.repeat(blob, 3, axis=1)
         self._net.setInput(blob)
         outs = self._net.forward(self._outputs)
         n = len(tiles)
@@ -893,18 +906,27 @@ class Detector:
         return np.stack([x0, y0, x1, y1], axis=1), score[ok], cls[ok]
 
     def detect(self, image: np.ndarray) -> list[Box]:
-        """Boxes of one slice (2-D uint8), in slice pixels, after merging and suppression."""
+        """Boxes of one slice, in slice pixels, after merging and suppression.
+
+        ``image`` is the slice, 2-D uint8, or for a model with
+        ``settings.neighbours`` the slice between its neighbours, (Y, X, 3).
+        """
         image = np.asarray(image)
-        if image.ndim != 2 or image.dtype != np.uint8:
-            raise FamousError(
-                f"the detector needs a 2-D uint8 slice, got {image.dtype} {image.shape}."
-            )
         st = self.settings
+        want = "(Y, X, 3) slices k-1, k, k+1" if st.neighbours else "2-D"
+        if (
+            image.dtype != np.uint8
+            or image.ndim != (3 if st.neighbours else 2)
+            or (st.neighbours and image.shape[2] != 3)
+        ):
+            raise FamousError(
+                f"the detector needs a {want} uint8 slice, got {image.dtype} {image.shape}."
+            )
         thr = np.asarray(st.score_thresholds, np.float32)
         if st.flip_views == 1:
             xyxy, scores, classes = self._detect_view(image, thr)
         else:
-            rows, cols = image.shape
+            rows, cols = image.shape[:2]
             views = []
             for flip_x, flip_y in FLIP_VIEWS[st.flip_views]:
                 view = np.ascontiguousarray(image[:: -1 if flip_y else 1, :: -1 if flip_x else 1])
@@ -937,18 +959,19 @@ class Detector:
         """xyxy boxes, scores and classes of one slice as it is, above ``thr`` per class."""
         import cv2
 
-        rows, cols = image.shape
+        rows, cols = image.shape[:2]
         tw, th = self.info.width, self.info.height
         st = self.settings
         whole = np.zeros(len(self.names), bool)
         whole[st.whole_slice_classes] = True
-        pad_value = int(np.median(image[:: max(1, rows // 64), :: max(1, cols // 64)]))
+        middle = image[..., 1] if image.ndim == 3 else image
+        pad_value = int(np.median(middle[:: max(1, rows // 64), :: max(1, cols // 64)]))
         if rows < th or cols < tw:
-            padded = np.full((max(rows, th), max(cols, tw)), pad_value, np.uint8)
+            padded = np.full((max(rows, th), max(cols, tw), *image.shape[2:]), pad_value, np.uint8)
             padded[:rows, :cols] = image
         else:
             padded = image
-        prow, pcol = padded.shape
+        prow, pcol = padded.shape[:2]
         origins = [
             (x, y)
             for y in tile_origins(prow, th, st.tile_overlap)
@@ -981,7 +1004,7 @@ class Detector:
             # the whole slice, shrunk to fit one tile with its aspect ratio kept
             f = min(tw / cols, th / rows)
             nw, nh = max(1, round(cols * f)), max(1, round(rows * f))
-            small = np.full((th, tw), pad_value, np.uint8)
+            small = np.full((th, tw, *image.shape[2:]), pad_value, np.uint8)
             small[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
             out = self.forward(small[None])
             b, s, c = self._candidates(out[0], (tw / f, th / f), (0, 0), whole, thr)
@@ -1007,6 +1030,11 @@ class Detector:
         xyxy, scores, classes, pieces = xyxy[ok], scores[ok], classes[ok], pieces[ok]
         keep = suppress(xyxy, scores, classes, st.nms_iou, st.contain(len(self.names)), pieces)
         return xyxy[keep], scores[keep], classes[keep]
+
+    @property
+    def neighbours(self) -> bool:
+        """Whether :meth:`detect` takes each slice between its neighbours."""
+        return self.settings.neighbours
 
     def __call__(self, index: int, image: np.ndarray) -> list[Box]:
         return self.detect(image)
@@ -1098,6 +1126,12 @@ def load_detector(model_dir: str | Path, classes=None, backend: str = "auto") ->
     else:
         settings = DetectSettings(
             [0.25] * info.n_classes, tile_overlap=min(info.width, info.height) // 4
+        )
+    if settings.neighbours and info.channels != 3:
+        raise FamousError(
+            f"asks for neighbouring slices, but {CFG_NAME} takes {info.channels} channel(s).",
+            th_path,
+            'set "neighbours": false, or use the cfg the model was trained with.',
         )
     used, note = choose_backend(backend)
     if used != backend and backend != "auto":

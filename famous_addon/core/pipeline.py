@@ -141,8 +141,12 @@ def make_box_source(
 
 def process_slice(stack: Stack, source, classes: ClassConfig, pixel_nm: float, k: int) -> dict:
     """The per-slice stage: boxes of slice ``k`` and their masks, as arrays."""
-    image = stack.read(k)
-    result = segment_slice(image, source(k, image), classes, pixel_nm)
+    if getattr(source, "neighbours", False):
+        seen = stack.read_with_neighbours(k)
+        image = np.ascontiguousarray(seen[..., 1])
+    else:
+        seen = image = stack.read(k)
+    result = segment_slice(image, source(k, seen), classes, pixel_nm)
     return result.to_arrays()
 
 

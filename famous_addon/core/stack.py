@@ -101,6 +101,16 @@ class Stack:
         scaled = (img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-6))
         return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
+    def read_with_neighbours(self, k: int) -> np.ndarray:
+        """Slices ``k - 1``, ``k``, ``k + 1`` as one (Y, X, 3) ``uint8`` image.
+
+        The input of a detector that sees each slice between its neighbours;
+        the first and last slice stand in for the missing neighbour at the
+        stack's ends.
+        """
+        last = self.shape[0] - 1
+        return np.dstack([self.read(min(max(j, 0), last)) for j in (k - 1, k, k + 1)])
+
     def estimate_window(self, n_sample: int = 16) -> tuple[float, float]:
         """Percentile window (0.5 %, 99.5 %) over up to ``n_sample`` evenly spread slices."""
         ks = np.unique(np.linspace(0, self.shape[0] - 1, min(n_sample, self.shape[0])).round())

@@ -696,6 +696,15 @@ class Phantom:
         hit = np.flatnonzero((self._zlo <= z) & (self._zhi >= z))
         return [self.objects[i] for i in hit]
 
+    def render_with_neighbours(self, k: int) -> np.ndarray:
+        """Slices ``k - 1``, ``k``, ``k + 1`` as one (Y, X, 3) uint8 image.
+
+        What :meth:`~.stack.Stack.read_with_neighbours` reads from the written
+        stack, for a detector trained with ``--neighbours``.
+        """
+        last = self.shape[0] - 1
+        return np.dstack([self.render_slice(min(max(j, 0), last))[0] for j in (k - 1, k, k + 1)])
+
     def render_slice(self, k: int, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Render slice ``k``.
 
@@ -1039,8 +1048,8 @@ def write_phantom(
     ``classes.toml`` (the ``fibsem`` preset); ``boxes/slice_NNNNN.txt`` (YOLO
     boxes of every slice, empty when it has none); ``annotations/`` (YOLO_mark
     layout for ``annotate_fraction`` of the slices, at least 2: 8-bit PNGs,
-    their YOLO txt, ``obj.names`` and ``train.txt`` listing the PNG names
-    relative to that folder); ``truth_stl/<class>/<class>_<id>.stl`` (one
+    their YOLO txt, ``obj.names``, ``train.txt`` listing the PNG names
+    relative to that folder, and ``neighbours/``); ``truth_stl/<class>/<class>_<id>.stl`` (one
     marching-cubes surface per organelle in µm, x y z), when ``stl`` is true
     and the label volume fits in 256 MB.
 
@@ -1070,9 +1079,11 @@ def write_phantom(
         class), ``boxes`` (total), ``annotated_slices``, ``stl`` (files
         written) and ``notes``.
     """
+    from .annotations import write_neighbours
     from .boxes import write_yolo_txt
     from .classes import preset, save_classes
     from .runfolder import atomic_write_bytes, write_csv
+    from .stack import open_stack
 
     if not 0.0 <= annotate_fraction <= 1.0:
         raise FamousError(
@@ -1124,6 +1135,7 @@ def write_phantom(
     finally:
         for s in sinks:
             s.close(ok)
+    write_neighbours(ann_dir, open_stack(out / "stack.tif"), annotated)
     atomic_write_bytes(ann_dir / "obj.names", "".join(n + "\n" for n in CLASS_NAMES).encode())
     atomic_write_bytes(
         ann_dir / "train.txt", "".join(f"slice_{k:05d}.png\n" for k in annotated).encode()

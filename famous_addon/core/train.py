@@ -228,6 +228,30 @@ class DarknetTorch:
                     pos += n
 
 
+def with_neighbour_channels(net: DarknetTorch) -> DarknetTorch:
+    """A copy of a one-slice network that takes slices k-1, k, k+1 as three channels.
+
+    The first convolution's kernel moves to the middle channel and the
+    neighbours' kernels start at zero, so the new network begins exactly
+    where the old one was and training only has to learn what the
+    neighbouring slices add.
+    """
+    import re
+
+    torch = require_torch()
+    text, n = re.subn(r"(?m)^(\s*channels\s*=\s*)1\s*$", r"\g<1>3", net.cfg_text, count=1)
+    if n != 1:
+        raise FamousError("the model's cfg does not say channels=1; it cannot be widened.")
+    wide = DarknetTorch(text)
+    state = net.layers.state_dict()
+    first = next(k for k in state if k.endswith("weight"))
+    kernel = state[first]
+    state[first] = torch.zeros(kernel.shape[0], 3, *kernel.shape[2:], dtype=kernel.dtype)
+    state[first][:, 1:2] = kernel
+    wide.layers.load_state_dict(state)
+    return wide
+
+
 def decode_head(raw, head: dict, n_classes: int, input_hw: tuple[int, int]):
     """Raw head output -> (N, A, H, W, 5+C): box centre/size in input pixels, then logits.
 
@@ -458,7 +482,8 @@ class CropSampler:
 
     Parameters
     ----------
-    images : list of 2-D uint8 arrays
+    images : list of uint8 arrays
+        2-D slices, or (Y, X, 3) slices between their neighbours.
     boxes : list of (n, 5) arrays
         class, x0, y0, x1, y1 in image pixels.
     size : int
@@ -479,11 +504,14 @@ class CropSampler:
         self.fill = [float(np.median(im)) for im in images]
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One crop (size x size float32 in [0, 1]) and its boxes (n, 5: class, cx, cy, w, h)."""
+        """One crop (size x size, x 3 with neighbours; float32 in [0, 1]) and its boxes.
+
+        Boxes are (n, 5): class, cx, cy, w, h.
+        """
         a, size = self.aug, self.size
         i = int(rng.choice(len(self.images), p=self.p))
         img, bx = self.images[i], self.boxes[i]
-        rows, cols = img.shape
+        rows, cols = img.shape[:2]
         zoom = float(np.exp(rng.uniform(np.log(a.scale[0]), np.log(a.scale[1]))))
         src = size / zoom
         x0 = rng.uniform(0, max(cols - src, 0)) if cols > src else -(src - cols) * rng.uniform()
@@ -496,7 +524,7 @@ class CropSampler:
             (size, size),
             flags=interp,
             borderMode=cv2.BORDER_CONSTANT,
-            borderValue=self.fill[i],
+            borderValue=(self.fill[i],) * 3,
         )
         b = bx.astype(np.float64).copy()
         if len(b):
@@ -531,7 +559,7 @@ class CropSampler:
         return x, out
 
     def batch(self, n: int, seed: tuple[int, ...]):
-        """``n`` crops as tensors: images (n, 1, s, s) and targets (M, 6), drawn from ``seed``."""
+        """``n`` crops as tensors: images (n, channels, s, s) and targets (M, 6), from ``seed``."""
         torch = require_torch()
         rng = np.random.default_rng(seed)
         xs, ts = [], []
@@ -539,9 +567,9 @@ class CropSampler:
             x, t = self.sample(rng)
             xs.append(x)
             ts.append(np.concatenate([np.full((len(t), 1), k, np.float32), t], 1))
-        return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(
-            np.concatenate(ts).reshape(-1, 6)
-        )
+        x = np.stack(xs)
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x[:, None]
+        return torch.from_numpy(x), torch.from_numpy(np.concatenate(ts).reshape(-1, 6))
 
 
 def _boxes_array(boxes: list[Box]) -> np.ndarray:
@@ -573,6 +601,7 @@ class TrainConfig:
     workers: int = 2
     init: str = ""
     flip_views: int = 1
+    neighbours: bool = False
 
     def key(self) -> dict:
         """The settings a checkpoint must share to be resumed (not where it runs or infers)."""
@@ -750,11 +779,13 @@ def choose_containment(
     ]
 
 
-def _read_boxed(annotations: str | Path, n_classes: int):
+def _read_boxed(annotations: str | Path, n_classes: int, neighbours: bool = False):
     """Images and boxes of a YOLO_mark folder; an error when it holds no box at all."""
     from .annotations import read_yolo_mark
 
-    images, boxes = read_yolo_mark(annotations, n_classes=n_classes, load_images=True)
+    images, boxes = read_yolo_mark(
+        annotations, n_classes=n_classes, load_images=True, neighbours=neighbours
+    )
     if not any(boxes):
         raise FamousError("holds no boxes.", annotations, "box the organelles in YOLO_mark first.")
     return images, boxes
@@ -817,7 +848,7 @@ def calibrate_model(
     on = [det.detect(im) for im in images]
     det.settings = replace(low, containment=[None] * len(names))
     off = [det.detect(im) for im in images]
-    all_shapes = [im.shape for im in images]
+    all_shapes = [im.shape[:2] for im in images]
     containment = choose_containment(on, off, truths, all_shapes, low.contain(len(names)))
     all_preds = [
         [b for b in p_on if containment[b.cls] is not None]
@@ -825,7 +856,7 @@ def calibrate_model(
         for p_on, p_off in zip(on, off)
     ]
     box_scale = choose_box_scale(all_preds, truths, all_shapes, len(names))
-    all_preds = [_rescaled(p, box_scale, im.shape) for p, im in zip(all_preds, images)]
+    all_preds = [_rescaled(p, box_scale, s) for p, s in zip(all_preds, all_shapes)]
     low_preds = [all_preds[i] for i in held_out]
     eval_truths = [truths[i] for i in held_out]
     thresholds = choose_thresholds(low_preds, eval_truths, len(names))
@@ -838,7 +869,7 @@ def calibrate_model(
         containment=containment,
     )
     det.settings = chosen
-    shapes = [images[i].shape for i in held_out]
+    shapes = [all_shapes[i] for i in held_out]
     at_thr = evaluate([det.detect(images[i]) for i in held_out], eval_truths, shapes, names)
     ap = evaluate(low_preds, eval_truths, shapes, names)
     metrics = {
@@ -916,7 +947,7 @@ def train_model(
         torch.set_num_threads(cfgt.threads)
     torch.manual_seed(cfgt.seed)
 
-    images, boxes = _read_boxed(annotations, len(classes))
+    images, boxes = _read_boxed(annotations, len(classes), cfgt.neighbours)
     n_boxes = sum(len(b) for b in boxes)
     train_idx, val_idx = split_images(len(images), cfgt.val_fraction, cfgt.seed)
     wh = np.array([(b.w, b.h) for i in train_idx for b in boxes[i]])
@@ -930,10 +961,23 @@ def train_model(
         cfg_text = (init / CFG_NAME).read_text()
         net = DarknetTorch(cfg_text)
         net.load_weights(init / WEIGHTS_NAME)
+        given = 3 if cfgt.neighbours else 1
+        if cfgt.neighbours and info.channels == 1:
+            net = with_neighbour_channels(net)
+            cfg_text = net.cfg_text
+        elif info.channels != given:
+            raise FamousError(
+                f"takes {info.channels}-channel input; this training gives {given}.",
+                init / CFG_NAME,
+                "fine-tune with --neighbours exactly when the model was trained with it.",
+            )
         anchors = [tuple(a) for y in info.yolo_layers[::-1] for a in y["anchors"]]
     else:
         anchors = kmeans_anchors(wh, 3 * cfgt.heads, cfgt.seed)
-        cfg_text = yolo_tiny_cfg(len(classes), anchors, cfgt.width, 1, cfgt.input_size, cfgt.heads)
+        channels = 3 if cfgt.neighbours else 1
+        cfg_text = yolo_tiny_cfg(
+            len(classes), anchors, cfgt.width, channels, cfgt.input_size, cfgt.heads
+        )
         net = DarknetTorch(cfg_text)
     opt = torch.optim.AdamW(net.parameters(), lr=cfgt.lr, weight_decay=cfgt.weight_decay)
     total_steps = cfgt.epochs * cfgt.steps_per_epoch
@@ -1050,6 +1094,7 @@ def train_model(
             tile_overlap=overlap,
             whole_slice_classes=big,
             flip_views=cfgt.flip_views,
+            neighbours=cfgt.neighbours,
         ),
         held_out=val_idx or None,
     )
@@ -1120,7 +1165,7 @@ def recalibrate_model(
     report_path = out / REPORT_NAME
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     config = report.get("config", {})
-    images, boxes = _read_boxed(annotations, len(classes))
+    images, boxes = _read_boxed(annotations, len(classes), settings.neighbours)
     _, val_idx = split_images(
         len(images), config.get("val_fraction", TrainConfig.val_fraction), config.get("seed", 0)
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from ..core.errors import FamousError
 from .operators import _Background, _classes_arg, _path, _stack_path
@@ -45,6 +45,12 @@ class FamousTrainSettings(bpy.types.PropertyGroup):
         default="slim",
     )
     epochs: IntProperty(name="Epochs", default=60, min=1, description="Passes of 16 batches")
+    neighbours: BoolProperty(
+        name="Neighbouring slices",
+        default=True,
+        description="The detector sees each slice between the slices above and below it, "
+        "so faint organelle caps show; export the slices with this on before boxing them",
+    )
     model_out: StringProperty(
         name="Model folder",
         subtype="DIR_PATH",
@@ -86,7 +92,9 @@ class FAMOUS_OT_export_annotation_slices(_Background, bpy.types.Operator):
         out = _annotations(t)
 
         def work(progress):
-            picks = export_for_annotation(stack, classes, out, t.fraction, progress=progress)
+            picks = export_for_annotation(
+                stack, classes, out, t.fraction, progress=progress, neighbours=t.neighbours
+            )
             return out, picks
 
         return work
@@ -107,7 +115,7 @@ class FAMOUS_OT_train(_Background, bpy.types.Operator):
     _cancel_hint = "; Train again resumes it"
 
     def _work(self, context):
-        from ..core.train import require_torch, train_model
+        from ..core.train import TrainConfig, require_torch, train_model
 
         settings, t = context.scene.famous, context.scene.famous_train
         require_torch()
@@ -117,14 +125,16 @@ class FAMOUS_OT_train(_Background, bpy.types.Operator):
         if not out:
             raise FamousError("no model folder is set.", fix="choose the Model folder under Train.")
         epochs, width = t.epochs, t.width
+        config = TrainConfig(neighbours=t.neighbours)
         command = (
             f"famous train {annotations} --classes {settings.classes} --out {out} "
-            f"--epochs {epochs} --width {width}  # from Blender"
+            f"--epochs {epochs} --width {width}{' --neighbours' if t.neighbours else ''}"
+            "  # from Blender"
         )
 
         def work(progress):
             report = train_model(
-                annotations, classes, out, epochs, width, progress, command=command
+                annotations, classes, out, epochs, width, progress, config=config, command=command
             )
             return out, report
 
@@ -148,6 +158,7 @@ class FAMOUS_PT_train(SubPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(t, "fraction")
         row.operator("famous.export_annotation_slices", text="Export", icon="EXPORT")
+        layout.prop(t, "neighbours")
         col = layout.column(align=True)
         col.row(align=True).prop(t, "width", expand=True)
         col.prop(t, "epochs")
