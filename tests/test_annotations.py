@@ -155,13 +155,18 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def test_cli_annotate_pick_and_boxes_from_labels(tmp_path, capsys):
-    rng = np.random.default_rng(1)
-    stack = rng.integers(0, 255, (20, 40, 50), dtype=np.uint8)
+def _stack_and_labels(folder, seed: int) -> np.ndarray:
+    """A random 20 x 40 x 50 stack.tif and a labels.tif with one box-shaped label."""
+    stack = np.random.default_rng(seed).integers(0, 255, (20, 40, 50), dtype=np.uint8)
     labels = np.zeros((20, 40, 50), np.uint16)
     labels[:, 5:15, 10:30] = 3
-    tifffile.imwrite(tmp_path / "stack.tif", stack)
-    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    tifffile.imwrite(folder / "stack.tif", stack)
+    tifffile.imwrite(folder / "labels.tif", labels)
+    return stack
+
+
+def test_cli_annotate_pick_and_boxes_from_labels(tmp_path, capsys):
+    stack = _stack_and_labels(tmp_path, 1)
     args = _parse(
         [
             "annotate-pick",
@@ -193,12 +198,7 @@ def test_cli_annotate_pick_and_boxes_from_labels(tmp_path, capsys):
 
 
 def test_neighbours_are_written_beside_the_slices_and_checked_on_reading(tmp_path, capsys):
-    rng = np.random.default_rng(3)
-    stack = rng.integers(0, 255, (20, 40, 50), dtype=np.uint8)
-    labels = np.zeros((20, 40, 50), np.uint16)
-    labels[:, 5:15, 10:30] = 3
-    tifffile.imwrite(tmp_path / "stack.tif", stack)
-    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    stack = _stack_and_labels(tmp_path, 3)
     args = _parse(
         ["annotate-pick", str(tmp_path / "stack.tif"), "--fraction", "0.1",
          "--out", str(tmp_path / "pick"), "--neighbours"]
