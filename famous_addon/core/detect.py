@@ -913,12 +913,9 @@ class Detector:
         """
         image = np.asarray(image)
         st = self.settings
-        want = "(Y, X, 3) slices k-1, k, k+1" if st.neighbours else "2-D"
-        if (
-            image.dtype != np.uint8
-            or image.ndim != (3 if st.neighbours else 2)
-            or (st.neighbours and image.shape[2] != 3)
-        ):
+        channels = (3,) if st.neighbours else ()
+        if image.dtype != np.uint8 or image.ndim < 2 or image.shape[2:] != channels:
+            want = "(Y, X, 3) slices k-1, k, k+1" if st.neighbours else "2-D"
             raise FamousError(
                 f"the detector needs a {want} uint8 slice, got {image.dtype} {image.shape}."
             )

@@ -51,6 +51,11 @@ def _unit_to_nm(unit: str | None) -> float | None:
     return _UNIT_NM.get(str(unit).strip().lower())
 
 
+def neighbour_indices(k: int, n_slices: int) -> tuple[int, int, int]:
+    """Slices ``k - 1``, ``k``, ``k + 1``; the end slices stand in for missing neighbours."""
+    return tuple(min(max(j, 0), n_slices - 1) for j in (k - 1, k, k + 1))
+
+
 @dataclass
 class Stack:
     """An open image stack.
@@ -108,8 +113,7 @@ class Stack:
         the first and last slice stand in for the missing neighbour at the
         stack's ends.
         """
-        last = self.shape[0] - 1
-        return np.dstack([self.read(min(max(j, 0), last)) for j in (k - 1, k, k + 1)])
+        return np.dstack([self.read(j) for j in neighbour_indices(k, self.shape[0])])
 
     def estimate_window(self, n_sample: int = 16) -> tuple[float, float]:
         """Percentile window (0.5 %, 99.5 %) over up to ``n_sample`` evenly spread slices."""

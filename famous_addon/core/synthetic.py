@@ -702,8 +702,10 @@ class Phantom:
         What :meth:`~.stack.Stack.read_with_neighbours` reads from the written
         stack, for a detector trained with ``--neighbours``.
         """
-        last = self.shape[0] - 1
-        return np.dstack([self.render_slice(min(max(j, 0), last))[0] for j in (k - 1, k, k + 1)])
+        from .stack import neighbour_indices
+
+        ks = neighbour_indices(k, self.shape[0])
+        return np.dstack([self.render_slice(j)[0] for j in ks])
 
     def render_slice(self, k: int, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Render slice ``k``.
@@ -1049,9 +1051,10 @@ def write_phantom(
     boxes of every slice, empty when it has none); ``annotations/`` (YOLO_mark
     layout for ``annotate_fraction`` of the slices, at least 2: 8-bit PNGs,
     their YOLO txt, ``obj.names``, ``train.txt`` listing the PNG names
-    relative to that folder, and ``neighbours/``); ``truth_stl/<class>/<class>_<id>.stl`` (one
-    marching-cubes surface per organelle in µm, x y z), when ``stl`` is true
-    and the label volume fits in 256 MB.
+    relative to that folder, and ``neighbours/``);
+    ``truth_stl/<class>/<class>_<id>.stl`` (one marching-cubes surface per
+    organelle in µm, x y z), when ``stl`` is true and the label volume fits
+    in 256 MB.
 
     Parameters
     ----------
