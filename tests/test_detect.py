@@ -269,6 +269,57 @@ def test_demo_model_finds_objects_on_an_unseen_phantom():
     assert hits / n_truth >= 0.70, m
 
 
+def test_boxes_at_the_slice_border_need_a_lower_score():
+    from famous_addon.core.detect import above_threshold
+
+    # 100 x 200 slice; class 0 threshold 0.6, class 1 0.8; factor 0.5
+    xyxy = np.array(
+        [
+            [40, 30, 60, 50],  # inside, 0.5: under 0.6
+            [40, 30, 60, 50],  # inside, 0.7
+            [0, 30, 20, 50],  # on the left border, 0.35: over 0.3
+            [180, 30, 199, 50],  # 1 px from the right border, 0.25: under 0.3
+            [40, 80, 60, 100],  # class 1 on the bottom border, 0.45: over 0.4
+            [40, 5, 60, 25],  # class 1, 5 px from the top: not at the border
+        ],
+        float,
+    )
+    scores = np.array([0.5, 0.7, 0.35, 0.25, 0.45, 0.45])
+    classes = np.array([0, 0, 0, 0, 1, 1])
+    thr = np.array([0.6, 0.8])
+    ok = above_threshold(xyxy, scores, classes, thr, (100, 200), 0.5)
+    assert ok.tolist() == [False, True, True, False, True, False]
+    assert above_threshold(xyxy, scores, classes, thr, (100, 200), 1.0).tolist() == [
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_border_factor_adds_border_boxes_only():
+    from famous_addon.core.synthetic import Phantom
+
+    det = load_detector(DEMO, from_names((DEMO / "obj.names").read_text().split()), "cpu")
+    ph = Phantom((40, 512, 512), seed=123, voxel_size_nm=(10, 10, 10))
+    found = {}
+    for factor in (1.0, 0.3):
+        det.settings.edge_score_factor = factor
+        found[factor] = [det(k, ph.render_with_neighbours(k)) for k in (8, 20, 32)]
+
+    def at_border(b):
+        return min(b.x, b.y) <= 2 or b.x + b.w >= 510 or b.y + b.h >= 510
+
+    for strict, lenient in zip(found[1.0], found[0.3]):
+        inside = [b for b in lenient if not at_border(b)]
+        assert inside == [b for b in strict if not at_border(b)]
+        assert {b for b in strict if at_border(b)} <= set(lenient)
+    # the lower bar does find more at the border of these slices
+    assert sum(map(len, found[0.3])) > sum(map(len, found[1.0]))
+
+
 def test_recalibrate_rewrites_thresholds_and_keeps_the_training_report(tmp_path, capsys):
     import argparse
     import json
@@ -355,6 +406,10 @@ def test_box_scale_and_confirm_are_applied_and_stored(tmp_path):
     back = DetectSettings.from_json(json.loads(json.dumps(s.to_json(names))), names, tmp_path)
     assert back.box_scale == [(0.9, 0.95), (1.0, 1.0)]
     assert back.confirm() == [0.8, 0.5]  # never below the box threshold
+    assert back.edge_score_factor == 0.5
+    for bad in (0, 1.5, "half"):
+        with pytest.raises(FamousError, match="edge_score_factor"):
+            DetectSettings.from_json(s.to_json(names) | {"edge_score_factor": bad}, names, tmp_path)
     data = s.to_json(names) | {"box_scale": {"b": [0.1, 1]}}
     with pytest.raises(FamousError, match="box_scale of 'b'"):
         DetectSettings.from_json(data, names, tmp_path / "thresholds.json")

@@ -273,13 +273,28 @@ def test_unconfirmed_organelles_are_dropped():
     from famous_addon.core.pipeline import _drop_unconfirmed
 
     # organelle 0: sure on 2 slices; 1: middling scores on 5 slices (a flicker);
-    # 2: one box only, sure (the stack cuts it); 3: class 1 with its own lower bar
+    # 2: one box only, sure (a flash on the stack's last slice); 3: class 1 with
+    # its own lower bar
     labels = np.array([0, 0, 0, 1, 1, 1, 1, 1, 2, 3, 3, -1])
     score = np.array([0.9, 0.85, 0.3, 0.5, 0.6, 0.7, 0.5, 0.6, 0.95, 0.45, 0.5, 0.99])
     cls = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0])
     det = {"score": score, "cls": cls}
     kept = _drop_unconfirmed(labels, det, [0.8, 0.4], 2)
-    assert kept.tolist() == [0, 0, 0, -1, -1, -1, -1, -1, 1, 2, 2, -1]
+    assert kept.tolist() == [0, 0, 0, -1, -1, -1, -1, -1, -1, 1, 1, -1]
+    assert _drop_unconfirmed(labels, det, [0.8, 0.4], 1).tolist() == [
+        0,
+        0,
+        0,
+        -1,
+        -1,
+        -1,
+        -1,
+        -1,
+        1,
+        2,
+        2,
+        -1,
+    ]
     assert (_drop_unconfirmed(labels, det, [0.8, 0.4], 0) == labels).all()
 
 
