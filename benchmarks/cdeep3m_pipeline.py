@@ -34,6 +34,14 @@ modelN --init model2 --neighbours --lr 1e-3 --epochs 60 --threads 1``, 10.0
 min while sharing the CPU):
 
     modelN  0.711                  0.507       0.52 / 0.50
+
+With the session-8 pipeline (boxes at the slice border need half the score
+threshold; an organelle needs two confident boxes even at the stack's ends),
+the same models:
+
+    model2                         0.486       0.58 / 0.60
+    model2, border rule off        0.464       0.57 / 0.61
+    modelN                         0.506       0.59 / 0.56
 """
 
 from __future__ import annotations

@@ -281,20 +281,8 @@ def test_unconfirmed_organelles_are_dropped():
     det = {"score": score, "cls": cls}
     kept = _drop_unconfirmed(labels, det, [0.8, 0.4], 2)
     assert kept.tolist() == [0, 0, 0, -1, -1, -1, -1, -1, -1, 1, 1, -1]
-    assert _drop_unconfirmed(labels, det, [0.8, 0.4], 1).tolist() == [
-        0,
-        0,
-        0,
-        -1,
-        -1,
-        -1,
-        -1,
-        -1,
-        1,
-        2,
-        2,
-        -1,
-    ]
+    one_is_enough = [0, 0, 0, -1, -1, -1, -1, -1, 1, 2, 2, -1]
+    assert _drop_unconfirmed(labels, det, [0.8, 0.4], 1).tolist() == one_is_enough
     assert (_drop_unconfirmed(labels, det, [0.8, 0.4], 0) == labels).all()
 
 

@@ -520,8 +520,7 @@ def _drop_unconfirmed(
         return det_labels
     lab = det_labels[ok]
     sure = det["score"][ok] >= np.asarray(confirm, np.float64)[det["cls"][ok]]
-    n = np.bincount(lab)
-    keep = np.bincount(lab, weights=sure, minlength=len(n)) >= n_boxes
+    keep = np.bincount(lab, weights=sure) >= n_boxes
     return _renumbered(det_labels, keep)
 
 
