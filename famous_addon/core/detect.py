@@ -407,8 +407,8 @@ class DetectSettings:
         class's score threshold. An organelle cut by the border shows the
         detector a sliver of itself and scores low on every slice: at half
         the threshold the demo model's recall of boxes touching the border of
-        five unseen phantoms rose from 0.90-0.96 to 0.96-0.98, for 0.4-2.5
-        points of precision per class. The organelle must still be confirmed
+        five unseen phantoms rose from 0.90-0.96 to 0.96-0.98, for up to 3.3
+        points of precision per class (5.9 for the nucleus). The organelle must still be confirmed
         in 3-D (``confirm_thresholds``), so a sliver only continues one.
     """
 
