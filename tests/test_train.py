@@ -335,3 +335,31 @@ def test_training_with_neighbours_from_a_one_slice_model(tmp_path):
     back = TrainConfig(**{**config.__dict__, "init": str(tmp_path / "wide")})
     with pytest.raises(FamousError, match="3-channel input; this training gives 1"):
         train_model(ann, classes, tmp_path / "back", 1, "slim", config=back)
+
+
+def test_small_focus_centres_crops_on_small_boxes():
+    from dataclasses import replace
+
+    img = np.full((400, 400), 150, np.uint8)
+    big = [(0, x, 300, x + 40, 340) for x in (20, 90, 160, 230, 300)]
+    small = (0, 296, 56, 304, 64)  # 8 x 8: under a quarter of the class's median area
+    for _, x0, y0, x1, y1 in [*big, small]:
+        img[y0:y1, x0:x1] = 20
+    still = AugmentConfig(
+        scale=(1, 1), contrast=(1, 1), brightness=0, gamma=(1, 1), noise=0, blur_p=0
+    )
+    boxes = [np.array([*big, small], float)]
+
+    def small_in_middle(sampler, n=40):
+        rng = np.random.default_rng(1)
+        hits = 0
+        for _ in range(n):
+            _, b = sampler.sample(rng)
+            centred = (np.abs(b[:, 1:3] - 48) <= 24).all(axis=1) & (b[:, 3] <= 8.5)
+            hits += bool(centred.any())
+        return hits
+
+    focus = CropSampler([img], boxes, 96, replace(still, small_focus=1.0))
+    assert focus.small == [(0, 5)]
+    assert small_in_middle(focus) == 40
+    assert small_in_middle(CropSampler([img], boxes, 96, still)) <= 8

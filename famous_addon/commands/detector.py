@@ -130,6 +130,7 @@ def cmd_train(args) -> int:
         init=args.init or "",
         flip_views=args.flip_views,
         neighbours=args.neighbours,
+        small_focus=args.small_focus,
     )
     bar = TqdmProgress("train")
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -260,6 +261,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="the detector sees each slice between the slices above and below it "
         "(needs the annotation folder's neighbours/, from annotate-pick --neighbours); "
         "with --init of a one-slice model, its weights start the middle channel",
+    )
+    p.add_argument(
+        "--small-focus",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of training crops centred on a small box (under a quarter of its "
+        "class's median area), at zoom >= 1 (default 0)",
     )
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out")
     p.set_defaults(func=cmd_train)

@@ -472,6 +472,7 @@ class AugmentConfig:
     noise: float = 0.04
     blur_p: float = 0.2
     min_box_px: float = 3.0
+    small_focus: float = 0.0
 
 
 class CropSampler:
@@ -502,6 +503,18 @@ class CropSampler:
         area = np.array([im.size for im in images], np.float64)
         self.p = area / area.sum()
         self.fill = [float(np.median(im)) for im in images]
+        # small boxes (under a quarter of their class's median area, as evaluate counts
+        # them): (image, box) pairs that small_focus centres crops on
+        sizes = [(b[:, 3] - b[:, 1]) * (b[:, 4] - b[:, 2]) for b in boxes]
+        classes = np.concatenate([b[:, 0] for b in boxes]) if boxes else np.zeros(0)
+        every = np.concatenate(sizes) if sizes else np.zeros(0)
+        median = {c: np.median(every[classes == c]) for c in np.unique(classes)}
+        self.small = [
+            (i, j)
+            for i, (b, a) in enumerate(zip(boxes, sizes))
+            for j in range(len(b))
+            if a[j] < 0.25 * median[b[j, 0]]
+        ]
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One crop (size x size, x 3 with neighbours; float32 in [0, 1]) and its boxes.
@@ -516,6 +529,16 @@ class CropSampler:
         src = size / zoom
         x0 = rng.uniform(0, max(cols - src, 0)) if cols > src else -(src - cols) * rng.uniform()
         y0 = rng.uniform(0, max(rows - src, 0)) if rows > src else -(src - rows) * rng.uniform()
+        if self.small and a.small_focus and rng.random() < a.small_focus:
+            i, j = self.small[int(rng.integers(len(self.small)))]
+            img, bx = self.images[i], self.boxes[i]
+            rows, cols = img.shape[:2]
+            cx, cy = (bx[j, 1] + bx[j, 3]) / 2, (bx[j, 2] + bx[j, 4]) / 2
+            # the box anywhere in the middle half of the crop, at zoom >= 1 so it stays visible
+            zoom = max(zoom, 1.0)
+            src = size / zoom
+            x0 = cx - src * rng.uniform(0.25, 0.75)
+            y0 = cy - src * rng.uniform(0.25, 0.75)
         m = np.array([[zoom, 0, -x0 * zoom], [0, zoom, -y0 * zoom]], np.float32)
         interp = cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR
         crop = cv2.warpAffine(
@@ -602,6 +625,7 @@ class TrainConfig:
     init: str = ""
     flip_views: int = 1
     neighbours: bool = False
+    small_focus: float = 0.0
 
     def key(self) -> dict:
         """The settings a checkpoint must share to be resumed (not where it runs or infers)."""
@@ -1008,7 +1032,10 @@ def train_model(
             if torch.is_tensor(v) and k != "step":
                 group[k] = v.to(cfgt.device)
     sampler = CropSampler(
-        [images[i] for i in train_idx], [_boxes_array(boxes[i]) for i in train_idx], cfgt.train_size
+        [images[i] for i in train_idx],
+        [_boxes_array(boxes[i]) for i in train_idx],
+        cfgt.train_size,
+        AugmentConfig(small_focus=cfgt.small_focus),
     )
     train_progress = sub(progress, 0.0, 0.9)
     hw = (cfgt.train_size, cfgt.train_size)
