@@ -363,3 +363,9 @@ def test_small_focus_centres_crops_on_small_boxes():
     assert focus.small == [(0, 5)]
     assert small_in_middle(focus) == 40
     assert small_in_middle(CropSampler([img], boxes, 96, still)) <= 8
+
+
+def test_small_focus_must_be_a_share(tmp_path):
+    config = TrainConfig(small_focus=1.5)
+    with pytest.raises(FamousError, match="--small-focus between 0 and 1"):
+        train_model(tmp_path / "none", from_names(["a"]), tmp_path / "m", 1, config=config)

@@ -490,6 +490,11 @@ class CropSampler:
     size : int
         Crop (training input) size.
     aug : AugmentConfig
+        With ``small_focus`` p > 0, a share p of the crops is centred (within
+        its middle half, at zoom >= 1) on a random small box: one under a
+        quarter of its class's median area, as :func:`~.detect.evaluate`
+        counts them. Random crops seldom hold the caps of round organelles,
+        so a detector learns them least.
 
     Every draw takes its own random generator, so batches can be made in
     parallel threads and still be the same for the same seed.
@@ -964,6 +969,11 @@ def train_model(
 
         classes = load_classes(classes, annotations=annotations)
     cfgt = TrainConfig(**{**asdict(config or TrainConfig()), "epochs": int(epochs), "width": width})
+    if not 0 <= cfgt.small_focus <= 1:
+        raise FamousError(
+            f"small_focus is {cfgt.small_focus}, not a share of the crops.",
+            fix="give --small-focus between 0 and 1 (0.3: three crops in ten).",
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
