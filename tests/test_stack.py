@@ -154,3 +154,21 @@ def test_slice_with_neighbours_stands_in_at_the_ends(tmp_path, volume):
     np.testing.assert_array_equal(
         stack.read_with_neighbours(4), volume[[3, 4, 4]].transpose(1, 2, 0)
     )
+
+
+def test_slices_read_in_order_with_neighbours_are_read_once(tmp_path, volume):
+    import pickle
+
+    tifffile.imwrite(tmp_path / "s.tif", volume)
+    stack = open_stack(tmp_path / "s.tif", voxel_size_nm=(10, 10, 10))
+    reads = []
+    read = stack._reader.read
+    stack._reader.read = lambda k: reads.append(k) or read(k)
+    for k in range(len(volume)):
+        np.testing.assert_array_equal(
+            stack.read_with_neighbours(k),
+            volume[[max(k - 1, 0), k, min(k + 1, len(volume) - 1)]].transpose(1, 2, 0),
+        )
+    assert sorted(reads) == list(range(len(volume)))
+    # a worker gets the stack without the kept slices
+    assert pickle.loads(pickle.dumps(stack))._recent == {}

@@ -85,6 +85,9 @@ class Stack:
     notes: list[str] = field(default_factory=list)
     window: tuple[float, float] | None = None
     _reader: object = field(default=None, repr=False)
+    # the slices of the last read_with_neighbours: read in order, each slice is
+    # read once, not three times
+    _recent: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -113,7 +116,14 @@ class Stack:
         the first and last slice stand in for the missing neighbour at the
         stack's ends.
         """
-        return np.dstack([self.read(j) for j in neighbour_indices(k, self.shape[0])])
+        # keyed by the window too: a slice read under another window is another image
+        keys = [(j, self.window) for j in neighbour_indices(k, self.shape[0])]
+        recent = {key: self._recent[key] for key in keys if key in self._recent}
+        for key in keys:
+            if key not in recent:
+                recent[key] = self.read(key[0])
+        self._recent = recent
+        return np.dstack([recent[key] for key in keys])
 
     def estimate_window(self, n_sample: int = 16) -> tuple[float, float]:
         """Percentile window (0.5 %, 99.5 %) over up to ``n_sample`` evenly spread slices."""
@@ -157,6 +167,7 @@ class Stack:
         # Readers hold open file handles; workers reopen the source instead.
         state = self.__dict__.copy()
         state["_reader"] = None
+        state["_recent"] = {}
         return state
 
     def __setstate__(self, state):

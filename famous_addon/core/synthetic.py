@@ -47,6 +47,7 @@ import numpy as np
 from .boxes import Box
 from .errors import FamousError
 from .progress import ProgressFn, silent, sub
+from .stack import neighbour_indices
 
 EARLY_ENDOSOME, LATE_ENDOSOME, MITOCHONDRIA, LYSOSOME, NUCLEUS = range(5)
 CLASS_NAMES = ("early_endosome", "late_endosome", "mitochondria", "lysosome", "nucleus")
@@ -702,8 +703,6 @@ class Phantom:
         What :meth:`~.stack.Stack.read_with_neighbours` reads from the written
         stack, for a detector trained with ``--neighbours``.
         """
-        from .stack import neighbour_indices
-
         ks = neighbour_indices(k, self.shape[0])
         return np.dstack([self.render_slice(j)[0] for j in ks])
 

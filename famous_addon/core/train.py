@@ -45,6 +45,7 @@ from .detect import (
     evaluate,
     load_detector,
     parse_cfg_text,
+    small_boxes,
     yolo_tiny_cfg,
 )
 from .errors import FamousError
@@ -491,10 +492,9 @@ class CropSampler:
         Crop (training input) size.
     aug : AugmentConfig
         With ``small_focus`` p > 0, a share p of the crops is centred (within
-        its middle half, at zoom >= 1) on a random small box: one under a
-        quarter of its class's median area, as :func:`~.detect.evaluate`
-        counts them. Random crops seldom hold the caps of round organelles,
-        so a detector learns them least.
+        its middle half, at zoom >= 1) on a random small box
+        (:func:`~.detect.small_boxes`): random crops seldom hold the caps of
+        round organelles, so a detector learns them least.
 
     Every draw takes its own random generator, so batches can be made in
     parallel threads and still be the same for the same seed.
@@ -508,18 +508,11 @@ class CropSampler:
         area = np.array([im.size for im in images], np.float64)
         self.p = area / area.sum()
         self.fill = [float(np.median(im)) for im in images]
-        # small boxes (under a quarter of their class's median area, as evaluate counts
-        # them): (image, box) pairs that small_focus centres crops on
-        sizes = [(b[:, 3] - b[:, 1]) * (b[:, 4] - b[:, 2]) for b in boxes]
-        classes = np.concatenate([b[:, 0] for b in boxes]) if boxes else np.zeros(0)
-        every = np.concatenate(sizes) if sizes else np.zeros(0)
-        median = {c: np.median(every[classes == c]) for c in np.unique(classes)}
-        self.small = [
-            (i, j)
-            for i, (b, a) in enumerate(zip(boxes, sizes))
-            for j in range(len(b))
-            if a[j] < 0.25 * median[b[j, 0]]
-        ]
+        # (image, box) pairs of the small boxes, which small_focus centres crops on
+        pairs = [(i, j) for i, b in enumerate(boxes) for j in range(len(b))]
+        every = np.concatenate(boxes) if pairs else np.zeros((0, 5))
+        area = (every[:, 3] - every[:, 1]) * (every[:, 4] - every[:, 2])
+        self.small = [pair for pair, s in zip(pairs, small_boxes(every[:, 0], area)) if s]
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One crop (size x size, x 3 with neighbours; float32 in [0, 1]) and its boxes.
