@@ -4,7 +4,7 @@ Inside Blender::
 
     blender -b -P blender_scripts/run_famous.py -- --stack S --classes C \\
         (--model MODEL_DIR | --boxes DIR | --run RUN_DIR) --out DIR [--mesher hull|volume] \\
-        [--backend auto|cpu|cuda|cuda_fp16] [--flip-views 1|2|4]
+        [--backend auto|cpu|cuda|cuda_fp16] [--flip-views 1|2|4] [--no-zoom-pass]
 
 or with the ``bpy`` wheel::
 
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[1, 2, 4],
         help="with --model: test-time mirrored views (default: the model's setting)",
     )
+    p.add_argument(
+        "--no-zoom-pass",
+        dest="zoom_pass",
+        action="store_false",
+        help="with --model: skip the model's enlarged pass for small objects (faster)",
+    )
     p.add_argument("--workers", type=int, default=1, help="local processes for the slices")
     p.add_argument(
         "--resolution",
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> dict:
                 model=args.model,
                 backend=args.backend,
                 flip_views=args.flip_views,
+                zoom_pass=args.zoom_pass,
                 voxel_size_nm=args.voxel_size,
                 workers=args.workers,
                 progress=sub(bar, 0.0, 0.5),

@@ -52,17 +52,19 @@ def test_panel_detection_with_the_demo_model_and_flip_views(addon, phantom_run, 
 
     phantom, _ = phantom_run
     s = addon.context.scene.famous
-    assert s.flip_views == "MODEL"
+    assert s.flip_views == "MODEL" and s.zoom_pass
     s.stack = str(phantom / "stack.tif")
     s.classes = str(phantom / "classes.toml")
     s.source = "MODEL"
     s.model = str(Path(__file__).resolve().parents[1] / "assets" / "demo_model")
     s.backend = "cpu"
     s.flip_views = "2"
+    s.zoom_pass = False
     s.output = str(tmp_path / "ui")
     assert addon.ops.famous.run_detection() == {"FINISHED"}
     run = json.loads((tmp_path / "ui" / "run" / "run.json").read_text())
     assert run["boxes"]["flip_views"] == 2 and run["boxes"]["backend"] == "cpu"
+    assert "zoom_pass" not in run["boxes"]  # the demo model's, turned off in the panel
     assert run["n_detections"] > 0
 
 

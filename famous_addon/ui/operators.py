@@ -85,6 +85,7 @@ def _detect_work(settings):
         model=src if settings.source == "MODEL" else None,
         backend=settings.backend,
         flip_views=None if settings.flip_views == "MODEL" else int(settings.flip_views),
+        zoom_pass=settings.zoom_pass,
         voxel_size_nm=settings.voxel_size_nm(),
     )
 

@@ -38,6 +38,7 @@ class FAMOUS_PT_main(_SidebarTab, bpy.types.Panel):
             box.prop(s, "model")
             box.prop(s, "backend")
             box.prop(s, "flip_views")
+            box.prop(s, "zoom_pass")
         else:
             box.prop(s, "boxes")
         box.operator("famous.run_detection", icon="PLAY")

@@ -77,6 +77,12 @@ class FamousSettings(bpy.types.PropertyGroup):
         ],
         default="MODEL",
     )
+    zoom_pass: BoolProperty(
+        name="Small-object pass",
+        description="Also look for small organelles on the slice enlarged, where the model's "
+        "thresholds.json asks for it (about twice the detection time)",
+        default=True,
+    )
     output: StringProperty(
         name="Output", subtype="DIR_PATH", description="Folder for the run folder and results"
     )
