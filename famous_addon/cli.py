@@ -94,6 +94,7 @@ def cmd_run(args) -> int:
         min_slices=args.min_slices,
         min_depth_nm=args.min_depth_nm,
         confirm_boxes=args.confirm_boxes,
+        fill_gaps_nm=args.fill_gaps_nm,
     )
     bar = TqdmProgress("famous run")
     try:
@@ -216,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="... or spanning less than this in z, in nm (default 60; 0: slices only)",
+    )
+    p.add_argument(
+        "--fill-gaps-nm",
+        type=float,
+        default=100.0,
+        help="where an organelle skips slices, fill up to this much of z (nm) with boxes "
+        "interpolated from its neighbouring slices (default 100; 0: off)",
     )
     p.add_argument(
         "--confirm-boxes",

@@ -175,6 +175,76 @@ def test_organelles_on_too_few_slices_are_dropped(phantom, tmp_path):
     assert sum(o["n_slices"] == 2 and o["z_min"] == 20 for o in every) == 1
 
 
+def test_slices_an_organelle_skips_are_filled(phantom, tmp_path):
+    truth, rows = _truth(phantom)
+    # the mitochondrion inside the slice seen on most slices loses its boxes on three of them
+    inside = np.ones(truth.shape[1:], bool)
+    inside[[0, -1]] = inside[:, [0, -1]] = False
+    mito = [
+        int(r["id"])
+        for r in rows
+        if r["class"] == "mitochondria" and not (truth[:, ~inside] == int(r["id"])).any()
+    ]
+    tid = max(mito, key=lambda t: (truth == t).any(axis=(1, 2)).sum())
+    zs = np.flatnonzero((truth == tid).any(axis=(1, 2)))
+    gap = range(zs[len(zs) // 2] - 1, zs[len(zs) // 2] + 2)
+    boxes = tmp_path / "boxes"
+    boxes.mkdir()
+    _, rows_px, cols_px = truth.shape
+    for f in (phantom / "boxes").glob("*.txt"):
+        k = int(f.stem.split("_")[1])
+        lines = f.read_text().splitlines()
+        if k in gap:
+            yy, xx = np.nonzero(truth[k] == tid)
+            cx, cy = (
+                (xx.min() + xx.max() + 1) / 2 / cols_px,
+                (yy.min() + yy.max() + 1) / 2 / rows_px,
+            )
+            lines = [
+                ln
+                for ln in lines
+                if not (
+                    ln.startswith("2 ")
+                    and np.hypot(*np.subtract([float(v) for v in ln.split()[1:3]], [cx, cy])) < 0.01
+                )
+            ]
+            assert len(lines) == len(f.read_text().splitlines()) - 1
+        (boxes / f.name).write_text("\n".join(lines) + "\n")
+    iou = {}
+    for fill in (0.0, 100.0):
+        run = tmp_path / f"fill{fill:g}"
+        run_pipeline(
+            phantom / "stack.tif",
+            phantom / "classes.toml",
+            run,
+            boxes=boxes,
+            labels=True,
+            settings=RunSettings(fill_gaps_nm=fill),
+        )
+        labels = tifffile.imread(run / "labels.tif")
+        ids, n = np.unique(labels[truth == tid], return_counts=True)
+        oid = ids[ids > 0][n[ids > 0].argmax()]
+        iou[fill] = ((labels == oid) & (truth == tid)).sum() / (
+            (labels == oid) | (truth == tid)
+        ).sum()
+        on_gap = [(labels[k] == oid).any() for k in gap]
+        filled = [d for d in rf.read_csv(run / "detections.csv") if float(d["score"]) == 0]
+        if fill:
+            # every skipped slice gets the organelle back, from a box of score 0
+            assert all(on_gap)
+            assert sorted(int(d["slice"]) for d in filled) == list(gap)
+            assert {int(d["organelle_id"]) for d in filled} == {oid}
+        else:
+            assert not any(on_gap) and not filled
+    # measured: 3-D IoU 0.87 without filling, 0.96 with it
+    assert iou[100.0] > iou[0.0] + 0.05, iou
+
+
+def test_gap_slices_are_in_nm():
+    assert [RunSettings().gap_slices(z) for z in (5, 10, 30, 40, 200)] == [20, 10, 3, 2, 0]
+    assert RunSettings(fill_gaps_nm=0).gap_slices(10) == 0
+
+
 def test_bad_inputs_fail_before_work(phantom, tmp_path):
     boxes = tmp_path / "boxes"
     boxes.mkdir()

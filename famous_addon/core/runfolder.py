@@ -3,12 +3,14 @@
 Layout::
 
     RUN/run.json            config, versions, input, voxel size, timings, counts
-    RUN/detections.csv      slice, class, x, y, w, h, score, organelle_id
+    RUN/detections.csv      slice, class, x, y, w, h, score, organelle_id (score 0:
+                            a box filled in where the organelle skips slices)
     RUN/organelles.csv      id, class, z_min, z_max, n_slices, y/x bounds, voxels,
                             volume_um3, n_points
     RUN/pointclouds.npz     ids, classes, offsets, points (µm, x y z), normals
     RUN/labels.tif          instance labels (on request)
     RUN/cache/slice_*.npz   per-slice results, so a killed run resumes
+    RUN/cache/filled_*.npz  the slices with filled-in boxes (remade by every run)
 
 Every file is written atomically (temporary file in the same folder, then
 ``os.replace``), so a crash never leaves a half-written file behind.
