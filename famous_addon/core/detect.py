@@ -706,21 +706,25 @@ def suppress(
     for c in np.unique(classes):
         idx = np.flatnonzero(classes == c)
         idx = idx[np.argsort(-scores[idx], kind="stable")]
-        iou, ios = _iou_matrix(xyxy[idx], xyxy[idx])
-        area = (xyxy[idx, 2] - xyxy[idx, 0]) * (xyxy[idx, 3] - xyxy[idx, 1])
-        piece = pieces[idx]
-        smaller_piece = np.where(area[:, None] > area[None, :], piece[None, :], piece[:, None])
-        limit = np.where(smaller_piece, CONTAINMENT, np.inf)
-        if containment[c] is not None:
-            limit = np.minimum(limit, containment[c])
-        nested = ios >= limit
-        s = scores[idx]
+        box, s, piece = xyxy[idx], scores[idx], pieces[idx]
+        area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
         kept: list[int] = []
         for i in range(len(idx)):
-            inside = [j for j in kept if nested[i, j] and area[j] < area[i]]
-            if any(iou[i, j] >= nms_iou or nested[i, j] for j in kept if j not in inside):
+            # each box is compared with the boxes kept so far only: at the
+            # near-zero thresholds of calibration a slice has ~10,000 candidates,
+            # and a full pairwise matrix took minutes
+            k = np.array(kept, dtype=int)
+            iou, ios = (m[0] for m in _iou_matrix(box[i : i + 1], box[k]))
+            smaller_piece = np.where(area[i] > area[k], piece[k], piece[i])
+            limit = np.where(smaller_piece, CONTAINMENT, np.inf)
+            if containment[c] is not None:
+                limit = np.minimum(limit, containment[c])
+            nested = ios >= limit
+            is_inside = nested & (area[k] < area[i])
+            if ((iou >= nms_iou) | nested)[~is_inside].any():
                 continue
-            if not inside:
+            inside = k[is_inside]
+            if not len(inside):
                 kept.append(i)
             elif len(inside) == 1 and s[i] >= 0.5 * s[inside[0]]:
                 kept.remove(inside[0])
