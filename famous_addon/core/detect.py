@@ -827,29 +827,27 @@ def merge_cut_boxes(
         return i
 
     def agree(lo_a, hi_a, lo_b, hi_b):
-        inter = min(hi_a, hi_b) - max(lo_a, lo_b)
-        return inter / (max(hi_a, hi_b) - min(lo_a, lo_b)) >= 0.5
+        inter = np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b)
+        return inter / (np.maximum(hi_a, hi_b) - np.minimum(lo_a, lo_b)) >= 0.5
 
+    cut_before = np.flatnonzero(cut[:, 0] | cut[:, 1])  # on the left or top
     for i in np.flatnonzero(cut[:, 2] | cut[:, 3]):  # cut on the right or bottom
         a = xyxy[i]
-        for j in np.flatnonzero((cut[:, 0] | cut[:, 1]) & (classes == classes[i])):
-            if tile_ids[j] == tile_ids[i]:
-                continue
-            b = xyxy[j]
-            if min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1]):
-                continue
-            horizontal = cut[i, 2] and cut[j, 0] and agree(a[1], a[3], b[1], b[3])
-            vertical = cut[i, 3] and cut[j, 1] and agree(a[0], a[2], b[0], b[2])
-            if horizontal or vertical:
-                parent[find(i)] = find(j)
-    group = np.array([find(i) for i in range(n)])
-    merged = xyxy.copy()
-    for g in np.unique(group):
-        members = group == g
-        if members.sum() > 1:
-            m = xyxy[members]
-            merged[members] = [m[:, 0].min(), m[:, 1].min(), m[:, 2].max(), m[:, 3].max()]
-    return merged, group
+        j = cut_before[(classes[cut_before] == classes[i]) & (tile_ids[cut_before] != tile_ids[i])]
+        b = xyxy[j]
+        overlap = (np.minimum(a[2], b[:, 2]) > np.maximum(a[0], b[:, 0])) & (
+            np.minimum(a[3], b[:, 3]) > np.maximum(a[1], b[:, 1])
+        )
+        horizontal = cut[i, 2] & cut[j, 0] & agree(a[1], a[3], b[:, 1], b[:, 3])
+        vertical = cut[i, 3] & cut[j, 1] & agree(a[0], a[2], b[:, 0], b[:, 2])
+        for k in j[overlap & (horizontal | vertical)]:
+            parent[find(i)] = find(k)
+    group = np.array([find(i) for i in range(n)], dtype=int)
+    lo = np.full((n, 2), np.inf)
+    hi = np.full((n, 2), -np.inf)
+    np.minimum.at(lo, group, xyxy[:, :2])
+    np.maximum.at(hi, group, xyxy[:, 2:])
+    return np.concatenate([lo[group], hi[group]], axis=1), group
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
