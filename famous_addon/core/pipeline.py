@@ -457,13 +457,16 @@ def run_pipeline(
 
 def _gather_detections(out: Path, n_slices: int) -> dict:
     """Boxes and mask areas of every cached slice (masks stay on disk)."""
-    sl, boxes, areas = [], [], []
-    for k in range(n_slices):
-        r = _load_slice(out, k)
-        if len(r):
-            sl.append(np.full(len(r), k))
-            boxes.append(r.boxes)
-            areas.append(r.areas())
+    results = (_load_slice(out, k) for k in range(n_slices))
+    return _detections([(r.boxes, r.areas()) for r in results])
+
+
+def _detections(per_slice: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Detections as flat arrays from each slice's ``(n, 6)`` boxes and mask areas."""
+    n_slices = len(per_slice)
+    sl = [np.full(len(b), k) for k, (b, _) in enumerate(per_slice) if len(b)]
+    boxes = [b for b, _ in per_slice if len(b)]
+    areas = [a for b, a in per_slice if len(b)]
     if not sl:
         return {
             "slice": np.zeros(0, np.int64),
@@ -518,14 +521,18 @@ def _fill_gaps(out, stack, classes, pixel_nm, det, det_labels, max_gap):
                 )
     if not added:
         return det, det_labels
-    labels = [det_labels[det["start"][k] : det["start"][k + 1]] for k in range(stack.shape[0])]
+    # only the filled slices are read and extracted again; the others keep their rows
+    rows = [slice(det["start"][k], det["start"][k + 1]) for k in range(stack.shape[0])]
+    labels = [det_labels[r] for r in rows]
+    boxes_of = np.column_stack([det["cls"], det["xywh"], det["score"]])
+    per_slice = [(boxes_of[r], det["area"][r]) for r in rows]
     for k, items in added.items():
-        before = _load_slice(out, k)
-        boxes = [Box(int(r[0]), *map(float, r[1:])) for r in before.boxes]
+        boxes = [Box(int(r[0]), *map(float, r[1:])) for r in _load_slice(out, k).boxes]
         result = segment_slice(stack.read(k), boxes + [b for _, b in items], classes, pixel_nm)
         rf.save_npz(_filled_path(out, k), **result.to_arrays())
+        per_slice[k] = (result.boxes, result.areas())
         labels[k] = np.concatenate([labels[k], [o for o, _ in items]])
-    return _gather_detections(out, stack.shape[0]), np.concatenate(labels).astype(np.int64)
+    return _detections(per_slice), np.concatenate(labels).astype(np.int64)
 
 
 def _union(xyxy: np.ndarray) -> np.ndarray:

@@ -530,7 +530,6 @@ class CropSampler:
         if self.small and a.small_focus and rng.random() < a.small_focus:
             i, j = self.small[int(rng.integers(len(self.small)))]
             img, bx = self.images[i], self.boxes[i]
-            rows, cols = img.shape[:2]
             cx, cy = (bx[j, 1] + bx[j, 3]) / 2, (bx[j, 2] + bx[j, 4]) / 2
             # the box anywhere in the middle half of the crop, at zoom >= 1 so it stays visible
             zoom = max(zoom, 1.0)
