@@ -23,6 +23,7 @@ from famous_addon.core.train import (  # noqa: E402
     decode_head,
     kmeans_anchors,
     train_model,
+    weight_average,
     with_neighbour_channels,
     yolo_loss,
 )
@@ -229,6 +230,49 @@ def test_train_model_writes_a_model_folder_and_resumes(tmp_path):
     tuned = TrainConfig(**{**config.__dict__, "init": str(tmp_path / "m")})
     train_model(tmp_path / "ann", classes, tmp_path / "m2", 1, "slim", config=tuned)
     assert (tmp_path / "m2" / "model.cfg").read_text() == (tmp_path / "m" / "model.cfg").read_text()
+
+
+@pytest.mark.parametrize("steps, kept", [(30, 2 / 3), (10**6, 0.999)])
+def test_weight_average_window_is_a_tenth_of_the_run_at_most_1000_steps(steps, kept):
+    net = _random_net(2)
+    ema = weight_average(net, total_steps=steps)
+    for value in (3.0, 0.0):  # the first update copies, the second averages
+        with torch.no_grad():
+            for t in net.layers.state_dict().values():
+                if t.is_floating_point():
+                    t.fill_(value)
+        ema.update_parameters(net.layers)
+    averaged = ema.module.state_dict()
+    assert averaged["1.0.weight"].unique().tolist() == pytest.approx([3.0 * kept])
+    assert averaged["1.1.running_var"].unique().tolist() == pytest.approx([3.0 * kept])
+
+
+def test_exported_weights_are_the_average_and_a_resumed_run_keeps_it(tmp_path):
+    rng = np.random.default_rng(3)
+    images, boxes = zip(*[_toy(rng) for _ in range(3)])
+    write_yolo_mark(
+        tmp_path / "ann", list(images), [f"s_{i}" for i in range(3)], ["dark", "light"], list(boxes)
+    )
+    classes = from_names(["dark", "light"])
+    config = TrainConfig(
+        steps_per_epoch=10, batch=2, train_size=64, input_size=96, workers=1, threads=1
+    )
+
+    def weights(name, ema=True, stop=None):
+        def stop_at(fraction, message):
+            if stop and message.startswith(stop):
+                raise Cancelled()
+
+        cfg = TrainConfig(**{**config.__dict__, "ema": ema})
+        try:
+            train_model(tmp_path / "ann", classes, tmp_path / name, 3, "slim", stop_at, config=cfg)
+        except Cancelled:
+            train_model(tmp_path / "ann", classes, tmp_path / name, 3, "slim", config=cfg)
+        return (tmp_path / name / "model.weights").read_bytes()
+
+    last_step, averaged = weights("raw", ema=False), weights("ema")
+    assert last_step != averaged
+    assert weights("resumed", stop="epoch 2/") == averaged
 
 
 def test_train_command_line(tmp_path, capsys):

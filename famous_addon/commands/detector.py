@@ -131,6 +131,7 @@ def cmd_train(args) -> int:
         flip_views=args.flip_views,
         neighbours=args.neighbours,
         small_focus=args.small_focus,
+        ema=not args.no_ema,
     )
     bar = TqdmProgress("train")
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -269,6 +270,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         metavar="P",
         help="share of training crops centred on a small box (under a quarter of its "
         "class's median area), at zoom >= 1 (default 0)",
+    )
+    p.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="export the last step's weights instead of their moving average "
+        "over the last tenth of the steps",
     )
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out")
     p.set_defaults(func=cmd_train)
