@@ -58,6 +58,14 @@ without (``--fill-gaps-nm 0``):
     model   0.644   not filled      0.495       0.61 / 0.55
     model2  0.688   filled          0.491       0.56 / 0.54
     model2  0.688   not filled      0.490       0.53 / 0.52
+
+Session 10: from scratch with neighbours, small-box crops and the exported
+moving average of the weights (on by default now), in one command
+(``famous train annN --classes obj.names --out modelE --neighbours
+--small-focus 0.3 --epochs 60 --threads 2 --workers 1``, 3.3 min):
+
+    modelE     0.668   filled       0.548       0.64 / 0.61
+    modelE300  0.733   filled       0.572       0.64 / 0.57   (--epochs 300, 14.8 min)
 """
 
 from __future__ import annotations
