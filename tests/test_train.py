@@ -158,6 +158,16 @@ def _toy(rng, size=128, n=5):
     return img, boxes
 
 
+def _toy_folder(path, seed: int, n: int):
+    """A YOLO_mark folder of ``n`` toy slices; returns its images."""
+    rng = np.random.default_rng(seed)
+    images, boxes = zip(*[_toy(rng) for _ in range(n)])
+    write_yolo_mark(
+        path, list(images), [f"s_{i}" for i in range(n)], ["dark", "light"], list(boxes)
+    )
+    return images
+
+
 def test_a_few_steps_lower_the_loss_and_export_loads(tmp_path):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -187,11 +197,7 @@ def test_a_few_steps_lower_the_loss_and_export_loads(tmp_path):
 
 
 def test_train_model_writes_a_model_folder_and_resumes(tmp_path):
-    rng = np.random.default_rng(1)
-    images, boxes = zip(*[_toy(rng) for _ in range(4)])
-    write_yolo_mark(
-        tmp_path / "ann", list(images), [f"s_{i}" for i in range(4)], ["dark", "light"], list(boxes)
-    )
+    images = _toy_folder(tmp_path / "ann", seed=1, n=4)
     classes = from_names(["dark", "light"])
     config = TrainConfig(
         steps_per_epoch=2, batch=2, train_size=64, input_size=96, workers=1, threads=1
@@ -248,11 +254,7 @@ def test_weight_average_window_is_a_tenth_of_the_run_at_most_1000_steps(steps, k
 
 
 def test_exported_weights_are_the_average_and_a_resumed_run_keeps_it(tmp_path):
-    rng = np.random.default_rng(3)
-    images, boxes = zip(*[_toy(rng) for _ in range(3)])
-    write_yolo_mark(
-        tmp_path / "ann", list(images), [f"s_{i}" for i in range(3)], ["dark", "light"], list(boxes)
-    )
+    _toy_folder(tmp_path / "ann", seed=3, n=3)
     classes = from_names(["dark", "light"])
     config = TrainConfig(
         steps_per_epoch=10, batch=2, train_size=64, input_size=96, workers=1, threads=1
@@ -280,11 +282,7 @@ def test_train_command_line(tmp_path, capsys):
 
     from famous_addon.commands.detector import add_parsers
 
-    rng = np.random.default_rng(2)
-    images, boxes = zip(*[_toy(rng) for _ in range(3)])
-    write_yolo_mark(
-        tmp_path / "ann", list(images), [f"s_{i}" for i in range(3)], ["dark", "light"], list(boxes)
-    )
+    _toy_folder(tmp_path / "ann", seed=2, n=3)
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers())
     args = parser.parse_args(
