@@ -65,7 +65,7 @@ moving average of the weights (on by default now), in one command
 --small-focus 0.3 --epochs 60 --threads 2 --workers 1``, 3.3 min):
 
     modelE     0.668   filled       0.548       0.64 / 0.61
-    modelE300  0.733   filled       0.572       0.64 / 0.57   (--epochs 300, 14.8 min)
+    modelE300  0.733   filled       0.572       0.64 / 0.57   (--epochs 300, 14.5 min)
 """
 
 from __future__ import annotations
