@@ -268,7 +268,9 @@ def test_exported_weights_are_the_average_and_a_resumed_run_keeps_it(tmp_path):
         cfg = TrainConfig(**{**config.__dict__, "ema": ema})
         try:
             train_model(tmp_path / "ann", classes, tmp_path / name, 3, "slim", stop_at, config=cfg)
+            assert stop is None, "the run was to be cancelled"
         except Cancelled:
+            assert (tmp_path / name / "checkpoint.pt").is_file()
             train_model(tmp_path / "ann", classes, tmp_path / name, 3, "slim", config=cfg)
         return (tmp_path / name / "model.weights").read_bytes()
 

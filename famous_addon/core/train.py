@@ -656,6 +656,11 @@ def weight_average(net: DarknetTorch, total_steps: int):
     )
 
 
+def _on_cpu(module) -> dict:
+    """A module's state dict with every tensor on the CPU, for a checkpoint."""
+    return {k: v.cpu() for k, v in module.state_dict().items()}
+
+
 def split_images(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Training and held-out image indices; no held-out split below 3 images."""
     if n < 3 or val_fraction <= 0:
@@ -1051,7 +1056,7 @@ def train_model(
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if state.get("key") == key:
             net.layers.load_state_dict(state["model"])
-            if ema is not None and state.get("ema") is not None:
+            if ema is not None:  # the key holds cfgt.ema, so the checkpoint has an average
                 ema.load_state_dict(state["ema"])
             if state.get("optimizer") is not None:
                 opt.load_state_dict(state["optimizer"])
@@ -1109,8 +1114,8 @@ def train_model(
             final_epoch = epoch + 1 == cfgt.epochs
             state = {
                 "key": key,
-                "model": {k: v.cpu() for k, v in net.layers.state_dict().items()},
-                "ema": None if ema is None else {k: v.cpu() for k, v in ema.state_dict().items()},
+                "model": _on_cpu(net.layers),
+                "ema": None if ema is None else _on_cpu(ema),
                 # the optimiser is only needed to go on training
                 "optimizer": None if final_epoch else opt.state_dict(),
                 "epoch": epoch + 1,
