@@ -147,6 +147,28 @@ def test_boxes_from_labels_pieces_and_classes():
     assert len(boxes_from_label_slice(mask, 0)) == 2
 
 
+def test_split_touching_cuts_touching_discs_and_keeps_a_tube_whole(tmp_path, capsys):
+    mask = np.zeros((200, 300), np.uint8)
+    cv2.circle(mask, (60, 100), 30, 1, -1)  # two discs touching at a narrow contact
+    cv2.circle(mask, (112, 100), 25, 1, -1)
+    cv2.ellipse(mask, (220, 60), (60, 14), 20, 0, 360, 1, -1)  # one long, even piece
+    cv2.line(mask, (160, 170), (290, 150), 1, 20)
+    whole = sorted((b.x, b.y, b.w, b.h) for b in boxes_from_label_slice(mask, 0))
+    split = sorted((b.x, b.y, b.w, b.h) for b in boxes_from_label_slice(mask, 0, 4, 0.25))
+    assert len(whole) == 3 and len(split) == 4
+    assert (30, 70, 108, 61) in whole
+    # each disc gets its own box: the cut runs where the outlines cross (x = 89)
+    assert (30, 70, 59, 61) in split and (89, 75, 49, 51) in split
+    assert set(whole) - {(30, 70, 108, 61)} <= set(split)
+    tifffile.imwrite(tmp_path / "mask.tif", mask[None])
+    args = _parse(
+        ["boxes-from-labels", str(tmp_path / "mask.tif"), "--slices", "0",
+         "--out", str(tmp_path / "ann"), "--split-touching", "0.25"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    assert "wrote 4 boxes on 1 slices" in capsys.readouterr().out
+
+
 def _parse(argv):
     from famous_addon.commands.detector import add_parsers
 

@@ -353,7 +353,10 @@ def parse_slice_list(text: str, n_slices: int) -> list[int]:
 
 
 def boxes_from_label_slice(
-    labels: np.ndarray, class_of: dict[int, int] | int, min_pixels: int = 4
+    labels: np.ndarray,
+    class_of: dict[int, int] | int,
+    min_pixels: int = 4,
+    split_touching: float = 0.0,
 ) -> list[Box]:
     """Boxes around each connected piece of each label on one slice.
 
@@ -366,6 +369,11 @@ def boxes_from_label_slice(
         Class index per label id, or one class for all.
     min_pixels : int
         Pieces smaller than this are dropped (label noise).
+    split_touching : float
+        0 (default): one box per piece. Above 0, a piece is cut where it
+        narrows (:func:`split_at_necks`), so organelles that touch in a
+        semantic mask get a box each; 0.25 cuts where the piece is a quarter
+        narrower than its thickest part.
     """
     from scipy import ndimage
     from skimage.measure import label as cc_label
@@ -373,18 +381,48 @@ def boxes_from_label_slice(
     labels = np.asarray(labels)
     # pieces: 4-connected runs of one label value, so touching organelles stay apart
     pieces = cc_label(labels, background=0, connectivity=1)
-    sizes = np.bincount(pieces.ravel())
     out = []
     for k, sl in enumerate(ndimage.find_objects(pieces), 1):
-        if sl is None or sizes[k] < min_pixels:
+        if sl is None:
             continue
-        lab = int(labels[sl][pieces[sl] == k][0])
+        mask = pieces[sl] == k
+        lab = int(labels[sl][mask][0])
         if isinstance(class_of, dict):
             if lab not in class_of:
                 continue
             cls = class_of[lab]
         else:
             cls = int(class_of)
-        y, x = sl
-        out.append(Box(cls, x.start, y.start, x.stop - x.start, y.stop - y.start))
+        parts = split_at_necks(mask, split_touching) if split_touching > 0 else mask.astype(int)
+        for part in ndimage.find_objects(parts):
+            y, x = part
+            if np.count_nonzero(parts[part]) < min_pixels:
+                continue
+            y0, x0 = sl[0].start + y.start, sl[1].start + x.start
+            out.append(Box(cls, x0, y0, x.stop - x.start, y.stop - y.start))
     return out
+
+
+def split_at_necks(mask: np.ndarray, depth: float) -> np.ndarray:
+    """Cut one connected 2-D piece where it narrows: labels 1..n of its parts.
+
+    A watershed of the distance to the background, seeded at the maxima that
+    stand at least ``depth`` x the piece's largest distance above the neck
+    joining them (the regional maxima of the h-maxima transform). A tube of
+    even width keeps one seed; two mitochondria touching at a narrow contact
+    get one each.
+    """
+    from scipy import ndimage
+    from skimage.measure import label as cc_label
+    from skimage.morphology import local_maxima, reconstruction
+    from skimage.segmentation import watershed
+
+    # the padding puts background around the piece, so distances end at its outline
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    h = max(depth * dist.max(), 1.0)
+    # maxima of the reconstruction, not of the distance: the pixel-to-pixel ripple
+    # along a tube's ridge would otherwise seed a cut every few pixels
+    seeds = cc_label(local_maxima(reconstruction(dist - h, dist, method="dilation")))
+    if seeds.max() < 2:
+        return mask.astype(int)
+    return watershed(-dist, seeds, mask=mask)
