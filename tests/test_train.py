@@ -20,6 +20,7 @@ from famous_addon.core.train import (  # noqa: E402
     CropSampler,
     DarknetTorch,
     TrainConfig,
+    autocast_dtype,
     decode_head,
     kmeans_anchors,
     train_model,
@@ -292,6 +293,7 @@ def test_train_command_line(tmp_path, capsys):
             "train", str(tmp_path / "ann"), "--classes", str(tmp_path / "ann" / "obj.names"),
             "--out", str(tmp_path / "m"), "--epochs", "1", "--steps-per-epoch", "1", "--batch", "2",
             "--train-size", "64", "--input-size", "96", "--threads", "1", "--workers", "1",
+            "--zoom-pass", "light=0.9",
         ]
     )  # fmt: skip
     assert args.func(args) == 0
@@ -299,6 +301,14 @@ def test_train_command_line(tmp_path, capsys):
     assert "mAP@0.5" in out and "recall by case" in out
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     assert report["command"].startswith("famous ") and report["config"]["batch"] == 2
+    # the enlarged pass is written with the thresholds, so `famous run` uses it as given
+    written = json.loads((tmp_path / "m" / "thresholds.json").read_text())["zoom_pass"]
+    assert written["score_thresholds"] == {"light": 0.9} and written["factor"] == 1.5
+    assert load_detector(tmp_path / "m", backend="cpu").settings.zoom_thresholds == {1: 0.9}
+    for option, message in (("grey=0.9", "not a class of the model"), ("light", "CLASS=SCORE")):
+        args.zoom_pass = [option]
+        with pytest.raises(FamousError, match=message):
+            args.func(args)
 
 
 def test_neighbour_crops_are_each_slice_cropped_alike():
@@ -413,3 +423,33 @@ def test_small_focus_must_be_a_share(tmp_path):
     config = TrainConfig(small_focus=1.5)
     with pytest.raises(FamousError, match="--small-focus between 0 and 1"):
         train_model(tmp_path / "none", from_names(["a"]), tmp_path / "m", 1, config=config)
+
+
+def test_bfloat16_forward_is_close_to_float32_and_a_run_records_it(tmp_path):
+    assert autocast_dtype("fp32", "cpu") is None and autocast_dtype("bf16", "cpu") is torch.bfloat16
+    with pytest.raises(FamousError, match="--precision auto, fp32 or bf16"):
+        autocast_dtype("half", "cpu")
+    net = _random_net(2)
+    x = torch.rand(2, 1, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = net(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            low = net(x)
+    for a, b in zip(exact, low):
+        assert b.dtype == torch.bfloat16
+        # bfloat16 keeps 8 bits of mantissa: about 0.4 % per operation
+        assert (b.float() - a).abs().max() < 0.05 * a.abs().max()
+    _toy_folder(tmp_path / "ann", seed=4, n=3)
+    classes = from_names(["dark", "light"])
+    written = {}
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig(
+            steps_per_epoch=3, batch=2, train_size=64, input_size=96, workers=1, threads=1,
+            precision=precision,
+        )  # fmt: skip
+        out = tmp_path / precision
+        report = train_model(tmp_path / "ann", classes, out, 1, "slim", config=config)
+        assert report["forward_dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
+        written[precision] = (out / "model.weights").read_bytes()
+    # same seed, same batches: only the forward pass's precision differs
+    assert written["fp32"] != written["bf16"]

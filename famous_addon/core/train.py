@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -627,11 +627,37 @@ class TrainConfig:
     neighbours: bool = False
     small_focus: float = 0.0
     ema: bool = True
+    precision: str = "auto"
+    zoom_pass: dict[str, float] = field(default_factory=dict)
 
     def key(self) -> dict:
         """The settings a checkpoint must share to be resumed (not where it runs or infers)."""
-        skip = ("threads", "device", "workers", "flip_views")
+        skip = ("threads", "device", "workers", "flip_views", "precision", "zoom_pass")
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_dtype(precision: str, device: str):
+    """The dtype the forward pass runs in under autocast, or None for float32.
+
+    ``auto`` is bfloat16 on a CPU with AMX tiles, where it made a training
+    step 1.4x faster (0.10 s against 0.146 s for the slim demo network, batch
+    8 of 256 x 256, 2 threads); float32 elsewhere, which was not measured.
+    Weights, optimiser and loss stay in float32 either way.
+    """
+    torch = require_torch()
+    if precision not in PRECISIONS:
+        raise FamousError(
+            f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.",
+            fix="give --precision auto, fp32 or bf16.",
+        )
+    if precision == "auto":
+        # a private probe, so an older or newer torch without it means no AMX
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        precision = "bf16" if device == "cpu" and amx() else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def weight_average(net: DarknetTorch, total_steps: int):
@@ -939,6 +965,21 @@ def calibrate_model(
     return thresholds, metrics
 
 
+def _zoom_classes(zoom_pass: dict[str, float], classes) -> dict[int, float]:
+    """``TrainConfig.zoom_pass`` (class name: score) as class index: score, checked."""
+    fix = "give --zoom-pass CLASS=SCORE with a class of the model and a score in (0, 1]."
+    out = {}
+    for name, score in zoom_pass.items():
+        if name not in classes.names:
+            raise FamousError(
+                f"zoom pass for {name!r}, which is not a class of the model.", fix=fix
+            )
+        if not 0 < score <= 1:
+            raise FamousError(f"zoom pass score {score} for {name!r} is not in (0, 1].", fix=fix)
+        out[classes.index(name)] = float(score)
+    return out
+
+
 def train_model(
     annotations: str | Path,
     classes,
@@ -997,6 +1038,9 @@ def train_model(
             f"small_focus is {cfgt.small_focus}, not a share of the crops.",
             fix="give --small-focus between 0 and 1 (0.3: three crops in ten).",
         )
+    device_type = torch.device(cfgt.device).type
+    amp_dtype = autocast_dtype(cfgt.precision, device_type)
+    zoom = _zoom_classes(cfgt.zoom_pass, classes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -1099,7 +1143,9 @@ def train_model(
                 x, t = pending.pop(g).result()
                 for group in opt.param_groups:
                     group["lr"] = lr_at(g)
-                loss, parts = yolo_loss(net, net(x.to(cfgt.device)), t, hw)
+                with torch.autocast(device_type, amp_dtype, enabled=amp_dtype is not None):
+                    raws = net(x.to(cfgt.device))
+                loss, parts = yolo_loss(net, [r.float() for r in raws], t, hw)
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
@@ -1165,6 +1211,7 @@ def train_model(
             whole_slice_classes=big,
             flip_views=cfgt.flip_views,
             neighbours=cfgt.neighbours,
+            zoom_thresholds=zoom,
         ),
         held_out=val_idx or None,
     )
@@ -1180,6 +1227,7 @@ def train_model(
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(elapsed_before + time.perf_counter() - t_start, 1),
         "torch": torch.__version__,
+        "forward_dtype": "bfloat16" if amp_dtype is not None else "float32",
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "history": history,
