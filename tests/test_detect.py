@@ -138,6 +138,9 @@ def test_tile_origins_cover_with_overlap():
         assert o[0] == 0 and o[-1] + tile == max(length, tile)
         assert all(b - a <= tile - overlap for a, b in zip(o, o[1:]))
     assert tile_origins(100, 416, 50) == [0]
+    # an overlap of a whole tile (a 96 px zoom-pass overlap on a 96 px network)
+    # is taken as half a tile, not as a one-pixel step
+    assert tile_origins(300, 96, 96) == tile_origins(300, 96, 48) == [0, 41, 82, 122, 163, 204]
 
 
 def test_suppress_containment_and_nms():
@@ -264,8 +267,8 @@ def test_demo_model_finds_objects_on_an_unseen_phantom():
     n_truth = sum(len(t) for t in truths)
     hits = sum(c["recall"] * c["n_truth"] for c in m["per_class"].values() if c["n_truth"])
     assert n_truth >= 30
-    # measured 0.94 (48 boxes) with the demo model of step 12; the bar leaves room for
-    # OpenCV/BLAS rounding, not for a broken detector (an untrained one finds none)
+    # measured 0.92 (48 boxes) with the demo model; the bar leaves room for OpenCV/BLAS
+    # rounding and a retrained demo model, not for a broken one (an untrained one finds none)
     assert hits / n_truth >= 0.70, m
 
 

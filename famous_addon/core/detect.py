@@ -851,10 +851,15 @@ def merge_cut_boxes(
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with >= ``overlap`` shared."""
+    """Start offsets of tiles of size ``tile`` covering ``length`` with >= ``overlap`` shared.
+
+    The overlap is capped at half a tile: more only multiplies the tiles (an
+    overlap as large as the tile would step one pixel at a time), while every
+    object up to half a tile already lies whole in one of them.
+    """
     if length <= tile:
         return [0]
-    step = max(1, tile - overlap)
+    step = tile - min(overlap, tile // 2)
     n = math.ceil((length - tile) / step) + 1
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
