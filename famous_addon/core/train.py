@@ -639,7 +639,7 @@ class TrainConfig:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def autocast_dtype(precision: str, device: str):
+def autocast_dtype(precision: str, device_type: str):
     """The dtype the forward pass runs in under autocast, or None for float32.
 
     ``auto`` is bfloat16 on a CPU with AMX tiles, where it made a training
@@ -657,7 +657,7 @@ def autocast_dtype(precision: str, device: str):
     if precision == "auto":
         # a private probe, so an older or newer torch without it means no AMX
         amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-        precision = "bf16" if device == "cpu" and amx() else "fp32"
+        precision = "bf16" if device_type == "cpu" and amx() else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
 
 
