@@ -1,14 +1,17 @@
 """Detector benchmark: DNN forward per tile, per-slice overhead, training time, demo accuracy.
 
-Prints three tables:
+Prints these tables:
 
 1. ms per tile and tiles/s of the OpenCV DNN forward at 416 and 608 input,
    one tile per forward against several, on the CPU and, where the OpenCV
    build has CUDA, on the CUDA backends;
-2. the time to detect one 2048 x 2048 slice (tiling, decoding, merging,
-   suppression) as a ratio to the sum of its DNN forwards in the same run
-   (goal <= 1.25x);
-3. the demo model's training time (from its report) and its accuracy on an
+2. per backend, the time to detect one 2048 x 2048 slice (tiling, decoding,
+   merging, suppression) as a ratio to the sum of its DNN forwards in the same
+   run (goal <= 1.25x);
+3. where the OpenCV build has CUDA: how far the CUDA backends' raw outputs
+   lie from the CPU's on the same tiles, and how many of the CPU's boxes on
+   phantom slices they find again (same class, IoU >= 0.5);
+4. the demo model's training time (from its report) and its accuracy on an
    unseen phantom (another seed than the one it was trained on): mAP@0.5,
    per-class precision/recall, and recall for edge-touching, small and other
    boxes (goal: mAP and every recall >= 0.90).
@@ -16,6 +19,10 @@ Prints three tables:
 Usage::
 
     python benchmarks/detector.py [--model assets/demo_model] [--seed 2] [--slices 200]
+        [--backend cpu|cuda|cuda_fp16] [--skip-accuracy]
+
+``--backend`` chooses the backend of the accuracy table; tables 1-3 use every
+backend the OpenCV build has.
 """
 
 from __future__ import annotations
@@ -38,9 +45,13 @@ from famous_addon.core.detect import cuda_available, evaluate, load_detector
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def available_backends() -> list[str]:
+    # CUDA only where this OpenCV build has CUDA and sees a device (pip's wheels do not)
+    return ["cpu"] + (["cuda", "cuda_fp16"] if cuda_available() else [])
+
+
 def forward_table(model: Path, repeats: int) -> None:
-    # CUDA rows only where this OpenCV build has CUDA and sees a device (pip's wheels do not)
-    backends = ["cpu"] + (["cuda", "cuda_fp16"] if cuda_available() else [])
+    backends = available_backends()
     print("\nDNN forward (OpenCV", cv2.__version__, f"{cv2.getNumThreads()} CPU threads)")
     if len(backends) == 1:
         print("(no CUDA in this OpenCV build: CPU only; README says how to get one with CUDA)")
@@ -65,10 +76,10 @@ def forward_table(model: Path, repeats: int) -> None:
                     print(f"{backend:>9} {size:>6} {n:>14} {s * 1000:>8.1f} {1 / s:>8.1f}")
 
 
-def slice_overhead(model: Path, repeats: int) -> None:
+def slice_overhead(model: Path, repeats: int, backend: str) -> None:
     from famous_addon.core.synthetic import Phantom
 
-    det = load_detector(model, backend="cpu")
+    det = load_detector(model, backend=backend)
     ph = Phantom((3, 2048, 2048), seed=5, voxel_size_nm=(10, 10, 10))
     image = ph.render_with_neighbours(1) if det.neighbours else ph.render_slice(1)[0]
     spent, tiles_seen = [], []
@@ -92,7 +103,9 @@ def slice_overhead(model: Path, repeats: int) -> None:
         totals.append(time.perf_counter() - t)
         fwd.append(sum(spent))
     total, f = np.median(totals), np.median(fwd)
-    print("\nOne 2048 x 2048 slice (demo model, batch", det.settings.batch, "tiles/forward)")
+    print(
+        f"\nOne 2048 x 2048 slice ({backend}, demo model, batch {det.settings.batch} tiles/forward)"
+    )
     print(
         f"{'tiles':>6} {'forwards':>9} {'forward s':>10} {'detect s':>9} {'ratio':>6} {'boxes':>6}"
     )
@@ -103,7 +116,49 @@ def slice_overhead(model: Path, repeats: int) -> None:
     print(f"(tile overlap {det.settings.tile_overlap} px; tiles include the whole-slice pass)")
 
 
-def demo_accuracy(model: Path, seed: int, n_slices: int, step: int) -> None:
+def backend_agreement(model: Path, seed: int, n_slices: int) -> None:
+    """CUDA backends against the CPU: raw outputs on the same tiles, boxes on phantom slices."""
+    from famous_addon.core.synthetic import Phantom
+
+    cuda = available_backends()[1:]
+    if not cuda:
+        return
+    names = (model / "obj.names").read_text().split()
+    ph = Phantom((n_slices, 1024, 1024), seed=seed, voxel_size_nm=(10, 10, 10))
+    dets = {b: load_detector(model, from_names(names), b) for b in ["cpu", *cuda]}
+    cpu = dets["cpu"]
+    size = cpu.info.height
+    slices = [
+        ph.render_with_neighbours(k) if cpu.neighbours else ph.render_slice(k)[0]
+        for k in range(1, n_slices - 1)
+    ]
+    tiles = np.stack([s[:size, :size] for s in slices])
+    ref = cpu.forward(tiles)
+    ref_boxes = [cpu(k, s) for k, s in enumerate(slices)]
+    shapes = [s.shape[:2] for s in slices]
+    print(
+        f"\nCUDA against CPU: {len(tiles)} phantom tiles (raw outputs), "
+        f"{len(slices)} slices of 1024 x 1024 (boxes)"
+    )
+    print(
+        f"{'backend':>9} {'max |d| xywh':>13} {'max |d| score':>14} "
+        f"{'CPU boxes':>10} {'found':>6} {'extra':>6}"
+    )
+    for b in cuda:
+        out = dets[b].forward(tiles)
+        d = np.abs(out - ref)
+        boxes = [dets[b](k, s) for k, s in enumerate(slices)]
+        per = evaluate(boxes, ref_boxes, shapes, names)["per_class"].values()
+        n_ref = sum(c["n_truth"] for c in per)
+        found = sum(round(c["recall"] * c["n_truth"]) for c in per)
+        extra = sum(len(x) for x in boxes) - found
+        print(
+            f"{b:>9} {d[..., :4].max():>13.2e} {d[..., 4:].max():>14.2e} "
+            f"{n_ref:>10} {found:>6} {extra:>6}"
+        )
+
+
+def demo_accuracy(model: Path, seed: int, n_slices: int, step: int, backend: str) -> None:
     from famous_addon.core.synthetic import Phantom
 
     # A model may have been trained in steps (base, then fine-tunes): one line each.
@@ -124,7 +179,7 @@ def demo_accuracy(model: Path, seed: int, n_slices: int, step: int) -> None:
         )
     print("total: " + ", ".join(f"{m:.1f} min on {d}" for d, m in total.items()))
     names = (model / "obj.names").read_text().split()
-    det = load_detector(model, from_names(names), "cpu")
+    det = load_detector(model, from_names(names), backend)
     ph = Phantom((n_slices, 512, 512), seed=seed, voxel_size_nm=(10, 10, 10))
     preds, truths, shapes = [], [], []
     low = [0.01] * len(names)
@@ -141,7 +196,10 @@ def demo_accuracy(model: Path, seed: int, n_slices: int, step: int) -> None:
         det.settings.score_thresholds = chosen
     at_thr = evaluate(preds, truths, shapes, names)
     ap = evaluate(low_preds, truths, shapes, names)
-    print(f"\nUnseen phantom seed {seed}, {len(truths)} slices of 512 x 512 (every {step}th)")
+    print(
+        f"\nUnseen phantom seed {seed}, {len(truths)} slices of 512 x 512 (every {step}th), "
+        f"{det.backend} backend"
+    )
     print(f"mAP@0.5 {ap['mAP50']:.3f}")
     print(
         f"{'class':<16} {'AP50':>6} {'prec':>6} {'recall':>6} {'truth':>6} {'edge':>6} {'small':>6}"
@@ -167,12 +225,17 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=4, help="evaluate every STEP-th slice")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument(
+        "--backend", default="cpu", choices=["cpu", "cuda", "cuda_fp16"], help="accuracy table"
+    )
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     forward_table(args.model, args.repeats)
-    slice_overhead(args.model, max(1, args.repeats // 2))
+    for backend in available_backends():
+        slice_overhead(args.model, max(1, args.repeats // 2), backend)
+    backend_agreement(args.model, args.seed, 10)
     if not args.skip_accuracy:
-        demo_accuracy(args.model, args.seed, args.slices, args.step)
+        demo_accuracy(args.model, args.seed, args.slices, args.step, args.backend)
 
 
 if __name__ == "__main__":

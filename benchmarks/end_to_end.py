@@ -11,7 +11,7 @@ Usage::
 
     python benchmarks/end_to_end.py [--model assets/demo_model] [--seeds 2 3 4 5 6]
         [--shape 64 512 512] [--flip-views N] [--work /tmp/famous_e2e]
-        [--min-slices 3] [--min-depth-nm 60]
+        [--min-slices 3] [--min-depth-nm 60] [--backend auto|cpu|cuda|cuda_fp16]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from famous_addon.core.detect import BACKENDS, choose_backend
 from famous_addon.core.pipeline import RunSettings, run_pipeline
 from famous_addon.core.synthetic import write_phantom
 from famous_addon.demo import score_run
@@ -40,13 +41,16 @@ def main() -> None:
     ap.add_argument("--shape", nargs=3, type=int, default=[64, 512, 512])
     ap.add_argument("--flip-views", type=int, default=None, help="default: the model's setting")
     ap.add_argument("--work", type=Path, default=Path("/tmp/famous_e2e"))
+    ap.add_argument("--backend", default="auto", choices=BACKENDS, help="OpenCV DNN backend")
     defaults = RunSettings()
     ap.add_argument("--min-slices", type=int, default=defaults.min_slices)
     ap.add_argument("--min-depth-nm", type=float, default=defaults.min_depth_nm)
     args = ap.parse_args()
     settings = RunSettings(min_slices=args.min_slices, min_depth_nm=args.min_depth_nm)
 
+    used, note = choose_backend(args.backend)
     print(f"model {args.model}, phantoms {tuple(args.shape)}, {os.cpu_count()} cores")
+    print(f"backend {used} ({note})")
     names, rows = None, []
     for seed in args.seeds:
         phantom = args.work / f"phantom_{'x'.join(map(str, args.shape))}_seed{seed}"
@@ -62,6 +66,7 @@ def main() -> None:
                 phantom / "classes.toml",
                 run,
                 model=args.model,
+                backend=args.backend,
                 flip_views=args.flip_views,
                 labels=True,
                 settings=settings,

@@ -1013,33 +1013,40 @@ class Detector:
 
     def _candidates(
         self,
-        rows: np.ndarray,
+        out: np.ndarray,
         scale: tuple[float, float],
-        offset: tuple[int, int],
+        origins: np.ndarray,
         keep_cls,
         thr,
         shape: tuple[int, int],
         edge_factor: float,
     ):
-        """Rows of one tile -> xyxy boxes (slice pixels), scores, classes above ``thr``.
+        """Rows of a batch of tiles -> xyxy boxes (slice pixels), scores, classes, tiles.
 
-        Boxes at the border of the ``shape`` slice need only ``edge_factor``
-        times the threshold (:func:`above_threshold`), before they can merge
-        with others.
+        ``out`` is :meth:`forward`'s (tiles, rows, 5 + classes), ``origins``
+        each tile's (x, y) in the ``shape`` slice. Boxes at the slice border
+        need only ``edge_factor`` times the threshold (:func:`above_threshold`),
+        before they can merge with others. Returns the boxes above threshold
+        and the index in ``out`` of the tile each came from.
         """
-        cls_scores = rows[:, 5:]
-        cls = cls_scores.argmax(axis=1)
-        score = cls_scores[np.arange(len(rows)), cls]
+        lowest = (thr[keep_cls] * edge_factor).min(initial=np.inf)
+        # OpenCV's class scores are objectness times class probability, so a row
+        # whose objectness is under every threshold cannot pass (1e-3: fp16 rounding)
+        tile, row = np.nonzero(out[..., 4] >= lowest - 1e-3)
+        r = out[tile, row]
+        cls = r[:, 5:].argmax(axis=1)
+        score = r[np.arange(len(r)), 5 + cls]
         ok = (score >= thr[cls] * edge_factor) & keep_cls[cls]
-        r = rows[ok]
+        r, cls, score, tile = r[ok], cls[ok], score[ok], tile[ok]
         sx, sy = scale
-        x0 = (r[:, 0] - r[:, 2] / 2) * sx + offset[0]
-        y0 = (r[:, 1] - r[:, 3] / 2) * sy + offset[1]
-        x1 = (r[:, 0] + r[:, 2] / 2) * sx + offset[0]
-        y1 = (r[:, 1] + r[:, 3] / 2) * sy + offset[1]
-        xyxy, score, cls = np.stack([x0, y0, x1, y1], axis=1), score[ok], cls[ok]
+        ox, oy = origins[tile].astype(r.dtype).T
+        x0 = (r[:, 0] - r[:, 2] / 2) * sx + ox
+        y0 = (r[:, 1] - r[:, 3] / 2) * sy + oy
+        x1 = (r[:, 0] + r[:, 2] / 2) * sx + ox
+        y1 = (r[:, 1] + r[:, 3] / 2) * sy + oy
+        xyxy = np.stack([x0, y0, x1, y1], axis=1)
         ok = above_threshold(xyxy, score, cls, thr, shape, edge_factor)
-        return xyxy[ok], score[ok], cls[ok]
+        return xyxy[ok], score[ok], cls[ok], tile[ok]
 
     def detect(self, image: np.ndarray) -> list[Box]:
         """Boxes of one slice, in slice pixels, after merging and suppression.
@@ -1154,37 +1161,38 @@ class Detector:
         boxes, scores, classes, tiles_of, cuts = [], [], [], [], []
         margin = 2.0
         for start in range(0, len(origins), st.batch):
-            chunk = origins[start : start + st.batch]
+            chunk = np.array(origins[start : start + st.batch])
             batch = np.stack([padded[y : y + th, x : x + tw] for x, y in chunk])
-            out = self.forward(batch)
-            for k, (x, y) in enumerate(chunk):
-                b, s, c = self._candidates(
-                    out[k], (tw, th), (x, y), ~whole_cls, thr, (rows, cols), edge_factor
-                )
-                inner = np.array([x > 0, y > 0, x + tw < pcol, y + th < prow])
-                cut = (
-                    np.stack(
-                        [
-                            b[:, 0] <= x + margin,
-                            b[:, 1] <= y + margin,
-                            b[:, 2] >= x + tw - margin,
-                            b[:, 3] >= y + th - margin,
-                        ],
-                        axis=1,
-                    )
-                    & inner[None, :]
-                )
-                boxes.append(b), scores.append(s), classes.append(c), cuts.append(cut)
-                tiles_of.append(np.full(len(b), start + k))
+            b, s, c, t = self._candidates(
+                self.forward(batch), (tw, th), chunk, ~whole_cls, thr, (rows, cols), edge_factor
+            )
+            x, y = chunk[t, 0], chunk[t, 1]
+            inner = np.stack([x > 0, y > 0, x + tw < pcol, y + th < prow], axis=1)
+            cut = inner & np.stack(
+                [
+                    b[:, 0] <= x + margin,
+                    b[:, 1] <= y + margin,
+                    b[:, 2] >= x + tw - margin,
+                    b[:, 3] >= y + th - margin,
+                ],
+                axis=1,
+            )
+            boxes.append(b), scores.append(s), classes.append(c), cuts.append(cut)
+            tiles_of.append(start + t)
         if whole_cls.any():
             # the whole slice, shrunk to fit one tile with its aspect ratio kept
             f = min(tw / cols, th / rows)
             nw, nh = max(1, round(cols * f)), max(1, round(rows * f))
             small = np.full((th, tw, *image.shape[2:]), pad_value, np.uint8)
             small[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-            out = self.forward(small[None])
-            b, s, c = self._candidates(
-                out[0], (tw / f, th / f), (0, 0), whole_cls, thr, (rows, cols), edge_factor
+            b, s, c, _ = self._candidates(
+                self.forward(small[None]),
+                (tw / f, th / f),
+                np.zeros((1, 2)),
+                whole_cls,
+                thr,
+                (rows, cols),
+                edge_factor,
             )
             boxes.append(b), scores.append(s), classes.append(c)
             cuts.append(np.zeros((len(b), 4), bool)), tiles_of.append(np.full(len(b), -1))
