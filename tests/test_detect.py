@@ -227,7 +227,7 @@ def test_detector_pickles_without_its_network(tmp_path):
     img = np.random.default_rng(0).integers(0, 255, (100, 150), dtype=np.uint8)
     first = det.forward(img[None, :64, :64])
     clone = pickle.loads(pickle.dumps(det))
-    assert clone._net is None
+    assert clone._nets == {}
     np.testing.assert_array_equal(clone.forward(img[None, :64, :64]), first)
 
 

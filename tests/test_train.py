@@ -77,11 +77,11 @@ def test_opencv_parity(tmp_path, heads):
     with torch.no_grad():
         raws = net(x)
     det = load_detector(tmp_path, backend="cpu")
-    det._load()
     # raw outputs of the convolutions that feed each [yolo] layer
-    det._net.setInput(x.numpy())
+    cv_net = det.network(len(tiles))
+    cv_net.setInput(x.numpy())
     names = [f"conv_{y['layer'] - 1}" for y in net.info.yolo_layers]
-    for raw, cv_raw in zip(raws, det._net.forward(names)):
+    for raw, cv_raw in zip(raws, cv_net.forward(names)):
         assert np.abs(raw.numpy() - cv_raw).max() <= 1e-3
     # decoded rows through the detector's own path (OpenCV orders rows by y, x, anchor)
     rows = det.forward(tiles)
@@ -350,7 +350,7 @@ def test_widened_model_starts_as_the_one_slice_model_and_keeps_parity(tmp_path):
     three = load_detector(tmp_path / "wide", backend="cpu")
     three.forward(tiles)  # sets the network input as detection does (channels last to first)
     names = [f"conv_{y['layer'] - 1}" for y in wide.info.yolo_layers]
-    for raw, cv_raw in zip(raws, three._net.forward(names)):
+    for raw, cv_raw in zip(raws, three.network(len(tiles)).forward(names)):
         assert np.abs(raw.numpy() - cv_raw).max() <= 1e-3
 
 

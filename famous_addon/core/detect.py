@@ -932,17 +932,26 @@ class Detector:
         self.settings = settings
         self.backend = backend
         self.backend_note = backend_note
-        self._net = None
-        self._outputs = None
+        self._nets: dict = {}
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_net"] = None
-        state["_outputs"] = None
+        state["_nets"] = {}
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+
+    def network(self, n: int = 1):
+        """The OpenCV network for batches of ``n`` tiles, loaded on first use.
+
+        One network per batch size: OpenCV sets a network up again whenever its
+        input shape changes, and a slice's tiles come as full batches, a smaller
+        remainder and the one-tile whole-slice pass.
+        """
+        if n not in self._nets:
+            self._nets[n] = self._load()
+        return self._nets[n]
 
     def _load(self):
         import cv2
@@ -962,8 +971,7 @@ class Detector:
         else:
             net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
             net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        self._net = net
-        self._outputs = net.getUnconnectedOutLayersNames()
+        return net
 
     @property
     def confirm_thresholds(self) -> list[float]:
@@ -998,17 +1006,16 @@ class Detector:
         (n, rows, 5 + classes) float32
             cx, cy, w, h (fractions of the tile), objectness, class scores.
         """
-        if self._net is None:
-            self._load()
         if tiles.ndim == 4:
             blob = tiles.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
         else:
             blob = tiles.astype(np.float32)[:, None] * np.float32(1 / 255)
             if self.info.channels == 3:
                 blob = np.repeat(blob, 3, axis=1)
-        self._net.setInput(blob)
-        outs = self._net.forward(self._outputs)
         n = len(tiles)
+        net = self.network(n)
+        net.setInput(blob)
+        outs = net.forward(net.getUnconnectedOutLayersNames())
         return np.concatenate([o.reshape(n, -1, o.shape[-1]) for o in outs], axis=1)
 
     def _candidates(
