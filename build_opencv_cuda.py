@@ -238,7 +238,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     tk = toolkit(work)
     src = opencv_source(work)
-    build = work / "build"
+    # one build folder per Python: CMake caches the Python it first found
+    build = work / f"build-py{python_paths(python)['version']}"
     configure(src, build, tk, args.arch, python, out)
     run(["ninja", "-j", str(args.jobs), "install"], cwd=build)
     # The installed loader configs name build folders; the module is static and relocatable.

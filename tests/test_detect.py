@@ -231,6 +231,15 @@ def test_detector_pickles_without_its_network(tmp_path):
     np.testing.assert_array_equal(clone.forward(img[None, :64, :64]), first)
 
 
+def test_each_batch_size_has_its_network_and_the_same_rows(tmp_path):
+    det = load_detector(make_model(tmp_path / "m"), backend="cpu")
+    tiles = np.random.default_rng(1).integers(0, 255, (3, 64, 64), dtype=np.uint8)
+    three = det.forward(tiles)
+    one = [det.forward(tiles[k : k + 1])[0] for k in range(3)]
+    assert sorted(det._nets) == [1, 3]
+    np.testing.assert_allclose(three, np.stack(one), atol=1e-5)
+
+
 def test_evaluate_known_answers():
     truth = [[Box(0, 0, 0, 10, 10), Box(0, 50, 50, 10, 10), Box(1, 20, 20, 10, 10)]]
     preds = [
