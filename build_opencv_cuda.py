@@ -161,6 +161,7 @@ def patch_for_cuda13(opencv: Path) -> None:
 
 
 def python_paths(python: str) -> dict[str, str]:
+    """The Python's executable, header folder, NumPy header folder and version."""
     code = (
         "import sysconfig, numpy; p = sysconfig.get_paths(); "
         "print(p['include']); print(numpy.get_include()); "
@@ -176,11 +177,10 @@ def python_paths(python: str) -> dict[str, str]:
             f"{include}/Python.h not found: install the development headers of Python "
             f"{version} (Debian/Ubuntu: apt install python{version}-dev) and run again."
         )
-    return {"include": include, "numpy": numpy_include, "version": version}
+    return {"executable": python, "include": include, "numpy": numpy_include, "version": version}
 
 
-def configure(src: Path, build: Path, tk: Path, arch: str, python: str, out: Path) -> None:
-    py = python_paths(python)
+def configure(src: Path, build: Path, tk: Path, arch: str, py: dict[str, str], out: Path) -> None:
     off = (
         "OPENCL IPP LAPACK EIGEN FFMPEG GSTREAMER V4L GTK QT OPENEXR TIFF WEBP "
         "OPENJPEG JASPER ADE VA VA_INTEL 1394 OBSENSOR KLEIDICV FLATBUFFERS TBB OPENMP CUFFT "
@@ -208,7 +208,7 @@ def configure(src: Path, build: Path, tk: Path, arch: str, python: str, out: Pat
          "-DBUILD_EXAMPLES=OFF", "-DBUILD_opencv_apps=OFF", "-DBUILD_DOCS=OFF",
          "-DBUILD_JAVA=OFF", "-DBUILD_opencv_python2=OFF",
          *(f"-DWITH_{name}=OFF" for name in off.split()),
-         f"-DPYTHON3_EXECUTABLE={python}", f"-DPYTHON3_INCLUDE_DIR={py['include']}",
+         f"-DPYTHON3_EXECUTABLE={py['executable']}", f"-DPYTHON3_INCLUDE_DIR={py['include']}",
          f"-DPYTHON3_NUMPY_INCLUDE_DIRS={py['numpy']}",
          f"-DOPENCV_PYTHON3_INSTALL_PATH={out}", f"-DCMAKE_INSTALL_PREFIX={build / 'install'}"],
         cwd=build,
@@ -233,14 +233,14 @@ def main() -> None:
     python = shutil.which(args.python)
     if python is None:
         sys.exit(f"--python {args.python}: no such Python.")
-    python = os.path.abspath(python)
+    py = python_paths(os.path.abspath(python))  # before the downloads: fail early
     work, out = args.work.resolve(), args.out.resolve()
     work.mkdir(parents=True, exist_ok=True)
     tk = toolkit(work)
     src = opencv_source(work)
     # one build folder per Python: CMake caches the Python it first found
-    build = work / f"build-py{python_paths(python)['version']}"
-    configure(src, build, tk, args.arch, python, out)
+    build = work / f"build-py{py['version']}"
+    configure(src, build, tk, args.arch, py, out)
     run(["ninja", "-j", str(args.jobs), "install"], cwd=build)
     # The installed loader configs name build folders; the module is static and relocatable.
     (out / "cv2" / "config.py").write_text("BINARIES_PATHS = [] + BINARIES_PATHS\n")
@@ -254,8 +254,8 @@ def main() -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest)
     check = "import cv2; print(cv2.cuda.getCudaEnabledDeviceCount())"
-    print(f"\nbuilt: {out}/cv2 for Python {python_paths(python)['version']}. Check with")
-    print(f"  PYTHONPATH={out} {python} -c '{check}'")
+    print(f"\nbuilt: {out}/cv2 for Python {py['version']}. Check with")
+    print(f"  PYTHONPATH={out} {py['executable']} -c '{check}'")
 
 
 if __name__ == "__main__":
