@@ -167,6 +167,9 @@ def main() -> int:
         "--fill-gaps-nm", type=float, default=100.0, help="fill slices an organelle skips (0: off)"
     )
     ap.add_argument(
+        "--follow-iou", type=float, default=0.5, help="follow organelles past missed boxes (0: off)"
+    )
+    ap.add_argument(
         "--split-touching", type=float, default=0.0, help="without --model: cut boxes at necks"
     )
     args = ap.parse_args()
@@ -190,7 +193,11 @@ def main() -> int:
             {"model": args.model, "flip_views": args.flip_views} if args.model else {"boxes": boxes}
         )
         t0 = time.perf_counter()
-        settings = RunSettings(confirm_boxes=args.confirm_boxes, fill_gaps_nm=args.fill_gaps_nm)
+        settings = RunSettings(
+            confirm_boxes=args.confirm_boxes,
+            fill_gaps_nm=args.fill_gaps_nm,
+            follow_iou=args.follow_iou,
+        )
         run_pipeline(
             raw,
             names,

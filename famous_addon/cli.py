@@ -95,6 +95,7 @@ def cmd_run(args) -> int:
         min_depth_nm=args.min_depth_nm,
         confirm_boxes=args.confirm_boxes,
         fill_gaps_nm=args.fill_gaps_nm,
+        follow_iou=args.follow_iou,
     )
     bar = TqdmProgress("famous run")
     try:
@@ -224,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=100.0,
         help="where an organelle skips slices, fill up to this much of z (nm) with boxes "
         "interpolated from its neighbouring slices (default 100; 0: off)",
+    )
+    p.add_argument(
+        "--follow-iou",
+        type=float,
+        default=0.5,
+        help="follow an organelle into slices where the detector missed it, while the mask "
+        "found there overlaps the one beside it by this IoU (default 0.5; 0: off)",
     )
     p.add_argument(
         "--confirm-boxes",

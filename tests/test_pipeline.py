@@ -219,7 +219,7 @@ def test_slices_an_organelle_skips_are_filled(phantom, tmp_path):
             run,
             boxes=boxes,
             labels=True,
-            settings=RunSettings(fill_gaps_nm=fill),
+            settings=RunSettings(fill_gaps_nm=fill, follow_iou=0),
         )
         labels = tifffile.imread(run / "labels.tif")
         ids, n = np.unique(labels[truth == tid], return_counts=True)
@@ -238,6 +238,57 @@ def test_slices_an_organelle_skips_are_filled(phantom, tmp_path):
             assert not any(on_gap) and not filled
     # measured: 3-D IoU 0.87 without filling, 0.96 with it
     assert iou[100.0] > iou[0.0] + 0.05, iou
+
+
+def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
+    import cv2
+
+    from famous_addon.core.boxes import Box, write_yolo_txt
+
+    # two dark mitochondria on 12 slices: A runs through the stack and turns
+    # (its box grows), B ends on slice 5; both are boxed on slices 0-5 only
+    stack = np.full((12, 160, 200), 200, np.uint8)
+    truth = np.zeros(stack.shape, np.int32)
+    for k in range(12):
+        cv2.ellipse(truth[k], (60, 80), (30, 10), 6 * k, 0, 360, 1, -1)
+        if k <= 5:
+            cv2.circle(truth[k], (150, 80), 16 - k, 2, -1)
+    stack[truth > 0] = 60
+    noise = np.random.default_rng(0).normal(0, 8, stack.shape)
+    tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack + noise, 0, 255).astype(np.uint8))
+    (tmp_path / "obj.names").write_text("mitochondria\n")
+    for k in range(6):
+        boxes = []
+        for t in (1, 2):
+            yy, xx = np.nonzero(truth[k] == t)
+            boxes.append(Box(0, xx.min(), yy.min(), xx.ptp() + 1, yy.ptp() + 1))
+        write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
+    got = {}
+    for follow in (0.0, 0.5):
+        run = tmp_path / f"follow{follow:g}"
+        run_pipeline(
+            tmp_path / "stack.tif",
+            tmp_path / "obj.names",
+            run,
+            boxes=tmp_path / "boxes",
+            voxel_size_nm=(40.0, 10.0, 10.0),
+            labels=True,
+            settings=RunSettings(follow_iou=follow),
+        )
+        got[follow] = tifffile.imread(run / "labels.tif")
+    for follow, labels in got.items():
+        a, b = (np.bincount(labels[:6][truth[:6] == t]).argmax() for t in (1, 2))
+        assert a and b and a != b
+        # B is never carried past its end
+        assert not (labels[6:] == b).any()
+        on = [(labels[k] == a).any() for k in range(12)]
+        assert on == [True] * 6 + [bool(follow)] * 6
+        if follow:
+            for k in range(6, 12):
+                iou = ((labels[k] == a) & (truth[k] == 1)).sum() / (
+                    (labels[k] == a) | (truth[k] == 1)
+                ).sum()
+                assert iou > 0.8, (k, iou)
 
 
 def test_gap_slices_are_in_nm():
