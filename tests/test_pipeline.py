@@ -245,21 +245,25 @@ def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
 
     from famous_addon.core.boxes import Box, write_yolo_txt
 
-    # two dark mitochondria on 12 slices: A runs through the stack and turns
-    # (its box grows), B ends on slice 5; both are boxed on slices 0-5 only
+    # three dark mitochondria on 12 slices: A runs through the stack and turns
+    # (its box grows), B ends on slice 5; both are boxed on slices 0-5 only.
+    # C drifts 4 px a slice and is boxed on slices 0-3 and 8-11, too far
+    # apart for linking: two organelles unless followed across the gap
     stack = np.full((12, 160, 200), 200, np.uint8)
     truth = np.zeros(stack.shape, np.int32)
     for k in range(12):
         cv2.ellipse(truth[k], (60, 80), (30, 10), 6 * k, 0, 360, 1, -1)
         if k <= 5:
             cv2.circle(truth[k], (150, 80), 16 - k, 2, -1)
+        cv2.circle(truth[k], (30 + 4 * k, 135), 12, 3, -1)
     stack[truth > 0] = 60
     noise = np.random.default_rng(0).normal(0, 8, stack.shape)
     tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack + noise, 0, 255).astype(np.uint8))
     (tmp_path / "obj.names").write_text("mitochondria\n")
-    for k in range(6):
+    boxed = {1: range(6), 2: range(6), 3: [0, 1, 2, 3, 8, 9, 10, 11]}
+    for k in range(12):
         boxes = []
-        for t in (1, 2):
+        for t in (t for t, ks in boxed.items() if k in ks):
             yy, xx = np.nonzero(truth[k] == t)
             boxes.append(Box(0, xx.min(), yy.min(), xx.ptp() + 1, yy.ptp() + 1))
         write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
@@ -289,6 +293,13 @@ def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
                     (labels[k] == a) | (truth[k] == 1)
                 ).sum()
                 assert iou > 0.8, (k, iou)
+        c = [set(np.unique(labels[k][truth[k] == 3])) - {0} for k in range(12)]
+        if follow:
+            # followed up from slice 3, C meets its other part on slice 8 and joins it
+            assert all(ids == c[0] for ids in c) and len(c[0]) == 1
+        else:
+            assert c[:4] == [c[0]] * 4 and c[8:] == [c[8]] * 4 and c[0] != c[8]
+            assert c[4:8] == [set()] * 4
 
 
 def test_gap_slices_are_in_nm():

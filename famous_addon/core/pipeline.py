@@ -432,9 +432,7 @@ def run_pipeline(
     if gap and len(det_labels):
         det, det_labels = _fill_gaps(out, stack, classes, pixel_nm, det, det_labels, gap)
     if settings.follow_iou > 0 and len(det_labels):
-        det, det_labels = _follow(
-            out, stack, classes, pixel_nm, det, det_labels, settings.follow_iou
-        )
+        det, det_labels = _follow(out, stack, classes, pixel_nm, det, det_labels, settings)
     timings["linking"] = time.perf_counter() - t0
 
     # 3. point clouds, organelle table, labels
@@ -551,7 +549,7 @@ FOLLOW_GROW = 0.25
 FOLLOW_AREA = (0.5, 1.5)
 
 
-def _follow(out, stack, classes, pixel_nm, det, det_labels, min_iou):
+def _follow(out, stack, classes, pixel_nm, det, det_labels, settings):
     """Follow each organelle into the slices where the detector missed it.
 
     A detector misses an organelle on some slices (a thin mitochondrion
@@ -562,10 +560,12 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, min_iou):
     looked for in its box from there, grown by :data:`FOLLOW_GROW`, with its
     class's recipe; the mask, less pixels another organelle has, is kept
     (as a box of score 0) when its IoU with the organelle's mask beside is at
-    least ``min_iou`` and its area within :data:`FOLLOW_AREA` of it,
-    and the sweep goes on from it. Changed slices are written as
-    ``filled_NNNNN.npz`` (see :func:`_fill_gaps`). Returns the detections
-    and their organelle labels with the followed boxes added.
+    least ``settings.follow_iou`` and its area within :data:`FOLLOW_AREA`
+    of it, and the sweep goes on from it. An organelle followed into another
+    is joined to it as a bridge is (``settings.merge_bridges``). Changed
+    slices are written as ``filled_NNNNN.npz`` (see :func:`_fill_gaps`).
+    Returns the detections and their organelle labels with the followed
+    boxes added.
     """
     n, shape = stack.shape[0], stack.shape[1:]
     cls_of = np.zeros(int(det_labels.max()) + 1, np.int64)
@@ -573,6 +573,7 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, min_iou):
     rows = [slice(det["start"][k], det["start"][k + 1]) for k in range(n)]
     # only the slices that change are held, so memory does not grow with the stack
     changed: dict[int, tuple[SliceResult, np.ndarray]] = {}
+    pairs = []
 
     def state(k):
         return changed.get(k) or (_load_slice(out, k), det_labels[rows[k]])
@@ -587,7 +588,9 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, min_iou):
             image = stack.read(k) if len(missing) else None
             for o in missing:
                 cls = int(cls_of[o - 1])
-                found = _follow_one(image, beside == o, here, cls, classes, pixel_nm, min_iou)
+                found = _follow_one(
+                    image, beside == o, here, cls, classes, pixel_nm, settings.follow_iou
+                )
                 if found is None:
                     continue
                 box, (x0, y0, x1, y1), mask = found
@@ -595,6 +598,10 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, min_iou):
                 result = _appended(result, box, (x0, y0, x1, y1), mask)
                 labels = np.append(labels, o - 1)
                 changed[k] = (result, labels)
+            if order.step == -1 and settings.merge_bridges:
+                # the down sweep meets each slice pair after both have their last additions
+                p = overlap_pairs(beside, here, settings.merge_min_overlap)
+                pairs.append(p[cls_of[p[:, 0]] == cls_of[p[:, 1]]])
             beside = here
     if not changed:
         return det, det_labels
@@ -605,7 +612,13 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, min_iou):
         rf.save_npz(_filled_path(out, k), **result.to_arrays())
         per_slice[k] = (result.boxes, result.areas())
         all_labels[k] = labels
-    return _detections(per_slice), np.concatenate(all_labels).astype(np.int64)
+    det_labels = np.concatenate(all_labels).astype(np.int64)
+    if pairs:
+        kept = det_labels >= 0
+        det_labels[kept] = merge_labels(np.arange(len(cls_of)), np.concatenate(pairs))[
+            det_labels[kept]
+        ]
+    return _detections(per_slice), det_labels
 
 
 def _present(painted: np.ndarray, m: int) -> np.ndarray:
