@@ -419,10 +419,42 @@ def test_small_focus_centres_crops_on_small_boxes():
     assert small_in_middle(CropSampler([img], boxes, 96, still)) <= 8
 
 
-def test_small_focus_must_be_a_share(tmp_path):
-    config = TrainConfig(small_focus=1.5)
-    with pytest.raises(FamousError, match="--small-focus between 0 and 1"):
-        train_model(tmp_path / "none", from_names(["a"]), tmp_path / "m", 1, config=config)
+def test_large_focus_crops_hold_whole_large_boxes():
+    from dataclasses import replace
+
+    img = np.full((600, 600), 150, np.uint8)
+    large = (0, 100, 150, 400, 250)  # 300 px long: a 96 px crop at zoom 1 always cuts it
+    small = [(0, x, 450, x + 20, 470) for x in (50, 150, 250)]
+    for _, x0, y0, x1, y1 in [large, *small]:
+        img[y0:y1, x0:x1] = 20
+    still = AugmentConfig(
+        scale=(1, 1), contrast=(1, 1), brightness=0, gamma=(1, 1), noise=0, blur_p=0
+    )
+    boxes = [np.array([large, *small], float)]
+
+    def whole_large(sampler, n=40):
+        rng = np.random.default_rng(1)
+        hits = 0
+        for _ in range(n):
+            x, b = sampler.sample(rng)
+            # the whole box, zoomed out to 90 % of the crop: 86.4 x 28.8, either way round
+            sides = np.sort(b[:, 3:5], axis=1)
+            whole = (np.abs(sides - [0.288 * 100, 0.288 * 300]) < 0.5).all(axis=1)
+            hits += bool(whole.any())
+        return hits
+
+    focus = CropSampler([img], boxes, 96, replace(still, large_focus=1.0))
+    assert focus.large == [(0, 0)]
+    assert whole_large(focus) == 40
+    assert whole_large(CropSampler([img], boxes, 96, still)) == 0
+
+
+def test_focus_shares_must_be_shares(tmp_path):
+    for option in ("small_focus", "large_focus"):
+        config = TrainConfig(**{option: 1.5})
+        flag = "--" + option.replace("_", "-")
+        with pytest.raises(FamousError, match=f"{flag} between 0 and 1"):
+            train_model(tmp_path / "none", from_names(["a"]), tmp_path / "m", 1, config=config)
 
 
 def test_bfloat16_forward_is_close_to_float32_and_a_run_records_it(tmp_path):

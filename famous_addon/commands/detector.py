@@ -134,6 +134,7 @@ def cmd_train(args) -> int:
         flip_views=args.flip_views,
         neighbours=args.neighbours,
         small_focus=args.small_focus,
+        large_focus=args.large_focus,
         ema=not args.no_ema,
         precision=args.precision,
         zoom_pass=_zoom_pass_option(args.zoom_pass or []),
@@ -299,6 +300,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         metavar="P",
         help="share of training crops centred on a small box (under a quarter of its "
         "class's median area), at zoom >= 1 (default 0)",
+    )
+    p.add_argument(
+        "--large-focus",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of the other training crops that hold the whole of a large box (longer "
+        "side over half the crop), zoomed out to fit: organelles larger than half a crop are "
+        "otherwise learnt in pieces (default 0)",
     )
     p.add_argument(
         "--no-ema",

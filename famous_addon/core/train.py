@@ -477,6 +477,7 @@ class AugmentConfig:
     blur_p: float = 0.2
     min_box_px: float = 3.0
     small_focus: float = 0.0
+    large_focus: float = 0.0
 
 
 class CropSampler:
@@ -497,7 +498,11 @@ class CropSampler:
         With ``small_focus`` p > 0, a share p of the crops is centred (within
         its middle half, at zoom >= 1) on a random small box
         (:func:`~.detect.small_boxes`): random crops seldom hold the caps of
-        round organelles, so a detector learns them least.
+        round organelles, so a detector learns them least. With
+        ``large_focus`` p > 0, a share p of the crops holds the whole of a
+        random large box (longer side over half the crop), zoomed out as far
+        as needed: a random crop almost always cuts such a box, so a detector
+        trained on small crops learns large organelles only in pieces.
 
     Every draw takes its own random generator, so batches can be made in
     parallel threads and still be the same for the same seed.
@@ -516,6 +521,8 @@ class CropSampler:
         every = np.concatenate(boxes) if pairs else np.zeros((0, 5))
         area = (every[:, 3] - every[:, 1]) * (every[:, 4] - every[:, 2])
         self.small = [pair for pair, s in zip(pairs, small_boxes(every[:, 0], area)) if s]
+        longer = np.maximum(every[:, 3] - every[:, 1], every[:, 4] - every[:, 2])
+        self.large = [pair for pair, n in zip(pairs, longer) if n > size / 2]
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One crop (size x size, x 3 with neighbours; float32 in [0, 1]) and its boxes.
@@ -539,6 +546,15 @@ class CropSampler:
             src = size / zoom
             x0 = cx - src * rng.uniform(0.25, 0.75)
             y0 = cy - src * rng.uniform(0.25, 0.75)
+        elif self.large and a.large_focus and rng.random() < a.large_focus:
+            i, j = self.large[int(rng.integers(len(self.large)))]
+            img, bx = self.images[i], self.boxes[i]
+            bx0, by0, bx1, by1 = bx[j, 1:5]
+            # zoomed out until the box fills at most 90 % of the crop, anywhere inside it
+            zoom = min(zoom, 0.9 * size / max(bx1 - bx0, by1 - by0))
+            src = size / zoom
+            x0 = rng.uniform(bx1 - src, bx0)
+            y0 = rng.uniform(by1 - src, by0)
         m = np.array([[zoom, 0, -x0 * zoom], [0, zoom, -y0 * zoom]], np.float32)
         interp = cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR
         crop = cv2.warpAffine(
@@ -626,6 +642,7 @@ class TrainConfig:
     flip_views: int = 1
     neighbours: bool = False
     small_focus: float = 0.0
+    large_focus: float = 0.0
     ema: bool = True
     precision: str = "auto"
     zoom_pass: dict[str, float] = field(default_factory=dict)
@@ -1034,11 +1051,13 @@ def train_model(
 
         classes = load_classes(classes, annotations=annotations)
     cfgt = TrainConfig(**{**asdict(config or TrainConfig()), "epochs": int(epochs), "width": width})
-    if not 0 <= cfgt.small_focus <= 1:
-        raise FamousError(
-            f"small_focus is {cfgt.small_focus}, not a share of the crops.",
-            fix="give --small-focus between 0 and 1 (0.3: three crops in ten).",
-        )
+    for name, share in (("small_focus", cfgt.small_focus), ("large_focus", cfgt.large_focus)):
+        if not 0 <= share <= 1:
+            option = "--" + name.replace("_", "-")
+            raise FamousError(
+                f"{name} is {share}, not a share of the crops.",
+                fix=f"give {option} between 0 and 1 (0.3: three crops in ten).",
+            )
     device_type = torch.device(cfgt.device).type
     amp_dtype = autocast_dtype(cfgt.precision, device_type)
     zoom = _zoom_classes(cfgt.zoom_pass, classes)
@@ -1118,7 +1137,7 @@ def train_model(
         [images[i] for i in train_idx],
         [_boxes_array(boxes[i]) for i in train_idx],
         cfgt.train_size,
-        AugmentConfig(small_focus=cfgt.small_focus),
+        AugmentConfig(small_focus=cfgt.small_focus, large_focus=cfgt.large_focus),
     )
     train_progress = sub(progress, 0.0, 0.9)
     hw = (cfgt.train_size, cfgt.train_size)
