@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from . import runfolder as rf
 from .boxes import Box, YoloTxtBoxes
 from .classes import ClassConfig, load_classes
 from .errors import FamousError
-from .extract import SliceResult, extract_box, segment_slice
+from .extract import SliceResult, extract_box, mask_iou, segment_slice
 from .link import link_boxes, merge_labels, overlap_pairs
 from .pointcloud import PointStore, clean_grouped, mask_points, to_world
 from .progress import ProgressFn, silent, sub
@@ -422,7 +423,7 @@ def run_pipeline(
     )
     det_labels = labels0
     if settings.merge_bridges and len(labels0):
-        det_labels = _merge_bridges(out, stack, det, labels0, settings, sub(progress, 0.72, 0.8))
+        det_labels = _merge_bridges(out, stack, det, labels0, settings, sub(progress, 0.72, 0.76))
     min_span = settings.min_span(stack.voxel_size_nm[0])
     det_labels = _drop_small(det_labels, det, min_span, n_slices)
     confirm = getattr(source, "confirm_thresholds", None)
@@ -432,7 +433,9 @@ def run_pipeline(
     if gap and len(det_labels):
         det, det_labels = _fill_gaps(out, stack, classes, pixel_nm, det, det_labels, gap)
     if settings.follow_iou > 0 and len(det_labels):
-        det, det_labels = _follow(out, stack, classes, pixel_nm, det, det_labels, settings)
+        det, det_labels = _follow(
+            out, stack, classes, pixel_nm, det, det_labels, settings, sub(progress, 0.76, 0.8)
+        )
     timings["linking"] = time.perf_counter() - t0
 
     # 3. point clouds, organelle table, labels
@@ -549,7 +552,7 @@ FOLLOW_GROW = 0.25
 FOLLOW_AREA = (0.5, 1.5)
 
 
-def _follow(out, stack, classes, pixel_nm, det, det_labels, settings):
+def _follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
     """Follow each organelle into the slices where the detector missed it.
 
     A detector misses an organelle on some slices (a thin mitochondrion
@@ -586,10 +589,19 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, settings):
             # bincount, not np.unique: a sort per slice was most of this stage's time
             missing = np.flatnonzero(_present(beside, len(cls_of)) & ~_present(here, len(cls_of)))
             image = stack.read(k) if len(missing) else None
+            where = ndimage.find_objects(beside, len(cls_of)) if len(missing) else []
             for o in missing:
                 cls = int(cls_of[o - 1])
                 found = _follow_one(
-                    image, beside == o, here, cls, classes, pixel_nm, settings.follow_iou
+                    image,
+                    beside,
+                    where[o - 1],
+                    o,
+                    here,
+                    cls,
+                    classes[cls].extract,
+                    pixel_nm,
+                    settings.follow_iou,
                 )
                 if found is None:
                     continue
@@ -603,6 +615,8 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, settings):
                 p = overlap_pairs(beside, here, settings.merge_min_overlap)
                 pairs.append(p[cls_of[p[:, 0]] == cls_of[p[:, 1]]])
             beside = here
+            done = k if order.step == 1 else 2 * n - 2 - k
+            progress(done / max(2 * n - 2, 1), "following organelles past missed slices")
     if not changed:
         return det, det_labels
     boxes_of = np.column_stack([det["cls"], det["xywh"], det["score"]])
@@ -628,19 +642,23 @@ def _present(painted: np.ndarray, m: int) -> np.ndarray:
     return counts
 
 
-def _follow_one(image, beside, here, cls, classes, pixel_nm, min_iou):
-    """An organelle (mask ``beside``) looked for on ``image`` (labels ``here``); None: not there."""
-    ys, xs = np.nonzero(beside)
-    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+def _follow_one(image, beside, where, o, here, cls, recipe, pixel_nm, min_iou):
+    """Organelle ``o`` (label ``o`` of ``beside``, within slices ``where``) looked for on ``image``.
+
+    Returns its box, clipped bounds and mask there, or None where it is not found.
+    """
+    prev = beside[where] == o
+    (y0, y1), (x0, x1) = ((s.start, s.stop) for s in where)
     g = FOLLOW_GROW * max(x1 - x0, y1 - y0)
     box = Box(cls, x0 - g, y0 - g, x1 - x0 + 2 * g, y1 - y0 + 2 * g, 0.0)
-    bounds, mask = extract_box(image, box, classes[cls].extract, pixel_nm)
+    bounds, mask = extract_box(image, box, recipe, pixel_nm)
     bx0, by0, bx1, by1 = bounds
-    mask = mask & (here[by0:by1, bx0:bx1] == 0)
-    area, before = int(mask.sum()), int(beside.sum())
-    inter = int(np.count_nonzero(mask & beside[by0:by1, bx0:bx1]))
+    mask &= here[by0:by1, bx0:bx1] == 0
     lo, hi = FOLLOW_AREA
-    if not lo * before <= area <= hi * before or inter < min_iou * (area + before - inter):
+    before = np.count_nonzero(prev)
+    if not lo * before <= np.count_nonzero(mask) <= hi * before:
+        return None
+    if mask_iou(mask, bounds, prev, (x0, y0, x1, y1)) < min_iou:
         return None
     return box, bounds, mask
 
