@@ -250,3 +250,27 @@ def test_learned_recipe_trains_on_boxes_and_finds_unseen_organelles():
         assert iou(full_mask(img, tight_box(truth), learned, shape), truth) > 0.8
     with pytest.raises(FamousError, match="needs 58 weights"):
         full_mask(img, tight_box(masks[0]), replace(learned, weights=(1.0,)), shape)
+
+
+def test_overlap_resolution_drops_the_slivers_it_cuts_off(monkeypatch):
+    from famous_addon.core import extract
+    from famous_addon.core.extract import resolve_overlaps
+
+    def resolved(a, b):
+        """Two full-box masks of classes 0 and 1 crossing; the pieces of each after resolution."""
+        boxes = [Box(0, *a, score=0.9), Box(1, *b, score=0.95)]
+        bounds = [(x, y, x + w, y + h) for x, y, w, h in (a, b)]
+        masks = [np.ones((h, w), bool) for _, _, w, h in (a, b)]
+        resolve_overlaps(boxes, bounds, masks)
+        return [sorted(np.bincount(cv2.connectedComponents(m.astype(np.uint8))[1].ravel())[1:])
+                for m in masks]  # fmt: skip
+
+    # a tall bar across the middle of a flat one: the flat one keeps both halves
+    flat, tall = resolved((0, 40, 60, 20), (25, 0, 10, 100))
+    assert len(flat) == 1 and len(tall) == 2 and min(tall) > 0.4 * max(tall)
+    # across its end: the 2 columns of 60 past the tall bar are a sliver, and go
+    flat, tall = resolved((0, 40, 60, 20), (50, 0, 8, 100))
+    assert len(flat) == 1 and len(tall) == 1
+    monkeypatch.setattr(extract, "SLIVER_FRACTION", 0.0)
+    flat, tall = resolved((0, 40, 60, 20), (50, 0, 8, 100))
+    assert flat[0] == 2 * 20 and len(flat) == 2
