@@ -265,7 +265,7 @@ def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
         boxes = []
         for t in (t for t, ks in boxed.items() if k in ks):
             yy, xx = np.nonzero(truth[k] == t)
-            boxes.append(Box(0, xx.min(), yy.min(), xx.ptp() + 1, yy.ptp() + 1))
+            boxes.append(Box(0, xx.min(), yy.min(), np.ptp(xx) + 1, np.ptp(yy) + 1))
         write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
     got = {}
     for follow in (0.0, 0.5):

@@ -499,7 +499,7 @@ class CropSampler:
         its middle half, at zoom >= 1) on a random small box
         (:func:`~.detect.small_boxes`): random crops seldom hold the caps of
         round organelles, so a detector learns them least. With
-        ``large_focus`` p > 0, a share p of the crops holds the whole of a
+        ``large_focus`` p > 0, a share p of the other crops holds the whole of a
         random large box (longer side over half the crop), zoomed out as far
         as needed: a random crop almost always cuts such a box, so a detector
         trained on small crops learns large organelles only in pieces.
