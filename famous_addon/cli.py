@@ -91,6 +91,7 @@ def cmd_run(args) -> int:
         tolerance=args.tolerance,
         min_tolerance_px=args.min_tolerance_px,
         merge_bridges=not args.no_merge,
+        merge_min_overlap=args.merge_overlap,
         min_slices=args.min_slices,
         min_depth_nm=args.min_depth_nm,
         confirm_boxes=args.confirm_boxes,
@@ -206,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower bound of the centre tolerance in pixels (0: the paper's rule)",
     )
     p.add_argument("--no-merge", action="store_true", help="do not join bridged organelles")
+    p.add_argument(
+        "--merge-overlap",
+        type=float,
+        default=0.3,
+        help="join same-class organelles whose masks on adjacent slices overlap by this "
+        "fraction of the smaller one (default 0.3)",
+    )
     p.add_argument(
         "--min-slices",
         type=int,

@@ -96,6 +96,14 @@ def test_overlap_pairs_join_a_bridge_but_not_touching_neighbours():
     a[10:30, 5:25] = 1
     b[10:30, 23:43] = 2
     assert overlap_pairs(a, b).shape == (0, 2)
+    assert overlap_pairs(a, b, 0.3).shape == (0, 2)  # the pipeline's default
+    # One organelle boxed in two halves that shift from slice to slice: the
+    # left piece overlaps the next slice's right piece by a third of it.
+    a[:], b[:] = 0, 0
+    a[10:30, 5:35], a[10:30, 35:55] = 1, 2
+    b[10:30, 5:25], b[10:30, 25:55] = 3, 4
+    assert {tuple(p) for p in overlap_pairs(a, b, 0.3)} == {(0, 2), (0, 3), (1, 3)}
+    assert {tuple(p) for p in overlap_pairs(a, b)} == {(0, 2), (1, 3)}
 
 
 def test_merge_labels_renumbers_by_first_appearance():

@@ -55,7 +55,7 @@ class RunSettings:
     tolerance: float = 0.2
     min_tolerance_px: float = 2.5
     merge_bridges: bool = True
-    merge_min_overlap: float = 0.5
+    merge_min_overlap: float = 0.3
     min_slices: int = 3
     min_depth_nm: float = 60.0
     confirm_boxes: int = 2
