@@ -170,6 +170,18 @@ overlap by 0.3 of the smaller one (the default now, ``--merge-overlap``; it
 was half) raised organelle F1 from 0.61 to 0.69 (modelS300; 0.77 with the
 split adjustment), 0.52 to 0.60 (modelL300) and 0.73 to 0.75 (boxes from
 the labels); the components do not change.
+
+Every change of session 14 at once, against the code before it (commit
+cea54fb), on the same models; modelS300b is modelS300's command with
+``--seed 1`` (25.7 min while sharing the CPU):
+
+    model       before: components / IoU / organelles   after
+    modelS300   0.62 / 0.571 / 0.55                     0.69 / 0.612 / 0.69
+    modelS300b  0.64 / 0.559 / 0.54                     0.67 / 0.575 / 0.63
+    modelL300   0.58 / 0.600 / 0.52                     0.62 / 0.601 / 0.60
+
+(modelS300b's box recall at 150-250 px: 0.16; modelS300's 0.05, modelL300's
+0.47.)
 """
 
 from __future__ import annotations
