@@ -641,10 +641,9 @@ def _slivers(mask: np.ndarray) -> np.ndarray:
     n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 2:
         return np.zeros(mask.shape, bool)
-    area = stats[:, cv2.CC_STAT_AREA].copy()
-    area[0] = 0
-    small = area < SLIVER_FRACTION * area.max()
-    small[0] = False
+    area = stats[:, cv2.CC_STAT_AREA]
+    small = area < SLIVER_FRACTION * area[1:].max()
+    small[0] = False  # the background
     return small[lab]
 
 

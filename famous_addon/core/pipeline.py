@@ -528,19 +528,31 @@ def _fill_gaps(out, stack, classes, pixel_nm, det, det_labels, max_gap):
                 added.setdefault(int(k), []).append(
                     (int(o), Box(cls, x0, y0, x1 - x0, y1 - y0, 0.0))
                 )
-    if not added:
-        return det, det_labels
     # only the filled slices are read and extracted again; the others keep their rows
-    rows = [slice(det["start"][k], det["start"][k + 1]) for k in range(stack.shape[0])]
-    labels = [det_labels[r] for r in rows]
-    boxes_of = np.column_stack([det["cls"], det["xywh"], det["score"]])
-    per_slice = [(boxes_of[r], det["area"][r]) for r in rows]
+    changed = {}
     for k, items in added.items():
         boxes = [Box(int(r[0]), *map(float, r[1:])) for r in _load_slice(out, k).boxes]
         result = segment_slice(stack.read(k), boxes + [b for _, b in items], classes, pixel_nm)
+        rows = slice(det["start"][k], det["start"][k + 1])
+        changed[k] = (result, np.concatenate([det_labels[rows], [o for o, _ in items]]))
+    return _with_slices(out, det, det_labels, changed)
+
+
+def _with_slices(out, det, det_labels, changed: dict[int, tuple[SliceResult, np.ndarray]]):
+    """Detections and organelle labels with the slices in ``changed`` swapped in.
+
+    ``changed`` maps a slice to its new result and its detections' labels;
+    each result is written as ``filled_NNNNN.npz`` beside the cache, which
+    stays as the detector left it.
+    """
+    rows = [slice(det["start"][k], det["start"][k + 1]) for k in range(len(det["start"]) - 1)]
+    boxes_of = np.column_stack([det["cls"], det["xywh"], det["score"]])
+    per_slice = [(boxes_of[r], det["area"][r]) for r in rows]
+    labels = [det_labels[r] for r in rows]
+    for k, (result, slice_labels) in changed.items():
         rf.save_npz(_filled_path(out, k), **result.to_arrays())
         per_slice[k] = (result.boxes, result.areas())
-        labels[k] = np.concatenate([labels[k], [o for o, _ in items]])
+        labels[k] = slice_labels
     return _detections(per_slice), np.concatenate(labels).astype(np.int64)
 
 
@@ -590,26 +602,28 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
             missing = np.flatnonzero(_present(beside, len(cls_of)) & ~_present(here, len(cls_of)))
             image = stack.read(k) if len(missing) else None
             where = ndimage.find_objects(beside, len(cls_of)) if len(missing) else []
+            extra, followed = [], []
             for o in missing:
+                (y0, y1), (x0, x1) = ((s.start, s.stop) for s in where[o - 1])
                 cls = int(cls_of[o - 1])
-                found = _follow_one(
+                hit = _follow_one(
                     image,
-                    beside,
-                    where[o - 1],
-                    o,
+                    beside[y0:y1, x0:x1] == o,
+                    (x0, y0, x1, y1),
                     here,
                     cls,
                     classes[cls].extract,
                     pixel_nm,
                     settings.follow_iou,
                 )
-                if found is None:
+                if hit is None:
                     continue
-                box, (x0, y0, x1, y1), mask = found
-                here[y0:y1, x0:x1][mask] = o
-                result = _appended(result, box, (x0, y0, x1, y1), mask)
-                labels = np.append(labels, o - 1)
-                changed[k] = (result, labels)
+                _, (bx0, by0, bx1, by1), mask = hit
+                here[by0:by1, bx0:bx1][mask] = o
+                extra.append(hit)
+                followed.append(o - 1)
+            if extra:
+                changed[k] = (_appended(result, extra), np.append(labels, followed))
             if order.step == -1 and settings.merge_bridges:
                 # the down sweep meets each slice pair after both have their last additions
                 p = overlap_pairs(beside, here, settings.merge_min_overlap)
@@ -617,22 +631,12 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
             beside = here
             done = k if order.step == 1 else 2 * n - 2 - k
             progress(done / max(2 * n - 2, 1), "following organelles past missed slices")
-    if not changed:
-        return det, det_labels
-    boxes_of = np.column_stack([det["cls"], det["xywh"], det["score"]])
-    per_slice = [(boxes_of[r], det["area"][r]) for r in rows]
-    all_labels = [det_labels[r] for r in rows]
-    for k, (result, labels) in changed.items():
-        rf.save_npz(_filled_path(out, k), **result.to_arrays())
-        per_slice[k] = (result.boxes, result.areas())
-        all_labels[k] = labels
-    det_labels = np.concatenate(all_labels).astype(np.int64)
+    det, det_labels = _with_slices(out, det, det_labels, changed)
     if pairs:
         kept = det_labels >= 0
-        det_labels[kept] = merge_labels(np.arange(len(cls_of)), np.concatenate(pairs))[
-            det_labels[kept]
-        ]
-    return _detections(per_slice), det_labels
+        joined = merge_labels(np.arange(len(cls_of)), np.concatenate(pairs))
+        det_labels[kept] = joined[det_labels[kept]]
+    return det, det_labels
 
 
 def _present(painted: np.ndarray, m: int) -> np.ndarray:
@@ -642,36 +646,43 @@ def _present(painted: np.ndarray, m: int) -> np.ndarray:
     return counts
 
 
-def _follow_one(image, beside, where, o, here, cls, recipe, pixel_nm, min_iou):
-    """Organelle ``o`` (label ``o`` of ``beside``, within slices ``where``) looked for on ``image``.
+def _follow_one(image, prev, bounds, here, cls, recipe, pixel_nm, min_iou):
+    """An organelle (mask ``prev`` in ``bounds`` of the slice beside) looked for on ``image``.
 
-    Returns its box, clipped bounds and mask there, or None where it is not found.
+    ``here`` is the slice's painted labels. Returns the organelle's box,
+    clipped bounds and mask there, or None where it is not found.
     """
-    prev = beside[where] == o
-    (y0, y1), (x0, x1) = ((s.start, s.stop) for s in where)
+    x0, y0, x1, y1 = bounds
     g = FOLLOW_GROW * max(x1 - x0, y1 - y0)
     box = Box(cls, x0 - g, y0 - g, x1 - x0 + 2 * g, y1 - y0 + 2 * g, 0.0)
-    bounds, mask = extract_box(image, box, recipe, pixel_nm)
-    bx0, by0, bx1, by1 = bounds
-    mask &= here[by0:by1, bx0:bx1] == 0
+    found, mask = extract_box(image, box, recipe, pixel_nm)
+    fx0, fy0, fx1, fy1 = found
+    mask &= here[fy0:fy1, fx0:fx1] == 0
     lo, hi = FOLLOW_AREA
     before = np.count_nonzero(prev)
     if not lo * before <= np.count_nonzero(mask) <= hi * before:
         return None
-    if mask_iou(mask, bounds, prev, (x0, y0, x1, y1)) < min_iou:
+    if mask_iou(mask, found, prev, bounds) < min_iou:
         return None
-    return box, bounds, mask
+    return box, found, mask
 
 
-def _appended(result: SliceResult, box: Box, bounds, mask: np.ndarray) -> SliceResult:
-    """``result`` with one more detection (its box, clipped bounds and mask)."""
+def _appended(result: SliceResult, extra: list[tuple[Box, tuple, np.ndarray]]) -> SliceResult:
+    """``result`` with more detections: (box, clipped bounds, mask) each."""
     from .boxes import boxes_to_array
 
+    masks = [m.ravel() for _, _, m in extra]
     return SliceResult(
-        boxes=np.concatenate([result.boxes.reshape(-1, 6), boxes_to_array([box])]),
-        bounds=np.concatenate([result.bounds.reshape(-1, 4), np.array([bounds], np.int32)]),
-        offsets=np.append(result.offsets, result.offsets[-1] + mask.size),
-        masks=np.concatenate([result.masks, mask.ravel()]),
+        boxes=np.concatenate(
+            [result.boxes.reshape(-1, 6), boxes_to_array([b for b, _, _ in extra])]
+        ),
+        bounds=np.concatenate(
+            [result.bounds.reshape(-1, 4), np.array([b for _, b, _ in extra], np.int32)]
+        ),
+        offsets=np.concatenate(
+            [result.offsets, result.offsets[-1] + np.cumsum([m.size for m in masks])]
+        ),
+        masks=np.concatenate([result.masks, *masks]),
     )
 
 
