@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from famous_addon.core import detect as detect_mod
 from famous_addon.core.boxes import Box
 from famous_addon.core.classes import from_names
 from famous_addon.core.detect import (
@@ -165,6 +166,21 @@ def test_suppress_containment_and_nms():
     pieces = np.array([False, True, False, False, False, False, False])
     kept = suppress(xyxy, scores, classes, 0.45, [None, 0.7], pieces)
     assert kept.tolist() == [0, 2, 3, 4, 6]
+
+
+def test_suppress_without_the_pairwise_matrix_keeps_the_same_boxes(monkeypatch):
+    # thousands of candidates (calibration's near-zero thresholds) are compared
+    # box by box instead of in one matrix: the result must not change
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 1000, (600, 2))
+    xyxy = np.hstack([xy, xy + rng.uniform(5, 120, (600, 2))])
+    scores, classes = rng.uniform(0.1, 1.0, 600), rng.integers(0, 2, 600)
+    pieces = rng.random(600) < 0.2
+    args = (xyxy, scores, classes, 0.45, [0.7, None], pieces)
+    with_matrix = suppress(*args)
+    monkeypatch.setattr(detect_mod, "FULL_MATRIX", 0)
+    assert 50 < len(with_matrix) < 550
+    assert suppress(*args).tolist() == with_matrix.tolist()
 
 
 class _OracleDetector(Detector):

@@ -675,6 +675,9 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inter / np.maximum(union, 1e-9), inter / np.maximum(smaller, 1e-9)
 
 
+FULL_MATRIX = 2000
+
+
 def suppress(
     xyxy: np.ndarray,
     scores: np.ndarray,
@@ -708,13 +711,19 @@ def suppress(
         idx = idx[np.argsort(-scores[idx], kind="stable")]
         box, s, piece = xyxy[idx], scores[idx], pieces[idx]
         area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+        # A slice's few hundred boxes get their pairwise overlaps at once (one
+        # matrix per box took a third of a 2048 px slice's time around its
+        # forwards); at the near-zero thresholds of calibration a slice has
+        # ~10,000 candidates, too many for a matrix, and each box is compared
+        # with the boxes kept so far only.
+        full = _iou_matrix(box, box) if len(idx) <= FULL_MATRIX else None
         kept: list[int] = []
         for i in range(len(idx)):
-            # each box is compared with the boxes kept so far only: at the
-            # near-zero thresholds of calibration a slice has ~10,000 candidates,
-            # and a full pairwise matrix took minutes
             k = np.array(kept, dtype=int)
-            iou, ios = (m[0] for m in _iou_matrix(box[i : i + 1], box[k]))
+            if full is None:
+                iou, ios = (m[0] for m in _iou_matrix(box[i : i + 1], box[k]))
+            else:
+                iou, ios = full[0][i, k], full[1][i, k]
             smaller_piece = np.where(area[i] > area[k], piece[k], piece[i])
             limit = np.where(smaller_piece, CONTAINMENT, np.inf)
             if containment[c] is not None:
