@@ -222,9 +222,12 @@ voxels; three of them boxed at 0.93-0.94 on slice 9, see above), and 7 are
 joined to a neighbour because two FAMOUS organelles touch in 3-D. Touching
 organelle pairs that are one object in the labels and pairs that are two
 cannot be told apart by their contact: 0-139 voxel faces in-plane and 2-370
-across slices for one object, 0-132 and 0-380 for two. So the aim of 0.80
-strict needs more than a better detector. The split adjustment, which
-``famous compare`` applies by default, scores 0.76-0.79.
+across slices for one object, 0-132 and 0-380 for two, so no rule on touching
+organelles helps. With boxes from the labels (split at necks) the same
+pipeline scores 0.96 / 0.833: the aim of 0.80 strict needs boxes as good, not
+only more of them, since joins and tips come from loose and missing boxes. The
+split adjustment, which ``famous compare`` applies by default, scores
+0.75-0.79.
 """
 
 from __future__ import annotations
