@@ -190,12 +190,15 @@ with the split adjustment: components, organelles):
         15.7 min, held-out mAP 0.654)      0.70 / 0.600 / 0.64   adj. 0.78, 0.78
     modelT416b: the same with --seed 1
         (17.9 min, held-out mAP 0.648)     0.70 / 0.603 / 0.68   adj. 0.75, 0.76
+    modelT416L: modelT416's command plus --large-focus 0.4
+        (18.0 min, held-out mAP 0.675)     0.63 / 0.554 / 0.61   adj. 0.64, 0.72
     modelTiny: --width tiny --epochs 80 (4x slim's compute;
         11.8 min, held-out mAP 0.612)      0.67 / 0.590 / 0.63   adj. 0.73, 0.76
 
 The tile-sized crops gave 0.70 twice, where modelS300's recipe gave 0.69 and
 0.67 (modelS300b) with this code: steadier, but no step up, and they found
-few more of the 150-250 px boxes (0.16 and 0.21; modelTiny 0.16). Boxes of several
+few more of the 150-250 px boxes (0.16 and 0.21; modelTiny 0.16, modelT416L
+0.11: whole large boxes in the crops did not help at this crop size). Boxes of several
 models fused as the flipped views are (weighted box fusion, each model at
 half its threshold, a fused box kept at 0.75 of the mean threshold):
 modelS300 + modelS300b 0.71 / 0.609 / 0.65, modelS300 + modelT416 +
