@@ -198,14 +198,15 @@ with the split adjustment: components, organelles):
 The tile-sized crops gave 0.70 twice, where modelS300's recipe gave 0.69 and
 0.67 (modelS300b) with this code: steadier, but no step up, and they found
 few more of the 150-250 px boxes (0.16 and 0.21; modelTiny 0.16, modelT416L
-0.11: whole large boxes in the crops did not help at this crop size). Boxes of several
-models fused as the flipped views are (weighted box fusion, each model at
-half its threshold, a fused box kept at 0.75 of the mean threshold):
-modelS300 + modelS300b 0.71 / 0.609 / 0.65, modelS300 + modelT416 +
-modelTiny 0.70 / 0.602 / 0.66 (adj. 0.79), modelT416 + modelT416b 0.72 /
-0.593 / 0.65: two or three times the detection time for no gain beyond one
-training's luck. What else did not help modelS300
-(0.69 / 0.612 / 0.69):
+0.11: whole large boxes in the crops did not help at this crop size).
+
+Boxes of several models fused as the flipped views are (weighted box
+fusion, each model at half its threshold, a fused box kept at 0.75 of the
+mean threshold): modelS300 + modelS300b 0.71 / 0.609 / 0.65, modelS300 +
+modelT416 + modelTiny 0.70 / 0.602 / 0.66 (adj. 0.79), modelT416 +
+modelT416b 0.72 / 0.593 / 0.65: two or three times the detection time for
+no gain beyond one training's luck. What else did not help modelS300 (0.69
+/ 0.612 / 0.69):
 
     the minimum span checked after following, not before   0.68 / 0.610 / 0.67
     --merge-overlap 0.2 / 0.1                               0.69 / 0.612 / 0.69, 0.68 / 0.615 / 0.70
