@@ -11,14 +11,21 @@ for objects split in two (the default of ``famous compare``).
 
     python benchmarks/cdeep3m_pipeline.py [--data ../shared/data/cdeep3m-mito] [--split val]
 
-The detector (the training split, every slice boxed from its labels)::
+The detector (the training split, every slice boxed from its labels); the
+best so far, component F1 0.70 in two trainings (16-18 min on 2 cores, see
+session 15 below)::
 
     D=../shared/data/cdeep3m-mito
     famous boxes-from-labels $D/train_mito.tif --stack $D/train_raw.tif --slices 0-19 \
-        --classes obj.names --out ann       # obj.names: one line, mitochondria
-    famous train ann --classes obj.names --out model --epochs 60
-    python benchmarks/cdeep3m_pipeline.py --model model [--flip-views 2]
+        --classes obj.names --out annS --neighbours --split-touching 0.25
+        # obj.names: one line, mitochondria
+    famous train annS --classes obj.names --out modelT416 --neighbours --small-focus 0.5 \
+        --train-size 416 --epochs 115 --threads 2 --workers 1
+    python benchmarks/cdeep3m_pipeline.py --model modelT416
 
+The sessions' record follows, oldest first. The first detector: ``famous
+boxes-from-labels`` as above without ``--neighbours --split-touching`` into
+ann, then ``famous train ann --classes obj.names --out model --epochs 60``.
 Measured on a 2-core CPU (2026-12-03), then two fine-tunes of that model
 (``famous train ann --classes obj.names --out model2 --init model --lr 1e-3
 --epochs 60 --threads 2``, 4.6 min; ``... --out model3 --init model2 --lr 7e-4
