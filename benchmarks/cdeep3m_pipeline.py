@@ -12,7 +12,7 @@ for objects split in two (the default of ``famous compare``).
     python benchmarks/cdeep3m_pipeline.py [--data ../shared/data/cdeep3m-mito] [--split val]
 
 The detector (the training split, every slice boxed from its labels); the
-best so far, component F1 0.70 in two trainings (16-18 min on 2 cores, see
+best so far, component F1 0.70 in three trainings (16-18 min on 2 cores, see
 session 15 below)::
 
     D=../shared/data/cdeep3m-mito
@@ -197,15 +197,18 @@ with the split adjustment: components, organelles):
         15.7 min, held-out mAP 0.654)      0.70 / 0.600 / 0.64   adj. 0.78, 0.78
     modelT416b: the same with --seed 1
         (17.9 min, held-out mAP 0.648)     0.70 / 0.603 / 0.68   adj. 0.75, 0.76
+    modelT416H3: modelT416's command plus --heads 3 (a stride-8 head)
+        (17.5 min, held-out mAP 0.642)     0.70 / 0.596 / 0.67   adj. 0.75, 0.75
     modelT416L: modelT416's command plus --large-focus 0.4
         (18.0 min, held-out mAP 0.675)     0.63 / 0.554 / 0.61   adj. 0.64, 0.72
     modelTiny: --width tiny --epochs 80 (4x slim's compute;
         11.8 min, held-out mAP 0.612)      0.67 / 0.590 / 0.63   adj. 0.73, 0.76
 
-The tile-sized crops gave 0.70 twice, where modelS300's recipe gave 0.69 and
-0.67 (modelS300b) with this code: steadier, but no step up, and they found
-few more of the 150-250 px boxes (0.16 and 0.21; modelTiny 0.16, modelT416L
-0.11: whole large boxes in the crops did not help at this crop size).
+The tile-sized crops gave 0.70 three times, where modelS300's recipe gave
+0.69 and 0.67 (modelS300b) with this code: steadier, but no step up, and
+they found few more of the 150-250 px boxes (0.16 and 0.21, modelT416H3
+none; modelTiny 0.16, modelT416L 0.11: whole large boxes in the crops did
+not help at this crop size).
 
 Boxes of several models fused as the flipped views are (weighted box
 fusion, each model at half its threshold, a fused box kept at 0.75 of the
