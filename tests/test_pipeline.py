@@ -34,6 +34,10 @@ def _run(phantom, out, **kw):
     )
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
 def _classes_of(run):
     return {o["id"]: o["class"] for o in rf.RunFolder(run).organelles()}
 
@@ -224,9 +228,7 @@ def test_slices_an_organelle_skips_are_filled(phantom, tmp_path):
         labels = tifffile.imread(run / "labels.tif")
         ids, n = np.unique(labels[truth == tid], return_counts=True)
         oid = ids[ids > 0][n[ids > 0].argmax()]
-        iou[fill] = ((labels == oid) & (truth == tid)).sum() / (
-            (labels == oid) | (truth == tid)
-        ).sum()
+        iou[fill] = _iou(labels == oid, truth == tid)
         on_gap = [(labels[k] == oid).any() for k in gap]
         filled = [d for d in rf.read_csv(run / "detections.csv") if float(d["score"]) == 0]
         if fill:
@@ -289,9 +291,7 @@ def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
         assert on == [True] * 6 + [bool(follow)] * 6
         if follow:
             for k in range(6, 12):
-                iou = ((labels[k] == a) & (truth[k] == 1)).sum() / (
-                    (labels[k] == a) | (truth[k] == 1)
-                ).sum()
+                iou = _iou(labels[k] == a, truth[k] == 1)
                 assert iou > 0.8, (k, iou)
         c = [set(np.unique(labels[k][truth[k] == 3])) - {0} for k in range(12)]
         if follow:

@@ -209,3 +209,8 @@ def boxes_to_array(boxes: list[Box]) -> np.ndarray:
     if not boxes:
         return np.zeros((0, 6), np.float64)
     return np.array([(b.cls, b.x, b.y, b.w, b.h, b.score) for b in boxes], np.float64)
+
+
+def boxes_from_array(rows: np.ndarray) -> list[Box]:
+    """The inverse of :func:`boxes_to_array`."""
+    return [Box(int(r[0]), *map(float, r[1:])) for r in np.asarray(rows).reshape(-1, 6)]

@@ -30,7 +30,7 @@ import numpy as np
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from .boxes import Box
+from .boxes import Box, boxes_to_array
 from .classes import ClassConfig, ExtractRecipe
 
 
@@ -541,6 +541,19 @@ class SliceResult:
         }
 
     @classmethod
+    def of(cls, boxes: list[Box], bounds: list, masks: list[np.ndarray]) -> SliceResult:
+        """A slice's boxes with their clipped bounds and masks (box coordinates)."""
+        flats = [m.ravel() for m in masks]
+        offsets = np.zeros(len(flats) + 1, np.int64)
+        offsets[1:] = np.cumsum([f.size for f in flats])
+        return cls(
+            boxes=boxes_to_array(boxes),
+            bounds=np.array(bounds, np.int32).reshape(-1, 4),
+            offsets=offsets,
+            masks=np.concatenate(flats) if flats else np.zeros(0, bool),
+        )
+
+    @classmethod
     def from_arrays(cls, a) -> SliceResult:
         masks = np.unpackbits(a["masks"], count=int(a["n_mask"])).astype(bool)
         return cls(a["boxes"], a["bounds"], a["offsets"], masks)
@@ -661,8 +674,6 @@ def segment_slice(
     reconciled afterwards (:func:`resolve_overlaps`) so that no pixel belongs
     to two organelles.
     """
-    from .boxes import boxes_to_array
-
     bounds, masks = [], []
     for b in boxes:
         bnd, m = extract_box(image, b, classes[b.cls].extract, pixel_nm)
@@ -670,16 +681,7 @@ def segment_slice(
         masks.append(m)
     if resolve:
         resolve_overlaps(boxes, bounds, masks)
-    flats = [m.ravel() for m in masks]
-    offsets = np.zeros(len(flats) + 1, np.int64)
-    if flats:
-        offsets[1:] = np.cumsum([f.size for f in flats])
-    return SliceResult(
-        boxes=boxes_to_array(boxes),
-        bounds=np.array(bounds, np.int32).reshape(-1, 4),
-        offsets=offsets,
-        masks=np.concatenate(flats) if flats else np.zeros(0, bool),
-    )
+    return SliceResult.of(boxes, bounds, masks)
 
 
 # learned.py builds on this module's helpers, so it registers itself last.

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import runfolder as rf
-from .boxes import Box, YoloTxtBoxes
+from .boxes import Box, YoloTxtBoxes, boxes_from_array
 from .classes import ClassConfig, load_classes
 from .errors import FamousError
 from .extract import SliceResult, extract_box, mask_iou, segment_slice
@@ -531,7 +531,7 @@ def _fill_gaps(out, stack, classes, pixel_nm, det, det_labels, max_gap):
     # only the filled slices are read and extracted again; the others keep their rows
     changed = {}
     for k, items in added.items():
-        boxes = [Box(int(r[0]), *map(float, r[1:])) for r in _load_slice(out, k).boxes]
+        boxes = boxes_from_array(_load_slice(out, k).boxes)
         result = segment_slice(stack.read(k), boxes + [b for _, b in items], classes, pixel_nm)
         rows = slice(det["start"][k], det["start"][k + 1])
         changed[k] = (result, np.concatenate([det_labels[rows], [o for o, _ in items]]))
@@ -669,20 +669,10 @@ def _follow_one(image, prev, bounds, here, cls, recipe, pixel_nm, min_iou):
 
 def _appended(result: SliceResult, extra: list[tuple[Box, tuple, np.ndarray]]) -> SliceResult:
     """``result`` with more detections: (box, clipped bounds, mask) each."""
-    from .boxes import boxes_to_array
-
-    masks = [m.ravel() for _, _, m in extra]
-    return SliceResult(
-        boxes=np.concatenate(
-            [result.boxes.reshape(-1, 6), boxes_to_array([b for b, _, _ in extra])]
-        ),
-        bounds=np.concatenate(
-            [result.bounds.reshape(-1, 4), np.array([b for _, b, _ in extra], np.int32)]
-        ),
-        offsets=np.concatenate(
-            [result.offsets, result.offsets[-1] + np.cumsum([m.size for m in masks])]
-        ),
-        masks=np.concatenate([result.masks, *masks]),
+    return SliceResult.of(
+        boxes_from_array(result.boxes) + [b for b, _, _ in extra],
+        [*result.bounds.reshape(-1, 4).tolist(), *(bnd for _, bnd, _ in extra)],
+        [result.mask(i) for i in range(len(result))] + [m for _, _, m in extra],
     )
 
 
