@@ -245,6 +245,19 @@ pipeline scores 0.96 / 0.833: the aim of 0.80 strict needs boxes as good, not
 only more of them, since joins and tips come from loose and missing boxes. The
 split adjustment, which ``famous compare`` applies by default, scores
 0.75-0.79.
+
+Session 16: the full-width network (4x slim's compute) on tile-sized crops,
+modelT416's command with ``--width tiny --epochs 80`` (25-26 min each):
+
+    modelTiny416 (held-out mAP 0.664)      0.72 / 0.615 / 0.63   adj. 0.80, 0.75
+    modelTiny416b, --seed 1 (0.629)        0.67 / 0.613 / 0.67   adj. 0.74, 0.75
+    modelTiny416, --flip-views 2           0.73 / 0.586 / 0.65   adj. 0.79, 0.76
+    modelTiny416 + modelT416 fused         0.72 / 0.613 / 0.61   adj. 0.84, 0.75
+
+Box recall at 150-250 px: 0.32 and 0.16; box precision 0.73 for both. The
+same plateau: the eleven detectors trained on these 16 slices since session
+14 score 0.58-0.73 strict, and two seeds of one recipe differ by up to 0.08,
+as much as any recipe change gained.
 """
 
 from __future__ import annotations
