@@ -82,11 +82,16 @@ def cmd_phantom(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from .core.pipeline import RunSettings, run_pipeline
-    from .core.progress import TqdmProgress
+def run_settings(args):
+    """The linking settings of ``famous run``'s arguments, as a ``RunSettings``.
 
-    settings = RunSettings(
+    The parser repeats ``RunSettings``' defaults in its options so that
+    ``famous --help`` shows them without importing the pipeline; a test holds
+    the two equal.
+    """
+    from .core.pipeline import RunSettings
+
+    return RunSettings(
         layers_to_scan=args.layers_to_scan,
         tolerance=args.tolerance,
         min_tolerance_px=args.min_tolerance_px,
@@ -98,6 +103,13 @@ def cmd_run(args) -> int:
         fill_gaps_nm=args.fill_gaps_nm,
         follow_iou=args.follow_iou,
     )
+
+
+def cmd_run(args) -> int:
+    from .core.pipeline import run_pipeline
+    from .core.progress import TqdmProgress
+
+    settings = run_settings(args)
     bar = TqdmProgress("famous run")
     try:
         summary = run_pipeline(

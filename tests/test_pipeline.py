@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from famous_addon.cli import main
+from famous_addon.cli import build_parser, main, run_settings
 from famous_addon.core import runfolder as rf
 from famous_addon.core.compare import match_objects
 from famous_addon.core.errors import FamousError
@@ -382,6 +382,13 @@ def test_calibration_on_annotated_slices_is_reported(phantom, tmp_path):
         assert used["extract"]["method"] == report["recipe"]["method"]
     assert summary.calibration == info["calibration"]
     assert info["calibration"]["lysosome"]["recipe"]["method"] == "ellipse"
+
+
+def test_cli_run_defaults_are_the_pipelines():
+    run = ["run", "s.tif", "--classes", "c.toml", "--boxes", "b", "--out", "o"]
+    assert run_settings(build_parser().parse_args(run)) == RunSettings()
+    args = build_parser().parse_args([*run, "--merge-overlap", "0.1", "--no-merge"])
+    assert run_settings(args) == RunSettings(merge_min_overlap=0.1, merge_bridges=False)
 
 
 def test_cli_info_and_phantom(tmp_path, capsys):

@@ -545,6 +545,8 @@ def _with_slices(out, det, det_labels, changed: dict[int, tuple[SliceResult, np.
     each result is written as ``filled_NNNNN.npz`` beside the cache, which
     stays as the detector left it.
     """
+    if not changed:
+        return det, det_labels
     rows = [slice(det["start"][k], det["start"][k + 1]) for k in range(len(det["start"]) - 1)]
     boxes_of = np.column_stack([det["cls"], det["xywh"], det["score"]])
     per_slice = [(boxes_of[r], det["area"][r]) for r in rows]
@@ -633,9 +635,9 @@ def _follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
             progress(done / max(2 * n - 2, 1), "following organelles past missed slices")
     det, det_labels = _with_slices(out, det, det_labels, changed)
     if pairs:
-        kept = det_labels >= 0
+        # not in place: with no slice changed, det_labels is still the caller's array
         joined = merge_labels(np.arange(len(cls_of)), np.concatenate(pairs))
-        det_labels[kept] = joined[det_labels[kept]]
+        det_labels = np.where(det_labels >= 0, joined[det_labels], det_labels)
     return det, det_labels
 
 
