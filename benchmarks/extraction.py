@@ -122,8 +122,9 @@ def phantom(shape: tuple[int, int, int], seed: int) -> None:
     from famous_addon.core.annotations import read_yolo_mark
     from famous_addon.core.classes import preset
     from famous_addon.core.compare import format_table, match_objects
+    from famous_addon.core.fileio import read_csv
     from famous_addon.core.pipeline import run_pipeline
-    from famous_addon.core.runfolder import RunFolder, read_csv
+    from famous_addon.core.runfolder import RunFolder
     from famous_addon.core.synthetic import write_phantom
 
     fib = preset("fibsem")

@@ -28,9 +28,10 @@ import tifffile
 from famous_addon.blender import meshing
 from famous_addon.blender.scene import LabelVoxels
 from famous_addon.core.errors import FamousError
+from famous_addon.core.fileio import read_csv
 from famous_addon.core.pipeline import run_pipeline
 from famous_addon.core.pointcloud import clean_grouped
-from famous_addon.core.runfolder import RunFolder, read_csv
+from famous_addon.core.runfolder import RunFolder
 from famous_addon.core.synthetic import write_phantom
 
 

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from famous_addon.core import quantify as q  # noqa: E402
-from famous_addon.core.runfolder import read_csv  # noqa: E402
+from famous_addon.core.fileio import read_csv  # noqa: E402
 
 
 def lattice_organelles(n: int, seed: int, cell: int = 32):

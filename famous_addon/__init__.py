@@ -4,7 +4,9 @@ Only ``register``/``unregister`` live here. Blender modules are imported inside
 them so that ``famous_addon.core`` stays importable without Blender.
 """
 
-__version__ = "0.1.0"
+from .core.version import __version__
+
+__all__ = ["__version__", "register", "unregister"]
 
 
 def register():

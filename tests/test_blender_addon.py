@@ -3,7 +3,7 @@
 import pytest
 
 from famous_addon.core.errors import Cancelled
-from famous_addon.core.runfolder import read_csv
+from famous_addon.core.fileio import read_csv
 
 pytestmark = pytest.mark.blender
 

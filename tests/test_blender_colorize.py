@@ -68,7 +68,7 @@ def test_colour_follows_the_measurement_order(organelles):
 
 def test_measurements_from_the_table_then_reset(organelles, tmp_path):
     from famous_addon.blender import colorize
-    from famous_addon.core.runfolder import write_csv
+    from famous_addon.core.fileio import write_csv
 
     table = tmp_path / "organelles.csv"
     rows = [(1, "mitochondria", 0.7, 2.0, 0), (2, "mitochondria", 0.4, 1.0, 2)]

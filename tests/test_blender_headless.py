@@ -12,7 +12,7 @@ import trimesh
 from blender_fixtures import RUN_FAMOUS, load_run_famous
 
 from famous_addon.core.classes import load_classes
-from famous_addon.core.runfolder import read_csv
+from famous_addon.core.fileio import read_csv
 
 pytestmark = pytest.mark.blender
 

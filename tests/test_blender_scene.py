@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from famous_addon.core.runfolder import RunFolder, read_csv
+from famous_addon.core.fileio import read_csv
+from famous_addon.core.runfolder import RunFolder
 
 pytestmark = pytest.mark.blender
 

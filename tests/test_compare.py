@@ -332,7 +332,7 @@ def test_cli_compare_with_a_label_tiff(phantom_case, capsys):
 
 
 def compare_report_rows(path):
-    from famous_addon.core.runfolder import read_csv
+    from famous_addon.core.fileio import read_csv
 
     return read_csv(path)
 

@@ -12,7 +12,8 @@ import tifffile
 from famous_addon.core import quantify as q
 from famous_addon.core.classes import preset
 from famous_addon.core.errors import FamousError
-from famous_addon.core.runfolder import ORGANELLE_COLUMNS, read_csv, write_csv, write_json
+from famous_addon.core.fileio import read_csv, write_csv, write_json
+from famous_addon.core.runfolder import ORGANELLE_COLUMNS
 
 VOXELS = [(10.0, 10.0, 10.0), (20.0, 8.0, 8.0)]
 

@@ -18,7 +18,7 @@ import bpy
 import numpy as np
 
 from ..core.errors import FamousError
-from ..core.runfolder import read_csv
+from ..core.fileio import read_csv
 from .scene import scene_organelles
 
 # Colour ramps as sRGB stops (from matplotlib's colormaps, which Blender does

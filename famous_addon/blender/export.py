@@ -10,7 +10,7 @@ import numpy as np
 from mathutils import Vector
 
 from ..core.errors import FamousError
-from ..core.runfolder import atomic_path, write_csv
+from ..core.fileio import atomic_path, write_csv
 from .scene import PLANE, QUANT_COLUMNS, quantify_scene, scene_organelles
 
 BLEND = "famous.blend"

@@ -64,7 +64,7 @@ def cmd_boxes_from_labels(args) -> int:
     else:
         picks = spread_indices(len(labels), args.fraction)
     if args.label_classes:
-        from ..core.runfolder import read_csv
+        from ..core.fileio import read_csv
 
         class_of = {}
         for row in read_csv(args.label_classes):

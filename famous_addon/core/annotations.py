@@ -117,7 +117,7 @@ def read_neighbours(path: Path, image: np.ndarray) -> np.ndarray:
 
 def write_neighbours(folder: str | Path, stack, picks: list[int]) -> None:
     """Write ``neighbours/slice_NNNNN.png`` (slices k-1, k, k+1) for each pick ``k``."""
-    from .runfolder import atomic_path
+    from .fileio import atomic_path
 
     where = Path(folder) / NEIGHBOURS_DIR
     where.mkdir(parents=True, exist_ok=True)
@@ -232,7 +232,7 @@ def write_yolo_mark(
     list of Path
         The image files written.
     """
-    from .runfolder import atomic_path, atomic_write_bytes
+    from .fileio import atomic_path, atomic_write_bytes
 
     progress = progress or silent
     folder = Path(folder)

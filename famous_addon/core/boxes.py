@@ -119,7 +119,7 @@ def parse_yolo_lines(
 
 def write_yolo_txt(path: str | Path, boxes: list[Box], shape: tuple[int, int]) -> None:
     """Write boxes as a YOLO text file (normalised by ``shape``), atomically."""
-    from .runfolder import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     text = "".join(b.to_yolo(shape) + "\n" for b in boxes)
     atomic_write_bytes(Path(path), text.encode())

@@ -374,6 +374,6 @@ def load_classes(path: str | Path, annotations: str | Path | None = None) -> Cla
 
 def save_classes(config: ClassConfig, path: str | Path) -> None:
     """Write a class config as TOML (atomically)."""
-    from .runfolder import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     atomic_write_bytes(Path(path), tomli_w.dumps(config.to_dict()).encode())

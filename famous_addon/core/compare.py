@@ -648,7 +648,7 @@ def _open_labels(path: Path):
 
 def read_classes_csv(path: Path) -> dict[int, str]:
     """``id,class`` rows (other columns ignored) as a mapping."""
-    from .runfolder import read_csv
+    from .fileio import read_csv
 
     rows = read_csv(path)
     if not rows or not {"id", "class"} <= set(rows[0]):

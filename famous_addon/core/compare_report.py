@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .compare import NO_MATCH, ClassScore, Comparison, PairResult
+from .fileio import atomic_write_bytes, write_csv
 from .progress import ProgressFn, silent
-from .runfolder import atomic_write_bytes, write_csv
 
 METRIC_COLUMNS = (
     "pair",

@@ -35,6 +35,7 @@ from .link import link_boxes, merge_labels, overlap_pairs
 from .pointcloud import PointStore, clean_grouped, mask_points, to_world
 from .progress import ProgressFn, silent, sub
 from .stack import Stack, open_stack
+from .version import __version__
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,6 @@ def _versions() -> dict:
     import cv2
     import scipy
     import tifffile
-
-    from .. import __version__
 
     return {
         "famous": __version__,

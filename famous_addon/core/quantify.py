@@ -92,16 +92,9 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 from scipy.spatial.distance import cdist
 
 from .errors import FamousError
+from .fileio import atomic_path, read_csv, write_csv
 from .progress import ProgressFn, silent, sub
-from .runfolder import (
-    LABELS_TIF,
-    ORGANELLE_COLUMNS,
-    ORGANELLES_CSV,
-    RunFolder,
-    atomic_path,
-    read_csv,
-    write_csv,
-)
+from .runfolder import LABELS_TIF, ORGANELLE_COLUMNS, ORGANELLES_CSV, RunFolder
 
 TUBULAR_DEFAULT = ("mitochondria",)
 CELL_CLASS = "cell"

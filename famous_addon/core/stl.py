@@ -564,7 +564,7 @@ def write_object_stls(
     from scipy import ndimage
     from skimage.measure import marching_cubes
 
-    from .runfolder import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     progress = progress or silent
     spacing = np.asarray(voxel_size_um, float)

@@ -952,7 +952,7 @@ class _TiffSink:
     """
 
     def __init__(self, path: Path, shape, dtype, voxel_nm):
-        from .runfolder import atomic_path
+        from .fileio import atomic_path
 
         self._atomic = atomic_path(path)
         self._tmp = self._atomic.__enter__()
@@ -1084,7 +1084,7 @@ def write_phantom(
     from .annotations import write_neighbours
     from .boxes import write_yolo_txt
     from .classes import preset, save_classes
-    from .runfolder import atomic_write_bytes, write_csv
+    from .fileio import atomic_write_bytes, write_csv
     from .stack import open_stack
 
     if not 0.0 <= annotate_fraction <= 1.0:
@@ -1215,7 +1215,7 @@ def write_truth_stls(
     """
     from scipy import ndimage
 
-    from .runfolder import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     progress = progress or silent
     written = []
@@ -1249,7 +1249,7 @@ def load_truth(out: str | Path) -> tuple[np.ndarray, list[dict]]:
     """
     import tifffile
 
-    from .runfolder import read_csv
+    from .fileio import read_csv
 
     out = Path(out)
     for name in ("truth_labels.tif", "truth.csv"):

@@ -204,7 +204,7 @@ class DarknetTorch:
     def save_weights(self, path: Path, seen: int = 0) -> None:
         """Write Darknet ``.weights``: 20-byte header, then per conv layer
         biases (batch-norm beta), [BN scale, running mean, running variance], kernel."""
-        from .runfolder import atomic_write_bytes
+        from .fileio import atomic_write_bytes
 
         chunks = [np.array([0, 2, 5], "<i4").tobytes(), np.array([seen], "<i8").tobytes()]
         for block in self.convs():
@@ -925,7 +925,7 @@ def calibrate_model(
     """
     from dataclasses import replace
 
-    from .runfolder import write_json
+    from .fileio import write_json
 
     out = Path(model_dir)
     names = list(classes.names)
@@ -1043,7 +1043,7 @@ def train_model(
     """
     torch = require_torch()
     from .classes import save_classes
-    from .runfolder import atomic_path, atomic_write_bytes, write_json
+    from .fileio import atomic_path, atomic_write_bytes, write_json
 
     progress = progress or silent
     if not hasattr(classes, "names"):
@@ -1294,7 +1294,7 @@ def recalibrate_model(
     from dataclasses import replace
 
     from .classes import load_classes
-    from .runfolder import write_json
+    from .fileio import write_json
 
     out = Path(model_dir)
     classes = load_classes(out / CLASSES_NAME)
