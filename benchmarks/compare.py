@@ -27,16 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from famous_addon.core.compare import (
-    Segmentation,
-    class_confusion,
-    compare_segmentations,
-    count_overlaps,
-    score_overlaps,
-    simulate_annotator,
-)
-from famous_addon.core.compare_report import write_outputs
-from famous_addon.core.stl import Grid, read_stl_segmentation, voxelise, write_object_stls
+from famous_addon.core.compare.annotator import simulate_annotator
+from famous_addon.core.compare.comparison import compare_segmentations
+from famous_addon.core.compare.report import write_outputs
+from famous_addon.core.compare.score import class_confusion, count_overlaps, score_overlaps
+from famous_addon.core.compare.segmentations import Segmentation
+from famous_addon.core.compare.stl import Grid, read_stl_segmentation, voxelise, write_object_stls
 
 CLASSES = ("early_endosome", "late_endosome", "mitochondria", "lysosome", "nucleus")
 

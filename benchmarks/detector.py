@@ -40,7 +40,8 @@ import cv2
 import numpy as np
 
 from famous_addon.core.classes import from_names
-from famous_addon.core.detect import cuda_available, evaluate, load_detector
+from famous_addon.core.detector.evaluate import evaluate
+from famous_addon.core.detector.inference import cuda_available, load_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def forward_table(model: Path, repeats: int) -> None:
 
 
 def slice_overhead(model: Path, repeats: int, backend: str) -> None:
-    from famous_addon.core.synthetic import Phantom
+    from famous_addon.core.phantom.cell import Phantom
 
     det = load_detector(model, backend=backend)
     ph = Phantom((3, 2048, 2048), seed=5, voxel_size_nm=(10, 10, 10))
@@ -118,7 +119,7 @@ def slice_overhead(model: Path, repeats: int, backend: str) -> None:
 
 def backend_agreement(model: Path, seed: int, n_slices: int) -> None:
     """CUDA backends against the CPU: raw outputs on the same tiles, boxes on phantom slices."""
-    from famous_addon.core.synthetic import Phantom
+    from famous_addon.core.phantom.cell import Phantom
 
     cuda = available_backends()[1:]
     if not cuda:
@@ -159,7 +160,7 @@ def backend_agreement(model: Path, seed: int, n_slices: int) -> None:
 
 
 def demo_accuracy(model: Path, seed: int, n_slices: int, step: int, backend: str) -> None:
-    from famous_addon.core.synthetic import Phantom
+    from famous_addon.core.phantom.cell import Phantom
 
     # A model may have been trained in steps (base, then fine-tunes): one line each.
     tuned = sorted(model.glob("finetune*_report.json"), key=lambda p: int(p.stem[8:-7] or 0))

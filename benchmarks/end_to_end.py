@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from famous_addon.core.detect import BACKENDS, choose_backend
-from famous_addon.core.pipeline import RunSettings, run_pipeline
-from famous_addon.core.synthetic import write_phantom
+from famous_addon.core.detector.inference import BACKENDS, choose_backend
+from famous_addon.core.phantom.write import write_phantom
+from famous_addon.core.pipeline import run_pipeline
+from famous_addon.core.request import RunRequest, RunSettings
 from famous_addon.demo import score_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,14 +67,16 @@ def main() -> None:
         # the run's own summary table is long; this script prints one line per seed
         with contextlib.redirect_stdout(io.StringIO()):
             run_pipeline(
-                phantom / "stack.tif",
-                phantom / "classes.toml",
-                run,
-                model=args.model,
-                backend=args.backend,
-                flip_views=args.flip_views,
-                labels=True,
-                settings=settings,
+                RunRequest(
+                    phantom / "stack.tif",
+                    phantom / "classes.toml",
+                    run,
+                    model=args.model,
+                    backend=args.backend,
+                    flip_views=args.flip_views,
+                    labels=True,
+                    settings=settings,
+                )
             )
         seconds = time.perf_counter() - t
         scores = score_run(run, phantom)

@@ -15,7 +15,7 @@ adjustment) of the 26-connected components of both foregrounds, since the
 labels are semantic. ``ms/box`` is the extraction time per box.
 
 With ``--phantom`` it instead runs the whole pipeline on the seeded phantom
-(:func:`famous_addon.core.synthetic.write_phantom`, true boxes) with the
+(:func:`famous_addon.core.phantom.write.write_phantom`, true boxes) with the
 ``fibsem`` preset's thresholding classes all set to ``paper``, with the preset
 as shipped, with them all set to ``refined``, and as calibrated on the
 phantom's annotated slices, and prints the per-class object scores against
@@ -41,7 +41,7 @@ from scipy import ndimage
 from famous_addon.core.boxes import Box
 from famous_addon.core.calibrate import calibrate
 from famous_addon.core.classes import ClassConfig, ClassSpec, ExtractRecipe
-from famous_addon.core.compare import match_objects
+from famous_addon.core.compare.score import match_objects
 from famous_addon.core.extract import RECIPES, segment_slice
 from famous_addon.core.learned import fit_pixel_classifier
 
@@ -121,11 +121,13 @@ def phantom(shape: tuple[int, int, int], seed: int) -> None:
 
     from famous_addon.core.annotations import read_yolo_mark
     from famous_addon.core.classes import preset
-    from famous_addon.core.compare import format_table, match_objects
+    from famous_addon.core.compare.score import match_objects
+    from famous_addon.core.compare.tables import format_table
     from famous_addon.core.fileio import read_csv
+    from famous_addon.core.phantom.write import write_phantom
     from famous_addon.core.pipeline import run_pipeline
+    from famous_addon.core.request import RunRequest
     from famous_addon.core.runfolder import RunFolder
-    from famous_addon.core.synthetic import write_phantom
 
     fib = preset("fibsem")
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +149,9 @@ def phantom(shape: tuple[int, int, int], seed: int) -> None:
         }
         for name, cfg in configs.items():
             t0 = time.perf_counter()
-            run_pipeline(ph / "stack.tif", cfg, Path(tmp) / name, boxes=ph / "boxes", labels=True)
+            run_pipeline(
+                RunRequest(ph / "stack.tif", cfg, Path(tmp) / name, boxes=ph / "boxes", labels=True)
+            )
             rf = RunFolder(Path(tmp) / name)
             labels = tifffile.imread(rf.labels_path)
             cls = {int(o["id"]): o["class"] for o in rf.organelles()}

@@ -25,14 +25,15 @@ import bpy
 import numpy as np
 import tifffile
 
-from famous_addon.blender import meshing
+from famous_addon.blender import measure, meshing
 from famous_addon.blender.scene import LabelVoxels
 from famous_addon.core.errors import FamousError
 from famous_addon.core.fileio import read_csv
+from famous_addon.core.phantom.write import write_phantom
 from famous_addon.core.pipeline import run_pipeline
 from famous_addon.core.pointcloud import clean_grouped
+from famous_addon.core.request import RunRequest
 from famous_addon.core.runfolder import RunFolder
-from famous_addon.core.synthetic import write_phantom
 
 
 def timed(fn, *args, **kwargs):
@@ -67,7 +68,7 @@ def ellipsoid_speed(repeats: int) -> None:
             wall, cpu, obj = timed(fn)
             walls.append(wall)
             cpus.append(cpu)
-            stats = meshing.mesh_stats(obj)
+            stats = measure.mesh_stats(obj)
             meshing.remove_object(obj)
         err = stats.volume_um3 / exact - 1
         print(
@@ -96,11 +97,13 @@ def phantom_accuracy(shape, seed: int, work: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     t_run, _, _ = timed(
         run_pipeline,
-        phantom / "stack.tif",
-        phantom / "classes.toml",
-        run_dir,
-        boxes=phantom / "boxes",
-        labels=True,
+        RunRequest(
+            phantom / "stack.tif",
+            phantom / "classes.toml",
+            run_dir,
+            boxes=phantom / "boxes",
+            labels=True,
+        ),
     )
     run = RunFolder(run_dir)
     truth = {int(r["id"]): float(r["volume_um3"]) for r in read_csv(phantom / "truth.csv")}
@@ -134,7 +137,7 @@ def phantom_accuracy(shape, seed: int, work: Path) -> None:
                 per["no_hull"] = per.get("no_hull", 0) + 1
                 continue
             per[f"{key}_t"].append(dt)
-            volume = meshing.mesh_stats(obj).volume_um3
+            volume = measure.mesh_stats(obj).volume_um3
             per[f"{key}_r"].append(volume / row["volume_um3"] - 1)
             if true:
                 per[f"{key}_e"].append(volume / true - 1)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import psutil
 
+from famous_addon.core.phantom.write import write_phantom
 from famous_addon.core.pipeline import run_pipeline
-from famous_addon.core.synthetic import write_phantom
+from famous_addon.core.request import RunRequest
 
 
 def main() -> None:
@@ -43,12 +44,14 @@ def main() -> None:
 
     base = proc.memory_info().rss / 2**20
     summary = run_pipeline(
-        work / "stack.tif",
-        work / "classes.toml",
-        run,
-        boxes=work / "boxes",
-        labels=True,
-        workers=args.workers,
+        RunRequest(
+            work / "stack.tif",
+            work / "classes.toml",
+            run,
+            boxes=work / "boxes",
+            labels=True,
+            workers=args.workers,
+        ),
         progress=progress,
     )
     t = summary.timings

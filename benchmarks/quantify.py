@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python benchmarks/quantify.py [--phantom-shape Z Y X] [--n 1000] [--seed 0]
 
 Prints one table row per case: the label volume, the organelle count, the
-time of :func:`famous_addon.core.quantify.measure_labels` (all measurements
+time of :func:`famous_addon.core.quantify.morphometry.measure_labels` (all measurements
 and proximity), of the per-class table and of the plots, and the peak memory
 of the process.
 """
@@ -24,8 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from famous_addon.core import quantify as q  # noqa: E402
 from famous_addon.core.fileio import read_csv  # noqa: E402
+from famous_addon.core.quantify.labelfile import read_labels  # noqa: E402
+from famous_addon.core.quantify.morphometry import measure_labels  # noqa: E402
+from famous_addon.core.quantify.plots import plot_measurements  # noqa: E402
+from famous_addon.core.quantify.tables import class_table  # noqa: E402
 
 
 def lattice_organelles(n: int, seed: int, cell: int = 32):
@@ -66,11 +69,11 @@ def lattice_organelles(n: int, seed: int, cell: int = 32):
 def run_case(name, labels, voxel_nm, classes, out):
     names = sorted(set(classes.values()))
     t0 = time.perf_counter()
-    rows = q.measure_labels(labels, voxel_nm, classes, class_names=names)
+    rows = measure_labels(labels, voxel_nm, classes, class_names=names)
     t1 = time.perf_counter()
-    q.class_table(rows, names, labels.shape, voxel_nm)
+    class_table(rows, names, labels.shape, voxel_nm)
     t2 = time.perf_counter()
-    q.plot_measurements(rows, names, out / name)
+    plot_measurements(rows, names, out / name)
     t3 = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     shape = "x".join(map(str, labels.shape))
@@ -87,7 +90,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from famous_addon.core.synthetic import write_phantom
+    from famous_addon.core.phantom.write import write_phantom
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -97,7 +100,7 @@ def main() -> None:
         )
         print("|" + "---|" * 8)
         write_phantom(tmp / "phantom", shape=tuple(args.phantom_shape), seed=args.seed, stl=False)
-        labels = q.read_labels(tmp / "phantom" / "truth_labels.tif")
+        labels = read_labels(tmp / "phantom" / "truth_labels.tif")
         truth = read_csv(tmp / "phantom" / "truth.csv")
         classes = {int(r["id"]): r["class"] for r in truth}
         run_case("phantom truth", labels, (10.0, 10.0, 10.0), classes, tmp)

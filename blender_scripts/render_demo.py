@@ -21,13 +21,10 @@ try:
 except ModuleNotFoundError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from famous_addon.core.errors import FamousError
+
 
 def main(argv: list[str] | None = None) -> int:
-    import bpy
-
-    from famous_addon.blender import export, workflow
-    from famous_addon.core.errors import FamousError
-
     if argv is None:
         argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
     p = argparse.ArgumentParser(prog="render_demo.py", description="Render a FAMOUS result.")
@@ -37,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--resolution", nargs=2, type=int, default=[1600, 900], metavar=("W", "H"))
     args = p.parse_args(argv)
+    # bpy (about 0.4 s with the wheel) loads once the arguments are parsed: --help
+    # and argument errors answer without it.
+    import bpy
+
+    from famous_addon.blender import export, workflow
+
     try:
         if args.blend:
             if not Path(args.blend).is_file():

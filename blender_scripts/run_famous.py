@@ -29,6 +29,12 @@ try:
 except ModuleNotFoundError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from famous_addon.core.compare.run import compare_for_headless
+from famous_addon.core.errors import Cancelled, FamousError
+from famous_addon.core.progress import TqdmProgress, sub
+from famous_addon.core.quantify.run import quantify_run
+from famous_addon.core.request import RunRequest
+
 
 def script_argv(argv: list[str]) -> list[str]:
     """The script's own arguments: those after ``--`` when Blender passes its own too."""
@@ -95,11 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Do the work for parsed arguments; raises FamousError on bad input."""
+    # bpy (about 0.4 s with the wheel) loads once the arguments are parsed: --help
+    # and argument errors answer without it.
     import bpy
 
     from famous_addon.blender import export, workflow
-    from famous_addon.core.errors import FamousError
-    from famous_addon.core.progress import TqdmProgress, sub
 
     workflow.check_writable(args.out, args.overwrite)
     if args.run is None and (args.stack is None or args.classes is None):
@@ -111,19 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         run_dir = args.run
         if run_dir is None:
-            run_dir = workflow.detect(
-                args.stack,
-                args.classes,
-                args.out,
-                boxes=args.boxes,
-                model=args.model,
-                backend=args.backend,
-                flip_views=args.flip_views,
-                zoom_pass=args.zoom_pass,
-                voxel_size_nm=args.voxel_size,
-                workers=args.workers,
-                progress=sub(bar, 0.0, 0.5),
-            )
+            run_dir = workflow.detect(RunRequest.from_args(args), progress=sub(bar, 0.0, 0.5))
         bpy.ops.wm.read_factory_settings(use_empty=True)
         built = workflow.build(
             run_dir, args.mesher, args.stack, args.voxel_size, sub(bar, 0.5, 0.9)
@@ -131,8 +125,6 @@ def run(args: argparse.Namespace) -> dict:
         bar(0.9, "writing meshes, table, render and .blend")
         paths = export.write_outputs(Path(args.out), tuple(args.resolution))
         if args.quantify:
-            from famous_addon.core.quantify import quantify_run
-
             measured = quantify_run(
                 run_dir,
                 Path(args.out) / "quantify",
@@ -141,8 +133,6 @@ def run(args: argparse.Namespace) -> dict:
             )
             paths["quantify"] = measured.organelles_csv
         if args.compare:
-            from famous_addon.core.compare import compare_for_headless
-
             report = compare_for_headless(
                 run_dir, args.compare, Path(args.out) / "compare", progress=sub(bar, 0.95, 1.0)
             )
@@ -158,8 +148,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ``argv`` are the script's own arguments (no ``--``)."""
-    from famous_addon.core.errors import Cancelled, FamousError
-
     args = build_parser().parse_args(script_argv(sys.argv) if argv is None else argv)
     t0 = time.perf_counter()
     try:

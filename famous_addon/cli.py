@@ -4,6 +4,10 @@ Core commands (``info``, ``phantom``, ``run``) live here; the detector,
 comparison and quantification commands are added by their modules in
 :mod:`famous_addon.commands`. Known errors print as one clear line and exit
 with status 2; tracebacks are for bugs only.
+
+Each command imports the stages it runs inside its function, so that parsing
+and ``famous --help`` do not load OpenCV, SciPy and scikit-image (about a
+second).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import time
 
 from .core.errors import Cancelled, FamousError
+from .core.progress import TqdmProgress
 
 COMMAND_MODULES = ("detector", "compare", "quantify")
 
@@ -29,7 +34,7 @@ def _voxel_size(parser):
 
 
 def cmd_info(args) -> int:
-    from .core.stack import open_stack
+    from .core.stack import open_stack  # here, not on top: `famous --help` stays quick
 
     stack = open_stack(args.stack, args.voxel_size)
     z, y, x = stack.shape
@@ -60,8 +65,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_phantom(args) -> int:
-    from .core.progress import TqdmProgress
-    from .core.synthetic import write_phantom
+    from .core.phantom.write import write_phantom  # here, not on top: `famous --help` stays quick
 
     bar = TqdmProgress("phantom")
     try:
@@ -82,60 +86,21 @@ def cmd_phantom(args) -> int:
     return 0
 
 
-def run_settings(args):
-    """The linking settings of ``famous run``'s arguments, as a ``RunSettings``.
-
-    The parser repeats ``RunSettings``' defaults in its options so that
-    ``famous --help`` shows them without importing the pipeline; a test holds
-    the two equal.
-    """
-    from .core.pipeline import RunSettings
-
-    return RunSettings(
-        layers_to_scan=args.layers_to_scan,
-        tolerance=args.tolerance,
-        min_tolerance_px=args.min_tolerance_px,
-        merge_bridges=not args.no_merge,
-        merge_min_overlap=args.merge_overlap,
-        min_slices=args.min_slices,
-        min_depth_nm=args.min_depth_nm,
-        confirm_boxes=args.confirm_boxes,
-        fill_gaps_nm=args.fill_gaps_nm,
-        follow_iou=args.follow_iou,
-    )
-
-
 def cmd_run(args) -> int:
-    from .core.pipeline import run_pipeline
-    from .core.progress import TqdmProgress
+    from .core.pipeline import run_pipeline  # here, not on top: `famous --help` stays quick
+    from .core.request import RunRequest  # (as above)
 
-    settings = run_settings(args)
+    request = RunRequest.from_args(args, labels=args.labels or args.quantify)
     bar = TqdmProgress("famous run")
     try:
-        summary = run_pipeline(
-            args.stack,
-            args.classes,
-            args.out,
-            boxes=args.boxes,
-            model=args.model,
-            backend=args.backend,
-            flip_views=args.flip_views,
-            zoom_pass=args.zoom_pass,
-            voxel_size_nm=args.voxel_size,
-            labels=args.labels or args.quantify,
-            workers=args.workers,
-            dask_scheduler=args.dask_scheduler,
-            resume=args.resume,
-            annotations=args.annotations,
-            settings=settings,
-            progress=bar,
-        )
+        summary = run_pipeline(request, progress=bar)
     finally:
         bar.close()
     print(summary.table())
     for name, report in (summary.calibration or {}).items():
         print(f"calibration: {name}: {report['choice']} (score {report['score']:.3f})")
     if args.quantify:
+        # here, not on top: `famous --help` stays quick
         from .commands.quantify import quantify_and_print
 
         result = quantify_and_print(summary.path)
@@ -149,7 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="FAMOUS: segment, mesh and quantify organelles in volume EM stacks.",
     )
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_info_and_phantom(subs)
+    _add_run(subs)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if (
+                exc.name != f"{__package__}.commands.{name}"
+                and exc.name != f"{__package__}.commands"
+            ):
+                raise
+            continue
+        module.add_parsers(subs)
+    return parser
 
+
+def _add_info_and_phantom(subs) -> None:
     p = subs.add_parser("info", help="shape, dtype, voxel size, run-time and memory estimate")
     p.add_argument("stack", help="multi-page TIFF, folder of slices, or MRC")
     _voxel_size(p)
@@ -169,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_phantom)
 
+
+def _add_run(subs) -> None:
     p = subs.add_parser("run", help="detect, extract, link: stack -> run folder")
     p.add_argument("stack", help="multi-page TIFF, folder of slices, or MRC")
     p.add_argument("--classes", required=True, help="class TOML, obj.names, or fibsem/yeast")
@@ -210,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --model: skip the model's enlarged pass for small objects "
         "(about half the detection time, fewer small organelles found)",
     )
+    _add_linking(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _add_linking(p) -> None:
+    """``famous run``'s linking options; their defaults are ``RunSettings``' (a test holds them)."""
     p.add_argument("--layers-to-scan", type=int, default=50, help="Algorithm 4 look-back (slices)")
     p.add_argument("--tolerance", type=float, default=0.2, help="Algorithm 4 centre tolerance")
     p.add_argument(
@@ -260,20 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --model: keep an organelle only if this many of its boxes reach its "
         "class's confirm score (thresholds.json; 0 keeps all)",
     )
-    p.set_defaults(func=cmd_run)
-
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if (
-                exc.name != f"{__package__}.commands.{name}"
-                and exc.name != f"{__package__}.commands"
-            ):
-                raise
-            continue
-        module.add_parsers(subs)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,17 +18,24 @@ Run as ``python -m famous_addon.demo --out demo_out``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import sys
 import time
 from pathlib import Path
 
+import tifffile
+
 from .core import runfolder as rf
-from .core.compare import format_table, match_objects, simulate_annotator
+from .core.compare.annotator import simulate_annotator
+from .core.compare.score import match_objects
+from .core.compare.stl import write_object_stls
+from .core.compare.tables import format_table
+from .core.phantom.truth import load_truth
+from .core.phantom.write import write_phantom
 from .core.pipeline import run_pipeline
 from .core.progress import TqdmProgress
-from .core.stl import write_object_stls
-from .core.synthetic import load_truth, write_phantom
+from .core.request import RunRequest
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 
@@ -47,8 +54,6 @@ def _with_bar(title: str, fn, *args, **kwargs):
 
 def score_run(run: Path, phantom: Path):
     """Per-class scores of a run folder against the phantom's truth."""
-    import tifffile
-
     folder = rf.RunFolder(run)
     labels = tifffile.imread(folder.labels_path)
     truth, rows = load_truth(phantom)
@@ -78,11 +83,7 @@ def _run(phantom: Path, run: Path, **source) -> Path:
     summary = _with_bar(
         "famous run",
         run_pipeline,
-        phantom / "stack.tif",
-        phantom / "classes.toml",
-        run,
-        labels=True,
-        **source,
+        RunRequest(phantom / "stack.tif", phantom / "classes.toml", run, labels=True, **source),
     )
     print(summary.table())
     scores = score_run(run, phantom)
@@ -107,8 +108,6 @@ def _second_annotator(phantom: Path, out: Path) -> Path:
 
 def _headless_script():
     """blender_scripts/run_famous.py as a module (it is a script, not a package)."""
-    import importlib.util
-
     path = Path(__file__).resolve().parents[1] / "blender_scripts" / "run_famous.py"
     spec = importlib.util.spec_from_file_location("run_famous", path)
     module = importlib.util.module_from_spec(spec)

@@ -36,19 +36,22 @@ def phantom_run(tmp_path_factory):
 
     Returns ``(phantom_dir, run_dir)``.
     """
+    from famous_addon.core.phantom.write import write_phantom
     from famous_addon.core.pipeline import run_pipeline
-    from famous_addon.core.synthetic import write_phantom
+    from famous_addon.core.request import RunRequest
 
     root = tmp_path_factory.mktemp("blender-phantom")
     phantom = root / "phantom"
     write_phantom(phantom, shape=PHANTOM_SHAPE, seed=0, stl=False)
     run = root / "run"
     run_pipeline(
-        phantom / "stack.tif",
-        phantom / "classes.toml",
-        run,
-        boxes=phantom / "boxes",
-        labels=True,
+        RunRequest(
+            phantom / "stack.tif",
+            phantom / "classes.toml",
+            run,
+            boxes=phantom / "boxes",
+            labels=True,
+        )
     )
     return phantom, run
 

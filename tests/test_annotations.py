@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from famous_addon.commands.detector import add_parsers
 from famous_addon.core.annotations import (
     boxes_from_label_slice,
     parse_slice_list,
@@ -170,8 +171,6 @@ def test_split_touching_cuts_touching_discs_and_keeps_a_tube_whole(tmp_path, cap
 
 
 def _parse(argv):
-    from famous_addon.commands.detector import add_parsers
-
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))
     return parser.parse_args(argv)

@@ -15,7 +15,14 @@ def test_register_and_unregister(blender):
         famous_addon.register()
         assert hasattr(blender.types.Scene, "famous")
         assert blender.context.scene.famous.classes == "fibsem"
-        for op in ("run_detection", "build_meshes", "quantify", "cancel", "train"):
+        for op in (
+            "run_detection",
+            "build_meshes",
+            "measure_meshes",
+            "quantify_run",
+            "cancel",
+            "train",
+        ):
             assert hasattr(blender.types, f"FAMOUS_OT_{op}")
         assert hasattr(blender.types, "FAMOUS_PT_main")
         famous_addon.unregister()
@@ -33,9 +40,9 @@ def test_operators_match_the_headless_script(addon, phantom_run, headless, tmp_p
     s.output = str(tmp_path / "ui")
     assert addon.ops.famous.run_detection() == {"FINISHED"}
     assert addon.ops.famous.build_meshes() == {"FINISHED"}
-    assert addon.ops.famous.quantify() == {"FINISHED"}
+    assert addon.ops.famous.measure_meshes() == {"FINISHED"}
     ui_rows = read_csv(tmp_path / "ui" / "quantification.csv")
-    assert sum(row.count for row in s.table) == len(ui_rows) > 0
+    assert sum(row.count for row in s.mesh_table) == len(ui_rows) > 0
     plane = addon.data.objects["FAMOUS stack slice"]
     s.slice = 7  # the panel's slider scrubs the plane through z
     assert plane.location.z == pytest.approx(7 * 0.010)
@@ -107,9 +114,13 @@ def test_background_job_progress_and_cancel():
 
 def test_cancelled_detection_leaves_a_resumable_run(phantom_run, tmp_path):
     from famous_addon.blender import workflow
+    from famous_addon.core.request import RunRequest
     from famous_addon.ui.jobs import BackgroundJob
 
     phantom, _ = phantom_run
+    request = RunRequest(
+        phantom / "stack.tif", phantom / "classes.toml", tmp_path, boxes=phantom / "boxes"
+    )
     calls = []
 
     def work(progress):
@@ -119,26 +130,12 @@ def test_cancelled_detection_leaves_a_resumable_run(phantom_run, tmp_path):
                 raise Cancelled()
             progress(fraction, message)
 
-        return workflow.detect(
-            phantom / "stack.tif",
-            phantom / "classes.toml",
-            tmp_path,
-            boxes=phantom / "boxes",
-            progress=stop_midway,
-        )
+        return workflow.detect(request, progress=stop_midway)
 
     job = BackgroundJob(work).start()
     job.join(60)
     assert job.state == "cancelled"
-    finished = BackgroundJob(
-        lambda p: workflow.detect(
-            phantom / "stack.tif",
-            phantom / "classes.toml",
-            tmp_path,
-            boxes=phantom / "boxes",
-            progress=p,
-        )
-    ).start()
+    finished = BackgroundJob(lambda p: workflow.detect(request, progress=p)).start()
     finished.join(60)
     assert finished.state == "done", finished.error
     assert (tmp_path / "run" / "labels.tif").is_file()

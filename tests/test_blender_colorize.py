@@ -16,7 +16,8 @@ def _luminance(rgb):
 @pytest.fixture
 def organelles(blender):
     """Four mitochondria and one lysosome, laid out as the scene builder does."""
-    from famous_addon.blender.scene import ROOT, class_material
+    from famous_addon.blender.materials import class_material
+    from famous_addon.blender.scene import ROOT
 
     bpy = blender
     root = bpy.data.collections.new(ROOT)
@@ -103,7 +104,7 @@ def test_unknown_measurement_is_a_clear_error(organelles):
         colorize.colorize("nucleus", "volume_um3")
 
 
-def test_measure_operator_stores_values_and_colours(organelles, tmp_path):
+def test_quantify_operator_stores_values_and_colours(organelles, tmp_path):
     """The panel's operators on a small run: table, object properties, legend."""
     import numpy as np
     from test_quantify import make_run
@@ -121,15 +122,15 @@ def test_measure_operator_stores_values_and_colours(organelles, tmp_path):
     try:
         scene = bpy.context.scene
         scene.famous.output = str(tmp_path / "out")
-        assert bpy.ops.famous.measure() == {"FINISHED"}
-        rows = {r.name: r for r in scene.famous_quantify.rows}
+        assert bpy.ops.famous.quantify_run() == {"FINISHED"}
+        rows = {r.name: r for r in scene.famous.quantify.rows}
         assert rows["mitochondria"].count == 3 and rows["lysosome"].count == 1
         assert rows["lysosome"].median_sphericity > 0.5
         assert organelles[3]["length_um"] > organelles[1]["length_um"] > 0
         assert organelles[9]["sphericity"] == pytest.approx(rows["lysosome"].median_sphericity)
         assert organelles[4].get("sphericity") is None  # not in the run
 
-        q = scene.famous_quantify
+        q = scene.famous.quantify
         q.cls, q.measurement = "mitochondria", "feret_um"
         assert bpy.ops.famous.colour_by() == {"FINISHED"}
         assert len(q.legend) == 5 and q.legend[0].value < q.legend[-1].value

@@ -33,7 +33,7 @@ def stl_folder(tmp_path):
 
 
 def test_import_builds_a_coloured_collection_tree(blender, stl_folder):
-    from famous_addon.blender import meshing, stl_import
+    from famous_addon.blender import measure, stl_import
 
     res = stl_import.import_segmentation(stl_folder, "M1")
     assert res.objects == 3 and res.classes == {"lysosome": 1, "mitochondria": 2}
@@ -44,7 +44,7 @@ def test_import_builds_a_coloured_collection_tree(blender, stl_folder):
     lyso = subs["lysosome"].objects[0]
     assert tuple(lyso.active_material.diffuse_color)[:3] == pytest.approx((0.85, 0.12, 0.12))
     # µm in, µm (Blender units) out: the mesh encloses the sphere's volume
-    vol = meshing.mesh_stats(lyso).volume_um3
+    vol = measure.mesh_stats(lyso).volume_um3
     assert vol == pytest.approx(4 / 3 * math.pi * 0.08**3, rel=0.03)
     assert lyso["famous_class"] == "lysosome" and lyso["famous_segmentation"] == "M1"
 
@@ -72,7 +72,7 @@ def test_visibility_per_segmentation_and_class(blender, stl_folder):
 
 def test_bounds_check_suggests_the_unit_scale(blender, tmp_path):
     from famous_addon.blender import stl_import
-    from famous_addon.core.stl import Grid, Transform
+    from famous_addon.core.compare.stl import Grid, Transform
 
     p = tmp_path / "nm" / "mitochondria.stl"
     p.parent.mkdir()
@@ -90,8 +90,8 @@ def test_compare_operator_against_truth_stls(blender, phantom_run, tmp_path):
     import tifffile
 
     import famous_addon
-    from famous_addon.core.compare import read_classes_csv
-    from famous_addon.core.stl import write_object_stls
+    from famous_addon.core.compare.segmentations import read_classes_csv
+    from famous_addon.core.compare.stl import write_object_stls
 
     phantom, run = phantom_run
     truth = tifffile.imread(phantom / "truth_labels.tif")
@@ -99,7 +99,7 @@ def test_compare_operator_against_truth_stls(blender, phantom_run, tmp_path):
     write_object_stls(tmp_path / "M1", truth, classes, (0.01, 0.01, 0.01))
     famous_addon.register()
     try:
-        c = blender.context.scene.famous_compare
+        c = blender.context.scene.famous.compare
         c.run = str(run)
         c.m1 = str(tmp_path / "M1")
         assert blender.ops.famous.import_segmentation(which="M1") == {"FINISHED"}

@@ -34,10 +34,10 @@ def check_clean(stats):
 
 @pytest.mark.parametrize("shape", ["uniform", "project"])
 def test_hull_mesher_ellipsoid_volume(blender, shape):
-    from famous_addon.blender import meshing
+    from famous_addon.blender import measure, meshing
 
     obj = meshing.hull_mesh("e", noisy_ellipsoid(), None, shape)
-    stats = meshing.mesh_stats(obj)
+    stats = measure.mesh_stats(obj)
     check_clean(stats)
     assert stats.volume_um3 == pytest.approx(VOLUME, rel=0.03)
     # Only the result is left in the scene: no helper objects or meshes leak.
@@ -59,19 +59,19 @@ def test_hull_mesher_lands_on_the_surface(blender):
 
 def test_hull_mesher_uses_normals(blender):
     """In-plane contour normals, as the pipeline writes them, give the same volume."""
-    from famous_addon.blender import meshing
+    from famous_addon.blender import measure, meshing
 
     points = ellipsoid_surface(3000, RADII, seed=2)
     normals = points / np.asarray(RADII) ** 2
     normals[:, 2] = 0
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    stats = meshing.mesh_stats(meshing.hull_mesh("e", points, normals, "project"))
+    stats = measure.mesh_stats(meshing.hull_mesh("e", points, normals, "project"))
     check_clean(stats)
     assert stats.volume_um3 == pytest.approx(VOLUME, rel=0.03)
 
 
 def test_every_hull_step_can_be_shown(blender):
-    from famous_addon.blender import meshing
+    from famous_addon.blender import measure, meshing
 
     points = noisy_ellipsoid(3, n=800)
     for step in meshing.HULL_STEPS:
@@ -80,7 +80,7 @@ def test_every_hull_step_can_be_shown(blender):
         if step == "clean":
             assert len(obj.data.polygons) == 0 and 0 < len(obj.data.vertices) <= len(points)
         else:
-            stats = meshing.mesh_stats(obj)
+            stats = measure.mesh_stats(obj)
             assert stats.manifold
             assert stats.volume_um3 == pytest.approx(VOLUME, rel=0.06)
         meshing.remove_object(obj)
@@ -88,7 +88,7 @@ def test_every_hull_step_can_be_shown(blender):
 
 def test_clean_step_drops_points_off_the_surface(blender):
     """Noise the core's outlier removal missed: points 20 % off the surface."""
-    from famous_addon.blender import meshing
+    from famous_addon.blender import measure, meshing
 
     points = ellipsoid_surface(2000, RADII, seed=4)
     d = np.random.default_rng(1).normal(size=(4, 3))
@@ -99,7 +99,7 @@ def test_clean_step_drops_points_off_the_surface(blender):
     assert 0.97 * len(points) <= len(v) <= len(points)
     assert not any(np.isclose(v, p, atol=1e-6).all(axis=1).any() for p in near)
     meshing.remove_object(kept)
-    stats = meshing.mesh_stats(meshing.hull_mesh("e", cloud, None, "uniform"))
+    stats = measure.mesh_stats(meshing.hull_mesh("e", cloud, None, "uniform"))
     assert stats.volume_um3 == pytest.approx(VOLUME, rel=0.03)
 
 
@@ -115,14 +115,14 @@ def test_flat_points_are_refused(blender):
 @pytest.mark.parametrize("max_voxels", [100_000, 10_000])
 def test_volume_mesher_anisotropic_ellipsoid(blender, max_voxels):
     """Full resolution, and merged into coarser cells (3 x 3 pixels per cell)."""
-    from famous_addon.blender import meshing
+    from famous_addon.blender import measure, meshing
 
     # 10 nm pixels, 30 nm slices: radii 0.4, 0.3, 0.24 µm.
     voxel_nm = (30.0, 10.0, 10.0)
     radii_vox = (8, 30, 40)
     vox = ellipsoid_voxels(radii_vox, (19, 63, 83))
     obj = meshing.volume_mesh("v", vox, voxel_nm, max_voxels=max_voxels)
-    stats = meshing.mesh_stats(obj)
+    stats = measure.mesh_stats(obj)
     check_clean(stats)
     exact = 4 / 3 * np.pi * np.prod(np.asarray(radii_vox) * np.asarray(voxel_nm) / 1000)
     assert stats.volume_um3 == pytest.approx(exact, rel=0.03)

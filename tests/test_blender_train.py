@@ -12,7 +12,8 @@ pytestmark = pytest.mark.blender
 def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
     pytest.importorskip("torch")
     phantom, _ = phantom_run
-    s, t = addon.context.scene.famous, addon.context.scene.famous_train
+    s = addon.context.scene.famous
+    t = s.train
     s.stack = str(phantom / "stack.tif")
     s.classes = str(phantom / "classes.toml")
     t.annotations = str(tmp_path / "ann")

@@ -8,8 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from famous_addon.core import compare
-from famous_addon.core.compare import count_overlaps, format_table, match_objects
+from famous_addon.core.compare import annotator, comparison, score, segmentations
+from famous_addon.core.compare import run as runner
+from famous_addon.core.compare.score import count_overlaps, match_objects
+from famous_addon.core.compare.tables import format_table
+from famous_addon.core.errors import FamousError
 
 
 def ball(shape, center, radius, spacing=(1.0, 1.0, 1.0)):
@@ -127,7 +130,7 @@ def test_hungarian_prefers_the_assignment_with_more_total_iou():
     assert (s.tp, s.fp, s.fn) == (2, 0, 0)
     ov = count_overlaps(a, b)
     pair_iou = ov.pair_n / (ov.size_of_a(ov.pair_a) + ov.size_of_b(ov.pair_b) - ov.pair_n)
-    ma, mb, _ = compare.assign(ov.pair_a, ov.pair_b, pair_iou, 0.1)
+    ma, mb, _ = score.assign(ov.pair_a, ov.pair_b, pair_iou, 0.1)
     assert sorted(zip(ma.tolist(), mb.tolist())) == [(1, 1), (2, 2)]
 
 
@@ -161,7 +164,7 @@ def test_slabs_of_a_memmap_give_the_same_counts(tmp_path, monkeypatch):
         mm[:] = arr
         mm.flush()
     whole = count_overlaps(lab, other)
-    monkeypatch.setattr(compare, "_SLAB_VOXELS", 64 * 64 * 3)  # 3 slices per slab
+    monkeypatch.setattr(score, "_SLAB_VOXELS", 64 * 64 * 3)  # 3 slices per slab
     ma = np.memmap(path_a, dtype=lab.dtype, mode="r", shape=lab.shape)
     mb = np.memmap(path_b, dtype=lab.dtype, mode="r", shape=lab.shape)
     slabs = count_overlaps(ma, mb)
@@ -180,11 +183,11 @@ def test_objects_without_voxels_and_without_class():
     unnamed = lab.copy()
     unnamed[0, 0, 0] = 7
     s = by_class(match_objects(unnamed, classes, lab, classes))
-    assert s[compare.UNCLASSIFIED].fp == 1
+    assert s[score.UNCLASSIFIED].fp == 1
 
 
 def test_shape_mismatch_is_a_clear_error():
-    with pytest.raises(compare.FamousError, match="different shapes"):
+    with pytest.raises(FamousError, match="different shapes"):
         match_objects(np.zeros((2, 3, 4), np.uint8), {}, np.zeros((2, 3, 5), np.uint8), {})
 
 
@@ -208,19 +211,22 @@ def test_format_table_lists_every_class_with_percentages():
 def phantom_case(tmp_path_factory):
     import tifffile
 
+    from famous_addon.core.compare.stl import write_object_stls
+    from famous_addon.core.phantom.write import write_phantom
     from famous_addon.core.pipeline import run_pipeline
-    from famous_addon.core.stl import write_object_stls
-    from famous_addon.core.synthetic import write_phantom
+    from famous_addon.core.request import RunRequest
 
     root = tmp_path_factory.mktemp("phantom_compare")
     ph = root / "phantom"
     info = write_phantom(ph, shape=(32, 256, 256), seed=2)
     run_pipeline(
-        ph / "stack.tif", ph / "classes.toml", root / "run", boxes=ph / "boxes", labels=True
+        RunRequest(
+            ph / "stack.tif", ph / "classes.toml", root / "run", boxes=ph / "boxes", labels=True
+        )
     )
     truth = tifffile.imread(ph / "truth_labels.tif")
-    classes = compare.read_classes_csv(ph / "truth.csv")
-    m2, m2_classes, changes = compare.simulate_annotator(truth, classes, seed=4)
+    classes = segmentations.read_classes_csv(ph / "truth.csv")
+    m2, m2_classes, changes = annotator.simulate_annotator(truth, classes, seed=4)
     vox_um = tuple(v / 1000 for v in info["voxel_size_nm"])
     write_object_stls(root / "M2", m2, m2_classes, vox_um)
     return dict(
@@ -253,7 +259,7 @@ def test_simulated_annotator_moves_drops_and_reclassifies(phantom_case):
 
 def test_phantom_m1_vs_m2_match_the_perturbation(phantom_case):
     c = phantom_case
-    comp, paths = compare.run_compare(
+    comp, paths = runner.run_compare(
         [c["run"], c["ph"] / "truth_stl", c["root"] / "M2"], c["root"] / "report"
     )
     assert [p.name for p in comp.pairs] == ["automatic vs M1", "automatic vs M2", "M1 vs M2"]
@@ -274,7 +280,7 @@ def test_phantom_m1_vs_m2_match_the_perturbation(phantom_case):
             assert s.volume_overlap == pytest.approx(want, abs=0.005), name
     ((rid, (old, new)),) = ch.reclassified.items()
     assert pair.confusion[(new, old)] == 1
-    assert pair.confusion[(compare.NO_MATCH, classes[ch.dropped[0]])] >= 1
+    assert pair.confusion[(score.NO_MATCH, classes[ch.dropped[0]])] >= 1
     # every table and plot is there
     for key in ("metrics_csv", "confusion_csv", "volumes_csv", "report_md", "report_html"):
         assert paths[key].is_file()
@@ -304,12 +310,12 @@ def test_phantom_automatic_vs_truth_equals_direct_matching(phantom_case):
     auto = tifffile.imread(run.labels_path)
     auto_classes = {r["id"]: r["class"] for r in run.organelles()}
     direct = by_class(match_objects(auto, auto_classes, c["truth"], c["classes"]))
-    grid, _ = compare.resolve_grid([c["run"]])
+    grid, _ = segmentations.resolve_grid([c["run"]])
     segs = [
-        compare.load_segmentation(c["run"], grid, "automatic"),
-        compare.load_segmentation(c["ph"] / "truth_stl", grid, "M1"),
+        segmentations.load_segmentation(c["run"], grid, "automatic"),
+        segmentations.load_segmentation(c["ph"] / "truth_stl", grid, "M1"),
     ]
-    comp = compare.compare_segmentations(segs, grid)
+    comp = comparison.compare_segmentations(segs, grid)
     via_stl = by_class(comp.pairs[0].scores[0.5])
     for name, s in direct.items():
         t = via_stl[name]
@@ -340,7 +346,7 @@ def compare_report_rows(path):
 def test_label_tiffs_compressed_and_resampled(tmp_path):
     import tifffile
 
-    from famous_addon.core.stl import Grid
+    from famous_addon.core.compare.stl import Grid
 
     lab, classes = blobs()
     tif = tmp_path / "seg.tif"
@@ -356,18 +362,18 @@ def test_label_tiffs_compressed_and_resampled(tmp_path):
     (tmp_path / "seg.csv").write_text(
         "id,class\n" + "".join(f"{k},{v}\n" for k, v in classes.items())
     )
-    grid, _ = compare.resolve_grid([tif])
+    grid, _ = segmentations.resolve_grid([tif])
     assert grid == Grid(lab.shape, (0.02, 0.01, 0.01))
-    seg = compare.load_segmentation(tif, grid, "M1")
-    assert isinstance(seg.labels, compare.LabelSlices)
+    seg = segmentations.load_segmentation(tif, grid, "M1")
+    assert isinstance(seg.labels, segmentations.LabelSlices)
     np.testing.assert_array_equal(seg.labels[3:9], lab[3:9])
     assert seg.classes == classes
     # a coarser comparison grid samples the nearest source voxel centre
-    coarse, _ = compare.resolve_grid([tif], voxel_size_nm=(40, 20, 20))
+    coarse, _ = segmentations.resolve_grid([tif], voxel_size_nm=(40, 20, 20))
     assert coarse.shape == (12, 32, 32)
-    seg2 = compare.load_segmentation(tif, coarse, "M2")
+    seg2 = segmentations.load_segmentation(tif, coarse, "M2")
     np.testing.assert_array_equal(seg2.labels[0:12], lab[::2, ::2, ::2])
-    comp = compare.compare_segmentations([seg2, dataclasses.replace(seg2, name="M3")], coarse)
+    comp = comparison.compare_segmentations([seg2, dataclasses.replace(seg2, name="M3")], coarse)
     for s in comp.pairs[0].scores[0.5]:
         assert s.precision == s.recall == 1.0
         assert s.volume_a_um3 == pytest.approx(
@@ -385,7 +391,7 @@ def test_headless_compare_and_cli_errors(phantom_case, capsys):
 
     c = phantom_case
     truth = f"{c['ph'] / 'truth_labels.tif'},{c['ph'] / 'truth.csv'}"
-    paths = compare.compare_for_headless(c["run"], [truth], c["root"] / "headless", plots=False)
+    paths = runner.compare_for_headless(c["run"], [truth], c["root"] / "headless", plots=False)
     text = capsys.readouterr().out
     assert "automatic vs M1" in text and str(paths["report_md"]) in text
     assert paths["report_md"].is_file()
@@ -397,13 +403,13 @@ def test_headless_compare_and_cli_errors(phantom_case, capsys):
 def test_large_stl_grids_are_voxelised_into_a_file(tmp_path, monkeypatch):
     import trimesh
 
-    from famous_addon.core.stl import Grid
+    from famous_addon.core.compare.stl import Grid
 
     box = trimesh.creation.box(bounds=[[0.15, 0.15, 0.15], [0.95, 0.95, 0.95]])
     (tmp_path / "M1" / "mito").mkdir(parents=True)
     (tmp_path / "M1" / "mito" / "m_1.stl").write_bytes(trimesh.exchange.stl.export_stl(box))
-    monkeypatch.setattr(compare, "_IN_MEMORY_BYTES", 1000)
+    monkeypatch.setattr(segmentations, "_IN_MEMORY_BYTES", 1000)
     grid = Grid((12, 12, 12), (0.1, 0.1, 0.1))
-    seg = compare.load_segmentation(tmp_path / "M1", grid, "M1")
+    seg = segmentations.load_segmentation(tmp_path / "M1", grid, "M1")
     assert isinstance(seg.labels, np.memmap)
     assert np.count_nonzero(seg.labels) == 8**3  # centres 0.2, 0.3, ..., 0.9 on each axis

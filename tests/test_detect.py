@@ -9,21 +9,19 @@ import cv2
 import numpy as np
 import pytest
 
-from famous_addon.core import detect as detect_mod
 from famous_addon.core.boxes import Box
 from famous_addon.core.classes import from_names
-from famous_addon.core.detect import (
+from famous_addon.core.detector import boxops
+from famous_addon.core.detector.boxops import suppress
+from famous_addon.core.detector.darknet import cfg_info, parse_cfg_text, yolo_tiny_cfg
+from famous_addon.core.detector.evaluate import evaluate
+from famous_addon.core.detector.inference import (
     Detector,
     _with_low_yolo_thresh,
-    cfg_info,
     choose_backend,
     cuda_available,
-    evaluate,
     load_detector,
-    parse_cfg_text,
-    suppress,
     tile_origins,
-    yolo_tiny_cfg,
 )
 from famous_addon.core.errors import FamousError
 
@@ -178,7 +176,7 @@ def test_suppress_without_the_pairwise_matrix_keeps_the_same_boxes(monkeypatch):
     pieces = rng.random(600) < 0.2
     args = (xyxy, scores, classes, 0.45, [0.7, None], pieces)
     with_matrix = suppress(*args)
-    monkeypatch.setattr(detect_mod, "FULL_MATRIX", 0)
+    monkeypatch.setattr(boxops, "FULL_MATRIX", 0)
     assert 50 < len(with_matrix) < 550
     assert suppress(*args).tolist() == with_matrix.tolist()
 
@@ -277,7 +275,7 @@ def test_evaluate_known_answers():
 
 
 def test_demo_model_finds_objects_on_an_unseen_phantom():
-    from famous_addon.core.synthetic import Phantom
+    from famous_addon.core.phantom.cell import Phantom
 
     det = load_detector(DEMO, from_names((DEMO / "obj.names").read_text().split()), "cpu")
     ph = Phantom((40, 512, 512), seed=123, voxel_size_nm=(10, 10, 10))
@@ -298,7 +296,7 @@ def test_demo_model_finds_objects_on_an_unseen_phantom():
 
 
 def test_boxes_at_the_slice_border_need_a_lower_score():
-    from famous_addon.core.detect import above_threshold
+    from famous_addon.core.detector.boxops import above_threshold
 
     # 100 x 200 slice; class 0 threshold 0.6, class 1 0.8; factor 0.5
     xyxy = np.array(
@@ -322,7 +320,7 @@ def test_boxes_at_the_slice_border_need_a_lower_score():
 
 
 def test_border_factor_adds_border_boxes_only():
-    from famous_addon.core.synthetic import Phantom
+    from famous_addon.core.phantom.cell import Phantom
 
     det = load_detector(DEMO, from_names((DEMO / "obj.names").read_text().split()), "cpu")
     ph = Phantom((40, 512, 512), seed=123, voxel_size_nm=(10, 10, 10))
@@ -343,8 +341,8 @@ def test_border_factor_adds_border_boxes_only():
 
 
 def test_zoom_pass_adds_small_lysosomes_the_normal_pass_misses():
-    from famous_addon.core.detect import _iou_matrix
-    from famous_addon.core.synthetic import Phantom
+    from famous_addon.core.detector.boxops import iou_matrix
+    from famous_addon.core.phantom.cell import Phantom
 
     names = (DEMO / "obj.names").read_text().split()
     det = load_detector(DEMO, from_names(names), "cpu")
@@ -364,7 +362,7 @@ def test_zoom_pass_adds_small_lysosomes_the_normal_pass_misses():
         assert all(b.cls == lyso and b.score >= 0.9 and max(b.w, b.h) <= 20 for b in added)
         if normal and added:
             xyxy = [[b.x, b.y, b.x + b.w, b.y + b.h] for b in (*added, *normal)]
-            _, inside = _iou_matrix(np.array(xyxy[: len(added)]), np.array(xyxy[len(added) :]))
+            _, inside = iou_matrix(np.array(xyxy[: len(added)]), np.array(xyxy[len(added) :]))
             assert inside.max() < 0.5
     recall = {
         zoom: evaluate(found[zoom], truths, [(512, 512)] * len(truths), names)["per_class"][
@@ -383,7 +381,8 @@ def test_recalibrate_rewrites_thresholds_and_keeps_the_training_report(tmp_path,
 
     from famous_addon.commands.detector import add_parsers
     from famous_addon.core.annotations import write_yolo_mark
-    from famous_addon.core.synthetic import CLASS_NAMES, Phantom
+    from famous_addon.core.phantom.cell import Phantom
+    from famous_addon.core.phantom.organelles import CLASS_NAMES
 
     model = tmp_path / "model"
     shutil.copytree(DEMO, model)
@@ -428,7 +427,7 @@ def test_rgb_model_gets_grey_slices_as_three_channels(tmp_path):
 
 
 def test_confirm_thresholds_and_box_scale_from_annotated_slices():
-    from famous_addon.core.train import choose_box_scale, choose_confirm_thresholds
+    from famous_addon.core.detector.calibrate import choose_box_scale, choose_confirm_thresholds
 
     # class 0: the detector draws every box 10 % too wide and 20 % too high
     truths, preds = [], []
@@ -455,7 +454,8 @@ def test_confirm_thresholds_and_box_scale_from_annotated_slices():
 def test_box_scale_and_confirm_are_applied_and_stored(tmp_path):
     import json
 
-    from famous_addon.core.detect import DetectSettings, scale_boxes
+    from famous_addon.core.detector.boxops import scale_boxes
+    from famous_addon.core.detector.settings import DetectSettings
 
     xyxy = np.array([[10.0, 20.0, 30.0, 60.0]])
     assert scale_boxes(xyxy, np.array([[0.5, 1.5]])).tolist() == [[15.0, 10.0, 25.0, 70.0]]
@@ -489,8 +489,8 @@ def test_box_scale_and_confirm_are_applied_and_stored(tmp_path):
 def test_containment_per_class_in_json_and_chosen_from_annotated_slices(tmp_path):
     import json
 
-    from famous_addon.core.detect import DetectSettings
-    from famous_addon.core.train import choose_containment
+    from famous_addon.core.detector.calibrate import choose_containment
+    from famous_addon.core.detector.settings import DetectSettings
 
     names = ["round", "long"]
     s = DetectSettings([0.3, 0.5], containment=[None, 0.7])
@@ -513,7 +513,7 @@ def test_containment_per_class_in_json_and_chosen_from_annotated_slices(tmp_path
 
 
 def test_box_scale_keeps_sides_on_the_slice_edge():
-    from famous_addon.core.detect import apply_box_scale
+    from famous_addon.core.detector.boxops import apply_box_scale
 
     xyxy = np.array([[10.0, 10.0, 30.0, 30.0], [0.0, 40.0, 20.0, 60.0]])
     out = apply_box_scale(xyxy, np.array([0, 0]), [(0.5, 0.5)], (100, 100))
@@ -523,7 +523,7 @@ def test_box_scale_keeps_sides_on_the_slice_edge():
 
 
 def test_fuse_views_averages_boxes_and_discounts_one_view():
-    from famous_addon.core.detect import fuse_views
+    from famous_addon.core.detector.boxops import fuse_views
 
     a = (np.array([[10.0, 10, 50, 50], [100, 100, 120, 120]]), np.array([0.9, 0.6]), [0, 0])
     b = (np.array([[14.0, 10, 54, 50], [12, 12, 48, 48]]), np.array([0.3, 0.8]), [0, 0])
@@ -547,8 +547,8 @@ def test_fuse_views_averages_boxes_and_discounts_one_view():
 def test_flip_views_map_boxes_back_to_the_slice():
     import json
 
-    from famous_addon.core.detect import DetectSettings
-    from famous_addon.core.synthetic import Phantom
+    from famous_addon.core.detector.settings import DetectSettings
+    from famous_addon.core.phantom.cell import Phantom
 
     det = load_detector(DEMO, from_names((DEMO / "obj.names").read_text().split()), "cpu")
     image = Phantom((20, 512, 512), seed=7, voxel_size_nm=(10, 10, 10)).render_with_neighbours(10)
@@ -567,6 +567,6 @@ def test_flip_views_map_boxes_back_to_the_slice():
 
 
 def _box_iou(a: list[Box], b: list[Box]) -> np.ndarray:
-    from famous_addon.core.detect import _iou_matrix, _xyxy
+    from famous_addon.core.detector.boxops import boxes_xyxy, iou_matrix
 
-    return _iou_matrix(_xyxy(a), _xyxy(b))[0]
+    return iou_matrix(boxes_xyxy(a), boxes_xyxy(b))[0]

@@ -14,7 +14,8 @@ import pytest
 from famous_addon.core.boxes import Box
 from famous_addon.core.classes import ClassConfig, ClassSpec, ExtractRecipe
 from famous_addon.core.errors import FamousError
-from famous_addon.core.extract import RECIPES, extract_box, paper_recipe, segment_slice
+from famous_addon.core.extract import RECIPES, extract_box, segment_slice
+from famous_addon.core.recipes import paper_recipe
 
 PIXEL_NM = 6.0
 REFINED = ExtractRecipe(method="refined", polarity="dark")

@@ -2,17 +2,20 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import tifffile
 
-from famous_addon.cli import build_parser, main, run_settings
+from famous_addon.cli import build_parser, main
+from famous_addon.core import fileio
 from famous_addon.core import runfolder as rf
-from famous_addon.core.compare import match_objects
+from famous_addon.core.compare.score import match_objects
 from famous_addon.core.errors import FamousError
-from famous_addon.core.pipeline import RunSettings, run_pipeline
-from famous_addon.core.synthetic import write_phantom
+from famous_addon.core.phantom.write import write_phantom
+from famous_addon.core.pipeline import run_pipeline
+from famous_addon.core.request import RunRequest, RunSettings, run_settings
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +31,11 @@ def _truth(phantom):
     return labels, rows
 
 
-def _run(phantom, out, **kw):
-    return run_pipeline(
+def _run(phantom, out, progress=None, **kw):
+    request = RunRequest(
         phantom / "stack.tif", phantom / "classes.toml", out, boxes=phantom / "boxes", **kw
     )
+    return run_pipeline(request, progress=progress)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -83,7 +87,7 @@ def test_run_folder_contents(phantom, tmp_path):
         assert np.allclose(
             np.linalg.norm(normals, axis=1)[np.any(normals != 0, axis=1)], 1, atol=1e-5
         )
-    dets = rf.read_csv(run / "detections.csv")
+    dets = fileio.read_csv(run / "detections.csv")
     assert {int(d["organelle_id"]) for d in dets} <= {o["id"] for o in orgs} | {0}
     # ImageJ metadata carries the voxel size.
     with tifffile.TiffFile(run / "labels.tif") as tf:
@@ -161,14 +165,20 @@ def test_organelles_on_too_few_slices_are_dropped(phantom, tmp_path):
         path = boxes / f"slice_{k:05d}.txt"
         path.write_text(path.read_text() + flash)
     kw = {"labels": True}
-    run_pipeline(phantom / "stack.tif", phantom / "classes.toml", tmp_path / "a", boxes=boxes, **kw)
     run_pipeline(
-        phantom / "stack.tif",
-        phantom / "classes.toml",
-        tmp_path / "b",
-        boxes=boxes,
-        settings=RunSettings(min_slices=1, min_depth_nm=0),
-        **kw,
+        RunRequest(
+            phantom / "stack.tif", phantom / "classes.toml", tmp_path / "a", boxes=boxes, **kw
+        )
+    )
+    run_pipeline(
+        RunRequest(
+            phantom / "stack.tif",
+            phantom / "classes.toml",
+            tmp_path / "b",
+            boxes=boxes,
+            settings=RunSettings(min_slices=1, min_depth_nm=0),
+            **kw,
+        )
     )
     kept = rf.RunFolder(tmp_path / "a").organelles()
     every = rf.RunFolder(tmp_path / "b").organelles()
@@ -218,19 +228,21 @@ def test_slices_an_organelle_skips_are_filled(phantom, tmp_path):
     for fill in (0.0, 100.0):
         run = tmp_path / f"fill{fill:g}"
         run_pipeline(
-            phantom / "stack.tif",
-            phantom / "classes.toml",
-            run,
-            boxes=boxes,
-            labels=True,
-            settings=RunSettings(fill_gaps_nm=fill, follow_iou=0),
+            RunRequest(
+                phantom / "stack.tif",
+                phantom / "classes.toml",
+                run,
+                boxes=boxes,
+                labels=True,
+                settings=RunSettings(fill_gaps_nm=fill, follow_iou=0),
+            )
         )
         labels = tifffile.imread(run / "labels.tif")
         ids, n = np.unique(labels[truth == tid], return_counts=True)
         oid = ids[ids > 0][n[ids > 0].argmax()]
         iou[fill] = _iou(labels == oid, truth == tid)
         on_gap = [(labels[k] == oid).any() for k in gap]
-        filled = [d for d in rf.read_csv(run / "detections.csv") if float(d["score"]) == 0]
+        filled = [d for d in fileio.read_csv(run / "detections.csv") if float(d["score"]) == 0]
         if fill:
             # every skipped slice gets the organelle back, from a box of score 0
             assert all(on_gap)
@@ -273,13 +285,15 @@ def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
     for follow in (0.0, 0.5):
         run = tmp_path / f"follow{follow:g}"
         run_pipeline(
-            tmp_path / "stack.tif",
-            tmp_path / "obj.names",
-            run,
-            boxes=tmp_path / "boxes",
-            voxel_size_nm=(40.0, 10.0, 10.0),
-            labels=True,
-            settings=RunSettings(follow_iou=follow),
+            RunRequest(
+                tmp_path / "stack.tif",
+                tmp_path / "obj.names",
+                run,
+                boxes=tmp_path / "boxes",
+                voxel_size_nm=(40.0, 10.0, 10.0),
+                labels=True,
+                settings=RunSettings(follow_iou=follow),
+            )
         )
         got[follow] = tifffile.imread(run / "labels.tif")
     for follow, labels in got.items():
@@ -312,12 +326,12 @@ def test_bad_inputs_fail_before_work(phantom, tmp_path):
     boxes.mkdir()
     (boxes / "slice_00003.txt").write_text("9 0.5 0.5 0.1 0.1\n")
     with pytest.raises(FamousError, match=r"slice_00003.txt.*class id 9"):
-        run_pipeline(phantom / "stack.tif", "fibsem", tmp_path / "r1", boxes=boxes)
+        run_pipeline(RunRequest(phantom / "stack.tif", "fibsem", tmp_path / "r1", boxes=boxes))
     assert not (tmp_path / "r1").exists()
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(FamousError, match="voxel size"):
-        run_pipeline(plain, "fibsem", tmp_path / "r2", boxes=phantom / "boxes")
+        run_pipeline(RunRequest(plain, "fibsem", tmp_path / "r2", boxes=phantom / "boxes"))
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "thesis.docx").write_text("precious")
     with pytest.raises(FamousError, match="not empty"):
@@ -342,12 +356,12 @@ def test_cli_run_and_clear_errors(phantom, tmp_path, capsys):
     )
     assert code == 0 and (out / "labels.tif").is_file()
     assert "mitochondria" in capsys.readouterr().out
-    measured = rf.read_csv(out / "classes.csv")
+    measured = fileio.read_csv(out / "classes.csv")
     counts = {o["class"]: 0 for o in measured}
     for o in rf.RunFolder(out).organelles():
         counts[o["class"]] += 1
     assert {m["class"]: int(m["count"]) for m in measured} == counts
-    assert "sphericity" in rf.read_csv(out / "organelles.csv")[0]
+    assert "sphericity" in fileio.read_csv(out / "organelles.csv")[0]
     code = main(
         [
             "run",
@@ -391,6 +405,38 @@ def test_cli_run_defaults_are_the_pipelines():
     assert run_settings(args) == RunSettings(merge_min_overlap=0.1, merge_bridges=False)
 
 
+def test_one_request_from_the_cli_and_the_headless_script():
+    import importlib.util
+    from pathlib import Path
+
+    args = build_parser().parse_args(
+        ["run", "s.tif", "--classes", "c.toml", "--model", "m", "--out", "o", "--workers", "2"]
+        + ["--voxel-size", "40", "5", "5", "--flip-views", "2", "--no-merge"]
+    )
+    expected = RunRequest(
+        "s.tif",
+        "c.toml",
+        "o",
+        model="m",
+        workers=2,
+        voxel_size_nm=(40.0, 5.0, 5.0),
+        flip_views=2,
+        settings=RunSettings(merge_bridges=False),
+    )
+    assert RunRequest.from_args(args) == expected
+    script = Path(__file__).resolve().parents[1] / "blender_scripts" / "run_famous.py"
+    spec = importlib.util.spec_from_file_location("run_famous", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.build_parser().parse_args(
+        ["--stack", "s.tif", "--classes", "c.toml", "--model", "m", "--out", "o"]
+        + ["--workers", "2", "--voxel-size", "40", "5", "5", "--flip-views", "2"]
+    )
+    assert RunRequest.from_args(args) == replace(expected, settings=RunSettings())
+    with pytest.raises(FamousError, match="exactly one source of boxes"):
+        RunRequest("s.tif", "c.toml", "o")
+
+
 def test_cli_info_and_phantom(tmp_path, capsys):
     assert main(["phantom", str(tmp_path / "p"), "--shape", "16", "192", "192", "--seed", "2"]) == 0
     assert (tmp_path / "p" / "stack.tif").is_file()
@@ -409,7 +455,7 @@ def test_min_span_is_in_slices_and_nm():
 
 
 def test_unconfirmed_organelles_are_dropped():
-    from famous_addon.core.pipeline import _drop_unconfirmed
+    from famous_addon.core.refine import drop_unconfirmed
 
     # organelle 0: sure on 2 slices; 1: middling scores on 5 slices (a flicker);
     # 2: one box only, sure (a flash on the stack's last slice); 3: class 1 with
@@ -418,11 +464,11 @@ def test_unconfirmed_organelles_are_dropped():
     score = np.array([0.9, 0.85, 0.3, 0.5, 0.6, 0.7, 0.5, 0.6, 0.95, 0.45, 0.5, 0.99])
     cls = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0])
     det = {"score": score, "cls": cls}
-    kept = _drop_unconfirmed(labels, det, [0.8, 0.4], 2)
+    kept = drop_unconfirmed(labels, det, [0.8, 0.4], 2)
     assert kept.tolist() == [0, 0, 0, -1, -1, -1, -1, -1, -1, 1, 1, -1]
     one_is_enough = [0, 0, 0, -1, -1, -1, -1, -1, 1, 2, 2, -1]
-    assert _drop_unconfirmed(labels, det, [0.8, 0.4], 1).tolist() == one_is_enough
-    assert (_drop_unconfirmed(labels, det, [0.8, 0.4], 0) == labels).all()
+    assert drop_unconfirmed(labels, det, [0.8, 0.4], 1).tolist() == one_is_enough
+    assert (drop_unconfirmed(labels, det, [0.8, 0.4], 0) == labels).all()
 
 
 def test_detector_confirmation_removes_false_organelles_only(tmp_path):
@@ -446,12 +492,14 @@ def test_detector_confirmation_removes_false_organelles_only(tmp_path):
     for n in (0, 2):
         run = tmp_path / f"run{n}"
         run_pipeline(
-            ph / "stack.tif",
-            ph / "classes.toml",
-            run,
-            model=model,
-            labels=True,
-            settings=RunSettings(confirm_boxes=n),
+            RunRequest(
+                ph / "stack.tif",
+                ph / "classes.toml",
+                run,
+                model=model,
+                labels=True,
+                settings=RunSettings(confirm_boxes=n),
+            )
         )
         labels = tifffile.imread(run / "labels.tif")
         scores[n] = match_objects(labels, _classes_of(run), truth, truth_classes, 0.5, 1e-6)
@@ -466,7 +514,7 @@ def test_a_neighbours_model_gets_each_slice_between_its_neighbours(tmp_path):
     from pathlib import Path
 
     pytest.importorskip("torch")
-    from famous_addon.core.train import DarknetTorch, with_neighbour_channels
+    from famous_addon.core.detector.model import DarknetTorch, with_neighbour_channels
 
     # Two models that agree only when the run gives slice k in the middle
     # channel: the demo model made one-slice (its three first-layer kernels
@@ -496,7 +544,11 @@ def test_a_neighbours_model_gets_each_slice_between_its_neighbours(tmp_path):
     labels = {}
     for name in ("one", "wide"):
         run = tmp_path / f"run_{name}"
-        run_pipeline(ph / "stack.tif", ph / "classes.toml", run, model=tmp_path / name, labels=True)
+        run_pipeline(
+            RunRequest(
+                ph / "stack.tif", ph / "classes.toml", run, model=tmp_path / name, labels=True
+            )
+        )
         labels[name] = tifffile.imread(run / "labels.tif")
         boxes = json.loads((run / "run.json").read_text())["fingerprint"]["boxes"]
         assert boxes["neighbours"] is (name == "wide")

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from famous_addon.core import quantify as q
 from famous_addon.core.classes import preset
 from famous_addon.core.errors import FamousError
 from famous_addon.core.fileio import read_csv, write_csv, write_json
+from famous_addon.core.quantify.labelfile import export_labels, read_labels
+from famous_addon.core.quantify.morphometry import measure_labels
+from famous_addon.core.quantify.run import quantify_run
+from famous_addon.core.quantify.tables import class_table
 from famous_addon.core.runfolder import ORGANELLE_COLUMNS
 
 VOXELS = [(10.0, 10.0, 10.0), (20.0, 8.0, 8.0)]
@@ -35,7 +38,7 @@ def dist_to_segment(p, a, b):
 def measure(mask_or_labels, vox, classes=None, **kw):
     labels = mask_or_labels.astype(np.uint16)
     classes = classes or {1: "mitochondria"}
-    return q.measure_labels(labels, vox, classes, **kw)
+    return measure_labels(labels, vox, classes, **kw)
 
 
 @pytest.mark.parametrize("vox", VOXELS)
@@ -124,7 +127,7 @@ def test_gaps_between_spheres(vox):
     for oid, c in centres.items():
         labels[sum((p[i] - c[i]) ** 2 for i in range(3)) <= r**2] = oid
     classes = {1: "lysosome", 2: "lysosome", 3: "nucleus"}
-    rows = {row["id"]: row for row in q.measure_labels(labels, vox, classes)}
+    rows = {row["id"]: row for row in measure_labels(labels, vox, classes)}
     gap_x = (410 - 150 - 2 * r) / 1000  # 60 nm along x
     gap_y = (590 - 150 - 2 * r) / 1000  # 240 nm along y
     assert rows[1]["nearest_lysosome_um"] == pytest.approx(gap_x, abs=vox[2] / 1000)
@@ -155,11 +158,10 @@ def test_touches_border_and_class_table():
     labels[sum((p[i] - c) ** 2 for i, c in enumerate((100, 200, 290))) <= 60**2] = 2  # cut by x
     labels[(p[0] < 150) & (p[1] > 230) & (p[2] < 80)] = 3
     classes = {1: "lysosome", 2: "lysosome", 3: "cell"}
-    rows = q.measure_labels(labels, vox, classes)
+    rows = measure_labels(labels, vox, classes)
     assert [r["touches_border"] for r in rows] == [0, 1, 1]
     table = {
-        t["class"]: t
-        for t in q.class_table(rows, ["lysosome", "nucleus", "cell"], labels.shape, vox)
+        t["class"]: t for t in class_table(rows, ["lysosome", "nucleus", "cell"], labels.shape, vox)
     }
     lyso = table["lysosome"]
     voxels = np.bincount(labels.ravel())
@@ -178,7 +180,7 @@ def test_export_labels_for_fiji(tmp_path, top):
     labels = np.zeros((4, 6, 7), np.int64)
     labels[1:3, 2:4, 2:5] = top
     labels[0, 0, 0] = 1
-    out = q.export_labels(tmp_path / "labels.tif", labels, (40.0, 5.0, 8.0))
+    out = export_labels(tmp_path / "labels.tif", labels, (40.0, 5.0, 8.0))
     with tifffile.TiffFile(out) as tif:
         data = tif.asarray()
         assert data.shape == labels.shape
@@ -196,7 +198,7 @@ def test_export_labels_for_fiji(tmp_path, top):
 def test_read_labels_rejects_float(tmp_path):
     tifffile.imwrite(tmp_path / "f.tif", np.zeros((2, 3, 3), np.float32), photometric="minisblack")
     with pytest.raises(FamousError, match="integer label volume"):
-        q.read_labels(tmp_path / "f.tif")
+        read_labels(tmp_path / "f.tif")
 
 
 def make_run(tmp_path, labels, classes, vox):
@@ -220,7 +222,7 @@ def make_run(tmp_path, labels, classes, vox):
             + [xx.min(), xx.max(), n, n * np.prod(vox) * 1e-9, 17]
         )
     write_csv(run / "organelles.csv", ORGANELLE_COLUMNS, rows)
-    q.export_labels(run / "labels.tif", labels, vox)
+    export_labels(run / "labels.tif", labels, vox)
     return run
 
 
@@ -236,7 +238,7 @@ def test_quantify_run_writes_tables_and_plots(tmp_path):
     run = make_run(tmp_path, labels, classes, vox)
     write_csv(run / "quantification.csv", ["id", "area_um2"], [(1, 0.25), (3, 0.1)])
     seen = []
-    result = q.quantify_run(run, tmp_path / "out", progress=lambda f, m: seen.append(f))
+    result = quantify_run(run, tmp_path / "out", progress=lambda f, m: seen.append(f))
     assert seen[-1] == 1.0 and seen == sorted(seen)
     rows = read_csv(result.organelles_csv)
     header = list(rows[0].keys())
@@ -278,7 +280,7 @@ def test_quantify_run_needs_labels(tmp_path):
     run = make_run(tmp_path, labels, {1: "lysosome"}, (10.0, 10.0, 10.0))
     (run / "labels.tif").unlink()
     with pytest.raises(FamousError, match="--labels"):
-        q.quantify_run(run)
+        quantify_run(run)
 
 
 def test_cli_quantify(tmp_path, capsys):

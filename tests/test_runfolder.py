@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from famous_addon.core import fileio
 from famous_addon.core import runfolder as rf
 from famous_addon.core.errors import FamousError
 
@@ -13,12 +14,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "table.csv"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with rf.atomic_path(target) as tmp:
+        with fileio.atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash while writing")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
-    rf.atomic_write_bytes(target, b"new")
+    fileio.atomic_write_bytes(target, b"new")
     assert target.read_text() == "new"
 
 
@@ -49,8 +50,8 @@ def test_reader_refuses_non_runs_and_unfinished_runs(tmp_path):
 def test_outputs_get_normal_file_permissions(tmp_path):
     import os
 
-    rf.atomic_write_bytes(tmp_path / "a.csv", b"x")
-    with rf.atomic_path(tmp_path / "b.tif") as tmp:
+    fileio.atomic_write_bytes(tmp_path / "a.csv", b"x")
+    with fileio.atomic_path(tmp_path / "b.tif") as tmp:
         tmp.write_bytes(b"y")
     mask = os.umask(0)
     os.umask(mask)

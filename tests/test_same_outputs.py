@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from famous_addon.core.phantom.write import write_phantom
 from famous_addon.core.pipeline import run_pipeline
-from famous_addon.core.synthetic import write_phantom
+from famous_addon.core.request import RunRequest
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
@@ -36,7 +37,9 @@ def _runs(tmp: Path) -> dict[str, Path]:
     for source in SOURCES:
         where = {"boxes": phantom / "boxes"} if source == "boxes" else {"model": DEMO_MODEL}
         run = tmp / source
-        run_pipeline(phantom / "stack.tif", phantom / "classes.toml", run, labels=True, **where)
+        run_pipeline(
+            RunRequest(phantom / "stack.tif", phantom / "classes.toml", run, labels=True, **where)
+        )
         runs[source] = run
     return runs
 

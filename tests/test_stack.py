@@ -1,5 +1,7 @@
 """Stack I/O: formats, bit depths, voxel sizes and clear errors on bad input."""
 
+import pickle
+
 import cv2
 import mrcfile
 import numpy as np
@@ -157,8 +159,6 @@ def test_slice_with_neighbours_stands_in_at_the_ends(tmp_path, volume):
 
 
 def test_slices_read_in_order_with_neighbours_are_read_once(tmp_path, volume):
-    import pickle
-
     tifffile.imwrite(tmp_path / "s.tif", volume)
     stack = open_stack(tmp_path / "s.tif", voxel_size_nm=(10, 10, 10))
     reads = []

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from famous_addon.core import stl
-from famous_addon.core.compare import match_objects
+from famous_addon.core.compare import stl
+from famous_addon.core.compare.score import match_objects
 
 SPACING = (0.5, 0.25, 0.25)  # (dz, dy, dx) µm
 

@@ -4,29 +4,31 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
+import trimesh
 from scipy import ndimage
 from skimage.measure import label, regionprops
 
-from famous_addon.core import synthetic
 from famous_addon.core.boxes import Box, YoloTxtBoxes
 from famous_addon.core.classes import load_classes, preset
-from famous_addon.core.errors import FamousError
-from famous_addon.core.stack import open_stack
-from famous_addon.core.synthetic import (
+from famous_addon.core.errors import Cancelled, FamousError
+from famous_addon.core.phantom import write as phantom_write
+from famous_addon.core.phantom.cell import Phantom
+from famous_addon.core.phantom.geometry import Ellipsoid, Grid
+from famous_addon.core.phantom.organelles import (
     CLASS_NAMES,
     EARLY_ENDOSOME,
     LATE_ENDOSOME,
     LYSOSOME,
     MITOCHONDRIA,
     NUCLEUS,
-    Ellipsoid,
-    Phantom,
-    load_truth,
-    write_phantom,
 )
+from famous_addon.core.phantom.truth import load_truth
+from famous_addon.core.phantom.write import write_phantom
+from famous_addon.core.stack import open_stack
 
 SHAPE = (24, 192, 192)
 VOXEL = (20.0, 20.0, 20.0)
@@ -318,8 +320,6 @@ def test_written_boxes_and_annotations(written, phantom, volume):
     assert (ann / "obj.names").read_text().split() == list(CLASS_NAMES)
     pngs = (ann / "train.txt").read_text().split()
     assert len(pngs) == 2 and pngs == [f"slice_{k:05d}.png" for k in info["annotated_slices"]]
-    import cv2
-
     for name in pngs:
         png = cv2.imread(str(ann / name), cv2.IMREAD_UNCHANGED)
         assert png.dtype == np.uint8 and png.shape == SHAPE[1:]
@@ -329,8 +329,6 @@ def test_written_boxes_and_annotations(written, phantom, volume):
 
 
 def test_truth_stl_volumes_match_the_voxels(written):
-    import trimesh
-
     out, info, _ = written
     _, rows = load_truth(out)
     stls = sorted((out / "truth_stl").glob("*/*.stl"))
@@ -349,7 +347,7 @@ def test_truth_stl_volumes_match_the_voxels(written):
 
 
 def test_stl_is_skipped_with_a_note_when_the_volume_is_large(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic, "STL_MAX_BYTES", 1000)
+    monkeypatch.setattr(phantom_write, "STL_MAX_BYTES", 1000)
     info = write_phantom(tmp_path, (4, 64, 64), seed=1, voxel_size_nm=(30, 30, 30))
     assert info["stl"] == 0 and "skipped" in info["notes"][0]
     assert not (tmp_path / "truth_stl").exists()
@@ -357,7 +355,7 @@ def test_stl_is_skipped_with_a_note_when_the_volume_is_large(tmp_path, monkeypat
 
 
 def test_ellipsoid_section_is_exact():
-    grid = synthetic._Grid(0.01, 0.01, 102, 102)
+    grid = Grid(0.01, 0.01, 102, 102)
     e = Ellipsoid((0.0, 0.5, 0.5), (0.2, 0.3, 0.1))
     rows, cols, rho2 = e.section(0.0, grid)
     inside = rho2 <= 1
@@ -367,8 +365,6 @@ def test_ellipsoid_section_is_exact():
 
 
 def test_a_cancelled_write_leaves_no_tiff_behind(tmp_path):
-    from famous_addon.core.errors import Cancelled
-
     def cancel_halfway(fraction, message):
         if fraction >= 0.5:
             raise Cancelled

@@ -13,21 +13,18 @@ torch = pytest.importorskip("torch")
 from famous_addon.core.annotations import write_yolo_mark  # noqa: E402
 from famous_addon.core.boxes import Box  # noqa: E402
 from famous_addon.core.classes import from_names  # noqa: E402
-from famous_addon.core.detect import check_model, load_detector, yolo_tiny_cfg  # noqa: E402
-from famous_addon.core.errors import Cancelled, FamousError  # noqa: E402
-from famous_addon.core.train import (  # noqa: E402
-    AugmentConfig,
-    CropSampler,
+from famous_addon.core.detector.config import TrainConfig  # noqa: E402
+from famous_addon.core.detector.darknet import check_model, yolo_tiny_cfg  # noqa: E402
+from famous_addon.core.detector.data import AugmentConfig, CropSampler, kmeans_anchors  # noqa: E402
+from famous_addon.core.detector.inference import load_detector  # noqa: E402
+from famous_addon.core.detector.loss import yolo_loss  # noqa: E402
+from famous_addon.core.detector.model import (  # noqa: E402
     DarknetTorch,
-    TrainConfig,
-    autocast_dtype,
     decode_head,
-    kmeans_anchors,
-    train_model,
-    weight_average,
     with_neighbour_channels,
-    yolo_loss,
 )
+from famous_addon.core.detector.train import autocast_dtype, train_model, weight_average  # noqa: E402
+from famous_addon.core.errors import Cancelled, FamousError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

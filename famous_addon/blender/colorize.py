@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core.errors import FamousError
 from ..core.fileio import read_csv
+from .materials import coloured_material
 from .scene import scene_organelles
 
 # Colour ramps as sRGB stops (from matplotlib's colormaps, which Blender does
@@ -140,14 +141,7 @@ class Legend:
 
 
 def _object_material(obj, rgb_linear) -> bpy.types.Material:
-    name = MATERIAL_PREFIX + obj.name
-    mat = bpy.data.materials.get(name) or bpy.data.materials.new(name)
-    mat.diffuse_color = (*rgb_linear, 1.0)
-    # Blender 5 gives every new material a node tree with a Principled BSDF.
-    if mat.node_tree is not None:
-        bsdf = mat.node_tree.nodes.get("Principled BSDF")
-        if bsdf is not None:
-            bsdf.inputs["Base Color"].default_value = (*rgb_linear, 1.0)
+    mat = coloured_material(MATERIAL_PREFIX + obj.name, rgb_linear)
     if not obj.material_slots:
         obj.data.materials.append(None)
     for slot in obj.material_slots:

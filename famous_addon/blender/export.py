@@ -1,4 +1,4 @@
-"""Write a built scene's results: STL meshes, quantification CSV, render, .blend."""
+"""Write a built scene's results: STL meshes, mesh measurements, render, .blend."""
 
 from __future__ import annotations
 
@@ -10,19 +10,14 @@ import numpy as np
 from mathutils import Vector
 
 from ..core.errors import FamousError
-from ..core.fileio import atomic_path, write_csv
-from .scene import PLANE, QUANT_COLUMNS, quantify_scene, scene_organelles
+from ..core.fileio import atomic_path
+from .measure import MEASURE_CSV, measure_meshes, write_measurements
+from .scene import PLANE, scene_organelles
 
 BLEND = "famous.blend"
 RENDER = "render.png"
-QUANT_CSV = "quantification.csv"
 MESH_DIR = "meshes"
 CAMERA = "FAMOUS camera"
-
-
-def write_quantification(path: Path, rows: list[dict]) -> None:
-    """``quantification.csv``: id, class, volume_um3, area_um2, vertices, manifold."""
-    write_csv(path, QUANT_COLUMNS, rows)
 
 
 def export_stls(folder: Path) -> list[Path]:
@@ -120,8 +115,8 @@ def write_outputs(out: Path, resolution=(1280, 720), render: bool = True) -> dic
     The caller checks beforehand that an existing ``famous.blend`` may be replaced.
     """
     out = Path(out)
-    paths = {"csv": out / QUANT_CSV, "meshes": out / MESH_DIR, "blend": out / BLEND}
-    write_quantification(paths["csv"], quantify_scene())
+    paths = {"csv": out / MEASURE_CSV, "meshes": out / MESH_DIR, "blend": out / BLEND}
+    write_measurements(paths["csv"], measure_meshes(scene_organelles()))
     export_stls(paths["meshes"])
     if render:
         paths["render"] = render_png(out / RENDER, resolution)

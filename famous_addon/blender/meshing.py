@@ -25,6 +25,7 @@ about twice as fast as ``bpy.ops.object.modifier_apply``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import bmesh
@@ -92,18 +93,6 @@ class HullSettings:
     neighbours: int = 8
     smooth_factor: float = 0.5
     smooth_iterations: int = 2
-
-
-@dataclass(frozen=True)
-class MeshStats:
-    """Measurements of a final mesh (µm, since 1 Blender unit = 1 µm)."""
-
-    volume_um3: float
-    area_um2: float
-    vertices: int
-    faces: int
-    manifold: bool
-    zero_area_faces: int
 
 
 # ---------------------------------------------------------------------------
@@ -391,6 +380,22 @@ def hull_mesh(
     Object
         A closed manifold mesh object named ``name``.
     """
+    points = _hull_points(name, points, stop_after)
+    run = _HullRun(name, points, normals, settings, collection)
+    try:
+        for step in run.steps(shape):
+            if step == stop_after:
+                return run.shown(step)
+        return run.obj
+    except BaseException:
+        run.discard()
+        raise
+    finally:
+        run.close()
+
+
+def _hull_points(name: str, points, stop_after: str | None) -> np.ndarray:
+    """The points as a float array, once the request is known to be meshable."""
     if stop_after is not None and stop_after not in HULL_STEPS:
         raise FamousError(
             f"unknown step {stop_after!r}.", fix=f"use one of {', '.join(HULL_STEPS)}."
@@ -401,60 +406,102 @@ def hull_mesh(
             f"{name}: only {len(points)} points, a closed mesh needs at least 4.",
             fix="mesh it with the volume mesher, or lower the outlier threshold.",
         )
-    centre = points.mean(axis=0)
-    target = splat_target(name + ".target", points, normals, settings.neighbours, collection)
-    obj = None
-    try:
-        obj = convex_hull(name, points, collection)
-        rough_size, fine_size = remesh_sizes(points, obj, settings)
+    return points
+
+
+class _HullRun:
+    """One run of the hull mesher, advanced one step of :data:`HULL_STEPS` at a time.
+
+    ``obj`` is the mesh being shaped, ``target`` the splat surface it is
+    projected onto, ``first_hull`` a copy of the first hull's mesh, reused
+    when the clean-up finds no noise, and ``keep`` the points the clean-up kept.
+    """
+
+    def __init__(self, name, points, normals, settings: HullSettings, collection):
+        self.name, self.points, self.normals = name, points, normals
+        self.settings, self.collection = settings, collection
+        self.target = splat_target(
+            name + ".target", points, normals, settings.neighbours, collection
+        )
+        self.obj: bpy.types.Object | None = None
+        self.first_hull: bpy.types.Mesh | None = None
+        self.keep: np.ndarray | None = None
+
+    def steps(self, shape: str) -> Iterator[str]:
+        """Run the steps in order, yielding each one's name when it is done."""
+        points, settings = self.points, self.settings
+        self.obj = convex_hull(self.name, points, self.collection)
+        rough_size, fine_size = remesh_sizes(points, self.obj, settings)
         limit = settings.project_limit * float(np.ptp(points, axis=0).max())
-        if stop_after == "hull":
-            return obj
-        first_hull = obj.data.copy()
-        remesh(obj, rough_size)
-        if stop_after == "remesh":
-            return obj
+        yield "hull"
+        self.first_hull = self.obj.data.copy()
+        remesh(self.obj, rough_size)
+        yield "remesh"
         if shape == "project":
-            shrinkwrap(obj, target, limit)
-        scale_about(obj, cover_scale(obj, points, settings), centre)
-        if stop_after == "fit":
-            return obj
-        keep = outward_distance(obj, points) <= 0
-        remove_object(obj)
-        obj = None
-        if stop_after == "clean":
-            bpy.data.meshes.remove(first_hull)
-            return points_object(name, points[keep], collection)
+            shrinkwrap(self.obj, self.target, limit)
+        scale_about(self.obj, cover_scale(self.obj, points, settings), points.mean(axis=0))
+        yield "fit"
+        self._clean()
+        yield "clean"
+        self._second_hull()
+        yield "hull2"
+        remesh(self.obj, fine_size)
+        yield "remesh2"
+        shrinkwrap(self.obj, self.target, limit)
+        yield "project"
+        smooth(self.obj, settings.smooth_factor, settings.smooth_iterations)
+        yield "smooth"
+
+    def _clean(self) -> None:
+        """Keep the points inside the fitted rough mesh; the rest is noise."""
+        self.keep = outward_distance(self.obj, self.points) <= 0
+        remove_object(self.obj)
+        self.obj = None
+
+    def _second_hull(self) -> None:
+        """The hull of the kept points, projected onto a target of the kept points."""
+        keep = self.keep
         if keep.sum() < 4:
-            bpy.data.meshes.remove(first_hull)
-            raise FamousError(f"{name}: the clean-up left fewer than 4 points.")
+            raise FamousError(f"{self.name}: the clean-up left fewer than 4 points.")
+        first_hull, self.first_hull = self.first_hull, None
         if keep.all():
             # Nothing was noise: the hull and the target of all points still hold.
-            obj = bpy.data.objects.new(name, first_hull)
-            (collection or bpy.context.scene.collection).objects.link(obj)
-        else:
-            bpy.data.meshes.remove(first_hull)
-            remove_object(target)
-            kept_normals = None if normals is None else np.asarray(normals)[keep]
-            target = splat_target(
-                name + ".target", points[keep], kept_normals, settings.neighbours, collection
-            )
-            obj = convex_hull(name, points[keep], collection)
-        if stop_after == "hull2":
-            return obj
-        remesh(obj, fine_size)
-        if stop_after == "remesh2":
-            return obj
-        shrinkwrap(obj, target, limit)
-        if stop_after == "project":
-            return obj
-        return smooth(obj, settings.smooth_factor, settings.smooth_iterations)
-    except BaseException:
-        if obj is not None:
-            remove_object(obj)
-        raise
-    finally:
-        remove_object(target)
+            self.obj = bpy.data.objects.new(self.name, first_hull)
+            (self.collection or bpy.context.scene.collection).objects.link(self.obj)
+            return
+        bpy.data.meshes.remove(first_hull)
+        remove_object(self.target)
+        self.target = None
+        normals = None if self.normals is None else np.asarray(self.normals)[keep]
+        self.target = splat_target(
+            self.name + ".target",
+            self.points[keep],
+            normals,
+            self.settings.neighbours,
+            self.collection,
+        )
+        self.obj = convex_hull(self.name, self.points[keep], self.collection)
+
+    def shown(self, step: str) -> bpy.types.Object:
+        """The object to show when stopping after ``step``: after "clean", the kept points."""
+        if step != "clean":
+            return self.obj
+        return points_object(self.name, self.points[self.keep], self.collection)
+
+    def discard(self) -> None:
+        """Remove the half-made mesh after an error."""
+        if self.obj is not None:
+            remove_object(self.obj)
+            self.obj = None
+
+    def close(self) -> None:
+        """Remove the helpers: the target and an unused copy of the first hull."""
+        if self.first_hull is not None:
+            bpy.data.meshes.remove(self.first_hull)
+            self.first_hull = None
+        if self.target is not None:
+            remove_object(self.target)
+            self.target = None
 
 
 # ---------------------------------------------------------------------------
@@ -541,7 +588,7 @@ def volume_mesh(
     Returns
     -------
     Object
-        A closed mesh in µm, placed as in DESIGN.md (x = column * px_x, ...).
+        A closed mesh in µm, placed as in docs/design.md (x = column * px_x, ...).
     """
     if len(voxels_zyx) == 0:
         raise FamousError(f"{name}: the organelle has no voxels in the label volume.")
@@ -559,31 +606,3 @@ def volume_mesh(
     obj.data.transform(Matrix.Translation(Vector(offset)) @ Matrix.Diagonal((*step, 1.0)))
     obj.data.update()
     return obj
-
-
-# ---------------------------------------------------------------------------
-# Measurements
-
-
-def mesh_stats(obj: bpy.types.Object) -> MeshStats:
-    """Volume, area, size and manifoldness of a mesh in world units (µm)."""
-    bm = bmesh.new()
-    bm.from_mesh(obj.data)
-    bm.transform(obj.matrix_world)
-    areas = np.array([f.calc_area() for f in bm.faces])
-    manifold = (
-        len(bm.faces) > 0
-        and all(e.is_manifold for e in bm.edges)
-        and all(v.is_manifold for v in bm.verts)
-    )
-    longest = max((e.calc_length() for e in bm.edges), default=0.0)
-    stats = MeshStats(
-        volume_um3=float(bm.calc_volume(signed=False)),
-        area_um2=float(areas.sum()),
-        vertices=len(bm.verts),
-        faces=len(bm.faces),
-        manifold=bool(manifold),
-        zero_area_faces=int((areas <= 1e-12 * max(longest, 1e-9) ** 2).sum()),
-    )
-    bm.free()
-    return stats

@@ -15,16 +15,19 @@ from pathlib import Path
 
 import bpy
 import numpy as np
+import tifffile
 
 from ..core.errors import FamousError
 from ..core.progress import ProgressFn
 from ..core.runfolder import RunFolder
+from ..core.stack import open_stack
 from . import meshing
+from .materials import class_material
+from .measure import MeshStats, mesh_stats
 
 ROOT = "FAMOUS"
 BUILDING = "FAMOUS (building)"
 PLANE = "FAMOUS stack slice"
-QUANT_COLUMNS = ("id", "class", "volume_um3", "area_um2", "vertices", "manifold")
 
 
 @dataclass
@@ -35,36 +38,13 @@ class Organelle:
     id: int
     cls: str
     slices: int
-    stats: meshing.MeshStats
-
-    def row(self) -> dict:
-        return {
-            "id": self.id,
-            "class": self.cls,
-            "volume_um3": f"{self.stats.volume_um3:.6g}",
-            "area_um2": f"{self.stats.area_um2:.6g}",
-            "vertices": self.stats.vertices,
-            "manifold": self.stats.manifold,
-        }
-
-
-def class_material(name: str, rgb: tuple[float, float, float]) -> bpy.types.Material:
-    """The material of a class: its colour in the viewport, Workbench, Eevee and Cycles."""
-    mat = bpy.data.materials.get(f"FAMOUS {name}") or bpy.data.materials.new(f"FAMOUS {name}")
-    mat.diffuse_color = (*rgb, 1.0)
-    if mat.node_tree is not None:
-        bsdf = mat.node_tree.nodes.get("Principled BSDF")
-        if bsdf is not None:
-            bsdf.inputs["Base Color"].default_value = (*rgb, 1.0)
-    return mat
+    stats: MeshStats
 
 
 class LabelVoxels:
     """Voxels of one organelle from ``labels.tif``, read slice by slice within its bounds."""
 
     def __init__(self, path: Path):
-        import tifffile
-
         self.path = Path(path)
         try:
             mm = tifffile.memmap(self.path, mode="r")
@@ -172,7 +152,7 @@ class SceneBuilder:
             # slot that its faces use; replace it rather than adding a second slot.
             obj.data.materials.clear()
             obj.data.materials.append(mat)
-            stats = meshing.mesh_stats(obj)
+            stats = mesh_stats(obj)
             obj["id"] = int(row["id"])
             obj["class"] = row["class"]
             obj["slices"] = int(row["n_slices"])
@@ -252,15 +232,6 @@ def scene_organelles() -> list[bpy.types.Object]:
     return sorted(objs, key=lambda o: (o["class"], o["id"]))
 
 
-def quantify_scene() -> list[dict]:
-    """One row per organelle object (measured on its current mesh)."""
-    rows = []
-    for obj in scene_organelles():
-        stats = meshing.mesh_stats(obj)
-        rows.append(Organelle(obj, int(obj["id"]), obj["class"], int(obj["slices"]), stats).row())
-    return rows
-
-
 # ---------------------------------------------------------------------------
 # The stack as an image plane
 
@@ -269,8 +240,6 @@ _open_stacks: dict[str, object] = {}
 
 
 def _stack(path: str, voxel_size_nm):
-    from ..core.stack import open_stack
-
     key = f"{path}|{tuple(voxel_size_nm)}"
     if key not in _open_stacks:
         _open_stacks[key] = open_stack(path, voxel_size_nm=tuple(voxel_size_nm))

@@ -9,7 +9,7 @@ Collections are found again by custom properties, not by name, so Blender's
 :func:`set_visible`) show and hide a segmentation or one of its classes.
 
 Reading, checking and voxelising the files is bpy-free
-(:mod:`famous_addon.core.stl`, :mod:`famous_addon.core.compare`); this module
+(:mod:`famous_addon.core.compare.stl`, :mod:`famous_addon.core.compare`); this module
 only builds the scene and calls those functions.
 """
 
@@ -21,10 +21,19 @@ from pathlib import Path
 
 import bpy
 
-from ..core.compare import colour_for, format_table, run_compare
+from ..core.compare.run import run_compare
+from ..core.compare.segmentations import colour_for
+from ..core.compare.stl import (
+    Grid,
+    OverlapCheck,
+    Transform,
+    check_bounds,
+    read_stl_segmentation,
+)
+from ..core.compare.tables import format_table
 from ..core.progress import ProgressFn, silent, sub
-from ..core.stl import Grid, OverlapCheck, Transform, check_bounds, read_stl_segmentation
 from . import meshing
+from .materials import coloured_material
 from .scene import remove_collection_tree
 
 ROOT = "FAMOUS segmentations"
@@ -47,14 +56,7 @@ class ImportResult:
 
 def segmentation_material(name: str, rgb) -> bpy.types.Material:
     """One material per segmentation, in its colour (viewport and renderers)."""
-    key = f"FAMOUS segmentation {name}"
-    mat = bpy.data.materials.get(key) or bpy.data.materials.new(key)
-    mat.diffuse_color = (*rgb, 1.0)
-    if mat.node_tree is not None:
-        bsdf = mat.node_tree.nodes.get("Principled BSDF")
-        if bsdf is not None:
-            bsdf.inputs["Base Color"].default_value = (*rgb, 1.0)
-    return mat
+    return coloured_material(f"FAMOUS segmentation {name}", rgb)
 
 
 def _root(scene: bpy.types.Scene) -> bpy.types.Collection:
@@ -127,7 +129,7 @@ def import_segmentation(
     colour : (r, g, b), optional
         Default from the name (M1 red, M2 blue, automatic green).
     class_map : mapping of str to str, optional
-        File-name pattern → class (see :func:`famous_addon.core.stl.class_from_name`).
+        File-name pattern → class (see :func:`famous_addon.core.compare.stl.class_from_name`).
     transform : Transform, optional
         Scale, axis order and offset to µm.
     grid : Grid, optional

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.errors import FamousError
+from ..core.pipeline import run_pipeline
 from ..core.progress import ProgressFn
+from ..core.request import RunRequest
 from ..core.runfolder import RUN_JSON, RunFolder
 from . import export
 from .scene import SceneBuilder, plane_for_run
@@ -18,47 +21,15 @@ def run_dir(out: str | Path) -> Path:
     return Path(out) / RUN_DIR
 
 
-def detect(
-    stack,
-    classes,
-    out,
-    *,
-    boxes=None,
-    model=None,
-    backend: str = "auto",
-    flip_views: int | None = None,
-    zoom_pass: bool = True,
-    voxel_size_nm=None,
-    workers: int = 1,
-    progress: ProgressFn | None = None,
-) -> Path:
-    """Run the bpy-free pipeline into ``out/run`` (resuming a run that is there).
+def detect(request: RunRequest, progress: ProgressFn | None = None) -> Path:
+    """Run the bpy-free pipeline into ``OUT/run`` (resuming a run that is there).
 
-    Labels are always written: the volume mesher reads them.
+    ``request.out`` is the output folder. Labels are always written: the
+    volume mesher reads them.
     """
-    from ..core.pipeline import run_pipeline
-
-    if (boxes is None) == (model is None):
-        raise FamousError(
-            "give either a detector model folder or a folder of YOLO box files.",
-            fix="set one of them (--model or --boxes; in the panel: Model or Boxes).",
-        )
-    target = run_dir(out)
-    run_pipeline(
-        stack,
-        classes,
-        target,
-        boxes=boxes,
-        model=model,
-        backend=backend,
-        flip_views=flip_views,
-        zoom_pass=zoom_pass,
-        voxel_size_nm=voxel_size_nm,
-        labels=True,
-        workers=workers,
-        resume=(target / RUN_JSON).is_file(),
-        progress=progress,
-    )
+    target = run_dir(request.out)
+    resume = (target / RUN_JSON).is_file()
+    run_pipeline(replace(request, out=target, labels=True, resume=resume), progress=progress)
     return target
 
 

@@ -23,9 +23,11 @@ def _mapping(text: str) -> tuple[str, str]:
 
 def cmd_compare(args) -> int:
     """Compare the inputs pairwise, print the tables and write the report."""
-    from ..core.compare import format_table, run_compare
+    # Imported here so that `famous --help` does not load the comparison stack.
+    from ..core.compare.run import run_compare
+    from ..core.compare.stl import Transform
+    from ..core.compare.tables import format_table
     from ..core.progress import TqdmProgress
-    from ..core.stl import Transform
 
     transform = Transform(args.stl_scale, args.stl_axes, tuple(args.stl_offset))
     bar = TqdmProgress("compare")

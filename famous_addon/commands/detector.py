@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
+
+from ..core.errors import FamousError
 
 
 def cmd_annotate_pick(args) -> int:
     """Export evenly spread slices as 8-bit PNGs for YOLO_mark, with ``obj.names``."""
+    # imported when the command runs, so that `famous --help` stays quick
     from ..core.annotations import export_for_annotation
     from ..core.classes import load_classes
     from ..core.progress import TqdmProgress
@@ -43,6 +47,7 @@ def cmd_annotate_pick(args) -> int:
 
 def cmd_boxes_from_labels(args) -> int:
     """Turn a label volume into YOLO boxes (and, with --stack, PNGs) for chosen slices."""
+    # imported when the command runs, so that `famous --help` stays quick
     import numpy as np
 
     from ..core.annotations import (
@@ -54,7 +59,7 @@ def cmd_boxes_from_labels(args) -> int:
     )
     from ..core.boxes import write_yolo_txt
     from ..core.classes import load_classes
-    from ..core.errors import FamousError
+    from ..core.fileio import read_csv
     from ..core.stack import open_stack
 
     labels = open_stack(args.labels)
@@ -64,8 +69,6 @@ def cmd_boxes_from_labels(args) -> int:
     else:
         picks = spread_indices(len(labels), args.fraction)
     if args.label_classes:
-        from ..core.fileio import read_csv
-
         class_of = {}
         for row in read_csv(args.label_classes):
             if "id" not in row or "class" not in row:
@@ -98,8 +101,6 @@ def cmd_boxes_from_labels(args) -> int:
         if args.neighbours:
             write_neighbours(args.out, image_stack, picks)
     else:
-        from pathlib import Path
-
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for stem, b in zip(stems, boxes):
@@ -114,9 +115,10 @@ def cmd_boxes_from_labels(args) -> int:
 
 def cmd_train(args) -> int:
     """Train a YOLOv4-tiny detector on a YOLO_mark folder and write a model folder."""
+    # imported when the command runs, so that `famous --help` stays quick
     from ..core.classes import load_classes
+    from ..core.detector.config import TrainConfig, require_torch
     from ..core.progress import TqdmProgress
-    from ..core.train import TrainConfig, train_model
 
     classes = load_classes(args.classes, annotations=args.annotations)
     config = TrainConfig(
@@ -139,6 +141,10 @@ def cmd_train(args) -> int:
         precision=args.precision,
         zoom_pass=_zoom_pass_option(args.zoom_pass or []),
     )
+    require_torch()
+    # torch: the optional train extra, imported after the check above explains its absence
+    from ..core.detector.train import train_model
+
     bar = TqdmProgress("train")
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
@@ -163,8 +169,6 @@ def cmd_train(args) -> int:
 
 def _zoom_pass_option(items: list[str]) -> dict[str, float]:
     """``--zoom-pass CLASS=SCORE`` options as {class: score}."""
-    from ..core.errors import FamousError
-
     out = {}
     for item in items:
         name, _, score = item.partition("=")
@@ -179,7 +183,8 @@ def _zoom_pass_option(items: list[str]) -> dict[str, float]:
 
 def cmd_recalibrate(args) -> int:
     """Choose a model folder's thresholds again on annotated slices."""
-    from ..core.train import recalibrate_model
+    # imported when the command runs, so that `famous --help` stays quick
+    from ..core.detector.calibrate import recalibrate_model
 
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = recalibrate_model(args.model, args.annotations, args.flip_views, command)
@@ -212,6 +217,14 @@ NEIGHBOURS_HELP = (
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``annotate-pick``, ``boxes-from-labels``, ``train`` and ``recalibrate``."""
+    _add_annotate_pick(subparsers)
+    _add_boxes_from_labels(subparsers)
+    _add_train(subparsers)
+    _add_recalibrate(subparsers)
+
+
+def _add_annotate_pick(subparsers: argparse._SubParsersAction) -> None:
+    """The ``annotate-pick`` command."""
     p = subparsers.add_parser(
         "annotate-pick",
         help="export evenly spread slices (~1%%) as PNGs for boxing in YOLO_mark",
@@ -228,6 +241,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--neighbours", action="store_true", help=NEIGHBOURS_HELP)
     p.set_defaults(func=cmd_annotate_pick)
 
+
+def _add_boxes_from_labels(subparsers: argparse._SubParsersAction) -> None:
+    """The ``boxes-from-labels`` command."""
     p = subparsers.add_parser(
         "boxes-from-labels",
         help="YOLO boxes from an existing label volume, for chosen slices",
@@ -254,6 +270,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--neighbours", action="store_true", help=NEIGHBOURS_HELP)
     p.set_defaults(func=cmd_boxes_from_labels)
 
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    """The ``train`` command."""
     p = subparsers.add_parser(
         "train",
         help="train a YOLOv4-tiny detector on YOLO_mark boxes (needs the train extra)",
@@ -279,6 +298,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--init", metavar="MODEL_DIR", help="fine-tune this model (keeps its cfg)")
     p.add_argument("--device", default="cpu", help="torch device for training: cpu, cuda, cuda:1")
     p.add_argument("--workers", type=int, default=2, help="threads preparing batches")
+    _add_train_extras(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_train_extras(p: argparse.ArgumentParser) -> None:
+    """``train``'s options for views, neighbouring slices, crops, averaging, precision, zoom."""
     p.add_argument(
         "--flip-views",
         type=int,
@@ -333,6 +358,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out")
     p.set_defaults(func=cmd_train)
 
+
+def _add_recalibrate(subparsers: argparse._SubParsersAction) -> None:
+    """The ``recalibrate`` command."""
     p = subparsers.add_parser(
         "recalibrate",
         help="choose a trained model's thresholds again on annotated slices",

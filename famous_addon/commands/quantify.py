@@ -10,8 +10,10 @@ def quantify_and_print(run, out=None, tubular=None):
 
     Shared by ``famous quantify`` and ``famous run --quantify``.
     """
+    # Imported here so that `famous --help` does not load the measurement stack.
     from ..core.progress import TqdmProgress
-    from ..core.quantify import TUBULAR_DEFAULT, quantify_run
+    from ..core.quantify import TUBULAR_DEFAULT
+    from ..core.quantify.run import quantify_run
 
     bar = TqdmProgress("quantify")
     try:
@@ -33,7 +35,8 @@ def cmd_quantify(args) -> int:
     """Quantify a finished run folder and print the per-class table."""
     result = quantify_and_print(args.run, args.out, args.tubular)
     if args.export_labels:
-        from ..core.quantify import export_labels, read_labels
+        # Imported here so that `famous --help` does not load the measurement stack.
+        from ..core.quantify.labelfile import export_labels, read_labels
         from ..core.runfolder import RunFolder
 
         run = RunFolder(args.run)
@@ -48,7 +51,7 @@ def cmd_quantify(args) -> int:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``quantify`` subcommand."""
-    from ..core.quantify import TUBULAR_DEFAULT
+    from ..core.quantify import TUBULAR_DEFAULT  # the package alone: no scipy
 
     p = subparsers.add_parser(
         "quantify",

@@ -26,9 +26,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from natsort import natsorted
+from scipy import ndimage
+from skimage.measure import label as cc_label
+from skimage.morphology import local_maxima, reconstruction
+from skimage.segmentation import watershed
 
 from .boxes import Box, parse_yolo_lines, write_yolo_txt
 from .errors import FamousError
+from .fileio import atomic_path, atomic_write_bytes
 from .progress import ProgressFn, silent
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -63,8 +69,6 @@ def find_annotated(folder: str | Path) -> tuple[list[Path], list[Path], list[Pat
     Looks in ``folder`` and, when it holds no images, in ``folder/img`` (the
     YOLO_mark default). Files are in natural order.
     """
-    from natsort import natsorted
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FamousError("annotation folder not found.", folder, "give a YOLO_mark folder.")
@@ -117,8 +121,6 @@ def read_neighbours(path: Path, image: np.ndarray) -> np.ndarray:
 
 def write_neighbours(folder: str | Path, stack, picks: list[int]) -> None:
     """Write ``neighbours/slice_NNNNN.png`` (slices k-1, k, k+1) for each pick ``k``."""
-    from .fileio import atomic_path
-
     where = Path(folder) / NEIGHBOURS_DIR
     where.mkdir(parents=True, exist_ok=True)
     for k in picks:
@@ -232,8 +234,6 @@ def write_yolo_mark(
     list of Path
         The image files written.
     """
-    from .fileio import atomic_path, atomic_write_bytes
-
     progress = progress or silent
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -375,9 +375,6 @@ def boxes_from_label_slice(
         semantic mask get a box each; 0.25 cuts where the piece is a quarter
         narrower than its thickest part.
     """
-    from scipy import ndimage
-    from skimage.measure import label as cc_label
-
     labels = np.asarray(labels)
     # pieces: 4-connected runs of one label value, so touching organelles stay apart
     pieces = cc_label(labels, background=0, connectivity=1)
@@ -412,11 +409,6 @@ def split_at_necks(mask: np.ndarray, depth: float) -> np.ndarray:
     even width keeps one seed; two mitochondria touching at a narrow contact
     get one each.
     """
-    from scipy import ndimage
-    from skimage.measure import label as cc_label
-    from skimage.morphology import local_maxima, reconstruction
-    from skimage.segmentation import watershed
-
     # the padding puts background around the piece, so distances end at its outline
     dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     h = max(depth * dist.max(), 1.0)

@@ -4,7 +4,7 @@ A *box source* is any callable ``source(index, image) -> list[Box]`` giving the
 boxes of slice ``index`` (its image is passed for detectors that need it).
 Two ship with FAMOUS: :class:`YoloTxtBoxes` (one YOLO text file per slice, as
 an external darknet run or the phantom writes them) and the YOLOv4 detector in
-:mod:`famous_addon.core.detect`.
+:mod:`famous_addon.core.detector.inference`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import FamousError
+from .fileio import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,6 @@ def parse_yolo_lines(
 
 def write_yolo_txt(path: str | Path, boxes: list[Box], shape: tuple[int, int]) -> None:
     """Write boxes as a YOLO text file (normalised by ``shape``), atomically."""
-    from .fileio import atomic_write_bytes
-
     text = "".join(b.to_yolo(shape) + "\n" for b in boxes)
     atomic_write_bytes(Path(path), text.encode())
 

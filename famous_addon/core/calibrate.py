@@ -32,9 +32,10 @@ import numpy as np
 
 from .boxes import Box
 from .classes import ClassConfig, ExtractRecipe
-from .extract import JITTER, bbox_fit, extract_box, mask_iou
+from .extract import extract_box
 from .learned import fit_pixel_classifier
-from .progress import ProgressFn, silent
+from .progress import ProgressFn, silent, sub
+from .recipes import JITTER, bbox_fit, mask_iou
 
 THRESHOLD_OFFSETS = (0.0, 0.25, 0.5, 0.75)
 OPEN_NM = (6.0, 12.0, 24.0)
@@ -140,45 +141,65 @@ def calibrate(
             continue
         if len(items) > max_boxes:
             items = [items[i] for i in sorted(rng.choice(len(items), max_boxes, replace=False))]
-        cands = {"configured": replace(spec.extract, adaptive=False)}
-        cands.update(candidates(spec.extract))
-        if spec.extract.method != "ellipse":
-            weights = fit_pixel_classifier(
-                images,
-                [[b for b in bs if b.cls == ci] for bs in boxes_per_image],
-                spec.extract,
-                pixel_nm,
-                seed=seed,
-            )
-            if weights is not None:
-                cands["learned"] = replace(spec.extract, method="learned", weights=weights)
-        table = {}
-        for n, (name, recipe) in enumerate(cands.items()):
-            fs = np.array([box_score(images[k], b, recipe, pixel_nm) for k, b in items])
-            table[name] = (
-                float(np.mean(fs[:, 0] * fs[:, 1])),
-                float(fs[:, 0].mean()),
-                float(fs[:, 1].mean()),
-            )
-            progress((ci + (n + 1) / len(cands)) / len(specs), f"calibrating {spec.name}")
-        best = max(table, key=lambda name: table[name][0])
-        if table[best][0] < table["configured"][0] + margin or spec.extract.method == "ellipse":
-            # The boxes must give clear evidence against the configured recipe.
-            # An ellipse is configured for organelles that grey values do not
-            # delimit (the paper's lysosomes), where a stable, well-fitting
-            # threshold mask is usually a dense core, not the organelle.
-            best = "configured"
-        chosen = cands[best]
-        if chosen.method == "refined":
-            chosen = replace(chosen, adaptive=spec.extract.adaptive)
+        cands = _candidates_of(spec.extract, ci, images, boxes_per_image, pixel_nm, seed)
+        step = sub(progress, ci / len(specs), (ci + 1) / len(specs))
+        table = _score_table(cands, images, items, pixel_nm, step, f"calibrating {spec.name}")
+        chosen, report[spec.name] = _choose(spec.extract, cands, table, margin)
+        report[spec.name]["n_boxes"] = len(items)
         specs[ci] = replace(spec, extract=chosen)
-        report[spec.name] = {
-            "choice": best,
-            "score": round(table[best][0], 4),
-            "fit": round(table[best][1], 4),
-            "stability": round(table[best][2], 4),
-            "n_boxes": len(items),
-            "recipe": {**asdict(chosen), "weights": list(chosen.weights)},
-            "scores": {name: round(v[0], 4) for name, v in table.items()},
-        }
     return replace(classes, classes=tuple(specs)), report
+
+
+def _choose(configured, cands: dict, table: dict, margin: float):
+    """The recipe to use, from the candidates' scores, and its report."""
+    best = max(table, key=lambda name: table[name][0])
+    if table[best][0] < table["configured"][0] + margin or configured.method == "ellipse":
+        # The boxes must give clear evidence against the configured recipe.
+        # An ellipse is configured for organelles that grey values do not
+        # delimit (the paper's lysosomes), where a stable, well-fitting
+        # threshold mask is usually a dense core, not the organelle.
+        best = "configured"
+    chosen = cands[best]
+    if chosen.method == "refined":
+        chosen = replace(chosen, adaptive=configured.adaptive)
+    report = {
+        "choice": best,
+        "score": round(table[best][0], 4),
+        "fit": round(table[best][1], 4),
+        "stability": round(table[best][2], 4),
+        "n_boxes": 0,
+        "recipe": {**asdict(chosen), "weights": list(chosen.weights)},
+        "scores": {name: round(v[0], 4) for name, v in table.items()},
+    }
+    return chosen, report
+
+
+def _candidates_of(configured, ci, images, boxes_per_image, pixel_nm, seed) -> dict:
+    """Class ``ci``'s candidate recipes: the configured one, its variants, a learned one."""
+    cands = {"configured": replace(configured, adaptive=False)}
+    cands.update(candidates(configured))
+    if configured.method != "ellipse":
+        weights = fit_pixel_classifier(
+            images,
+            [[b for b in bs if b.cls == ci] for bs in boxes_per_image],
+            configured,
+            pixel_nm,
+            seed=seed,
+        )
+        if weights is not None:
+            cands["learned"] = replace(configured, method="learned", weights=weights)
+    return cands
+
+
+def _score_table(cands, images, items, pixel_nm, progress, message) -> dict:
+    """Per candidate: (mean fit x stability, mean fit, mean stability) over the boxes ``items``."""
+    table = {}
+    for n, (name, recipe) in enumerate(cands.items()):
+        fs = np.array([box_score(images[k], b, recipe, pixel_nm) for k, b in items])
+        table[name] = (
+            float(np.mean(fs[:, 0] * fs[:, 1])),
+            float(fs[:, 0].mean()),
+            float(fs[:, 1].mean()),
+        )
+        progress((n + 1) / len(cands), message)
+    return table

@@ -19,6 +19,7 @@ the annotated boxes when annotations are given.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
@@ -27,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
+from .annotations import read_yolo_mark
 from .errors import FamousError
+from .fileio import atomic_write_bytes
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("fibsem", "yeast")
@@ -350,8 +353,6 @@ def load_classes(path: str | Path, annotations: str | Path | None = None) -> Cla
             raise FamousError(f"not valid TOML ({exc}).", path) from None
         return parse_config(data, path)
     if path.suffix.lower() == ".json":
-        import json
-
         try:
             data = json.loads(path.read_text())
         except ValueError as exc:
@@ -365,8 +366,6 @@ def load_classes(path: str | Path, annotations: str | Path | None = None) -> Cla
         raise FamousError("has no class names.", path, "write one class name per line.")
     hints = None
     if annotations is not None:
-        from .annotations import read_yolo_mark
-
         images, boxes = read_yolo_mark(annotations, n_classes=len(names), load_images=True)
         hints = {names[c]: p for c, p in estimate_polarity(images, boxes).items()}
     return from_names(names, path, hints)
@@ -374,6 +373,4 @@ def load_classes(path: str | Path, annotations: str | Path | None = None) -> Cla
 
 def save_classes(config: ClassConfig, path: str | Path) -> None:
     """Write a class config as TOML (atomically)."""
-    from .fileio import atomic_write_bytes
-
     atomic_write_bytes(Path(path), tomli_w.dumps(config.to_dict()).encode())

@@ -29,12 +29,12 @@ from scipy.optimize import minimize
 from .boxes import Box
 from .classes import ExtractRecipe
 from .errors import FamousError
-from .extract import (
+from .recipes import (
     BoxContext,
-    _central_piece,
-    _disk,
     bbox_fit,
     box_context,
+    central_piece,
+    disk,
     refined_recipe,
 )
 
@@ -131,10 +131,10 @@ def fit_pixel_classifier(
             continue
         big = np.zeros(ctx.image.shape, np.uint8)
         big[y0:y1, x0:x1] = mask
-        fg = cv2.erode(big, _disk(r)).astype(bool)
+        fg = cv2.erode(big, disk(r)).astype(bool)
         near = np.zeros(big.shape, bool)
         near[max(y0 - r, 0) : y1 + r, max(x0 - r, 0) : x1 + r] = True
-        bg = near & ~cv2.dilate(big, _disk(r)).astype(bool)
+        bg = near & ~cv2.dilate(big, disk(r)).astype(bool)
         feats = pixel_features(_prepared(ctx, recipe), ctx.full_box, pixel_nm)
         flat = feats.reshape(-1, feats.shape[-1])
         for sel, label in ((fg, 1), (bg, 0)):
@@ -184,4 +184,4 @@ def learned_recipe(
     feats = pixel_features(_prepared(context, recipe), context.full_box, pixel_nm)
     z = ((feats[y0:y1, x0:x1] - mean) / spread) @ coef + bias
     cut = context.cut_sides()
-    return _central_piece(z > 0, context.box, context.full_box, recipe, pixel_nm, cut, True)[0]
+    return central_piece(z > 0, context.box, context.full_box, recipe, pixel_nm, cut, True)[0]

@@ -1,11 +1,13 @@
 """Point clouds in µm and statistical outlier removal ("Cleaning point cloud noise").
 
 Each detection contributes its mask's outline (or all its pixels) at its
-slice's height. World coordinates follow DESIGN.md: x = column * px_x,
+slice's height. World coordinates follow docs/design.md: x = column * px_x,
 y = row * px_y, z = slice * dz, all in µm.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -109,8 +111,6 @@ class PointStore:
     RECORD = 6  # x, y, z (µm), nx, ny, nz
 
     def __init__(self, folder):
-        from pathlib import Path
-
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._rec_path = self.folder / "points.f32"
@@ -235,7 +235,5 @@ def clean_grouped(
         st["removed"] += int(e - s - keep[s:e].sum())
     del dist
     if scratch is not None and n:
-        from pathlib import Path
-
         Path(scratch).unlink(missing_ok=True)
     return keep, stats

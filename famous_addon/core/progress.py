@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tqdm import tqdm
+
 ProgressFn = Callable[[float, str], None]
 
 
@@ -46,8 +48,6 @@ class TqdmProgress:
     """A ``progress`` callback drawing a tqdm bar on the terminal (CLI)."""
 
     def __init__(self, desc: str = "FAMOUS", disable: bool = False):
-        from tqdm import tqdm
-
         self._bar = tqdm(
             total=1000,
             desc=desc,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .classes import ClassConfig, parse_config
 from .errors import FamousError
 from .fileio import read_csv, save_npz
 
@@ -121,10 +122,8 @@ class RunFolder:
     def class_names(self) -> list[str]:
         return [c["name"] for c in self.info["classes"]["class"]]
 
-    def classes(self):
-        """The run's :class:`~famous_addon.core.classes.ClassConfig`."""
-        from .classes import parse_config
-
+    def classes(self) -> ClassConfig:
+        """The run's class configuration."""
         return parse_config(self.info["classes"], self.path / RUN_JSON)
 
     def organelles(self) -> list[dict]:

@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import mrcfile
 import numpy as np
+import tifffile
+from natsort import natsorted
+from PIL import Image
 
 from .errors import FamousError
 
@@ -191,8 +195,6 @@ class _TiffReader:
     """Pages of the first series of a TIFF; the Z axis picked from its axes."""
 
     def __init__(self, path: Path):
-        import tifffile
-
         try:
             self.tf = tifffile.TiffFile(path)
         except Exception as exc:  # tifffile raises several types for damaged files
@@ -260,8 +262,6 @@ class _FolderReader:
     """A folder of single-slice TIFF/PNG files in natural sort order."""
 
     def __init__(self, path: Path):
-        from natsort import natsorted
-
         self.path = path
         self.files = natsorted(
             (p for p in path.iterdir() if p.suffix.lower() in SLICE_SUFFIXES),
@@ -291,15 +291,11 @@ class _FolderReader:
     def _header(p: Path):
         try:
             if p.suffix.lower() == ".png":
-                from PIL import Image
-
                 with Image.open(p) as im:
                     bands = len(im.getbands())
                     depth = np.uint16 if im.mode.startswith("I;16") or im.mode == "I" else np.uint8
                     shape = (im.height, im.width) + ((bands,) if bands > 1 else ())
                     return shape, np.dtype(depth)
-            import tifffile
-
             with tifffile.TiffFile(p) as tf:
                 page = tf.pages[0]
                 return tuple(page.shape), page.dtype
@@ -309,8 +305,6 @@ class _FolderReader:
             raise FamousError(f"cannot be read as an image ({exc}).", p) from None
 
     def check(self) -> None:
-        import tifffile
-
         for p in self.files:
             if p.suffix.lower() in (".tif", ".tiff"):
                 with tifffile.TiffFile(p) as tf:
@@ -330,15 +324,11 @@ class _FolderReader:
                     img, cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
                 )
             return img
-        import tifffile
-
         return tifffile.imread(p, key=0)
 
 
 class _MrcReader:
     def __init__(self, path: Path):
-        import mrcfile
-
         try:
             self.mrc = mrcfile.mmap(path, mode="r", permissive=True)
         except Exception as exc:

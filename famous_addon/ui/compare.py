@@ -1,6 +1,6 @@
 """The panel's "Compare" section: import manual STL segmentations and score the run.
 
-Settings live in ``Scene.famous_compare``; the operators are thin wrappers
+Settings live in ``Scene.famous.compare``; the operators are thin wrappers
 around :mod:`famous_addon.blender.stl_import`, which calls the same bpy-free
 comparison as ``famous compare`` and ``run_famous.py --compare``.
 """
@@ -11,91 +11,29 @@ import math
 from pathlib import Path
 
 import bpy
-from bpy.props import (
-    CollectionProperty,
-    EnumProperty,
-    FloatProperty,
-    FloatVectorProperty,
-    StringProperty,
-)
+from bpy.props import EnumProperty
 
 from ..core.errors import FamousError
-from .operators import _Background, _output, _path, _report_errors
+from ..core.runfolder import RunFolder
+from .jobs import BackgroundOperator, report_errors
 from .panels import SubPanel
-from .properties import scene_settings_factory
+from .properties import abspath
 
 COMPARE_DIR = "compare"
 
 
-class FamousCompareRow(bpy.types.PropertyGroup):
-    """One row of the comparison summary (``name`` is the class)."""
-
-    pair: StringProperty()
-    precision: FloatProperty()
-    recall: FloatProperty()
-    jaccard: FloatProperty()
-    f1: FloatProperty()
-    volume_overlap: FloatProperty()
-
-
-class FamousCompareSettings(bpy.types.PropertyGroup):
-    m1: StringProperty(
-        name="M1", subtype="DIR_PATH", description="First manual segmentation: STL folder"
-    )
-    m2: StringProperty(
-        name="M2", subtype="DIR_PATH", description="Second manual segmentation (optional)"
-    )
-    run: StringProperty(
-        name="Run",
-        subtype="DIR_PATH",
-        description="Run folder of the automatic result; empty: OUTPUT/run",
-    )
-    iou: FloatProperty(
-        name="IoU", default=0.5, min=0.01, max=1.0, description="IoU of a matched object"
-    )
-    scale: FloatProperty(
-        name="STL scale",
-        default=1.0,
-        min=0.0,
-        precision=6,
-        description="Multiplies STL coordinates (0.001 for meshes exported in nm)",
-    )
-    axes: StringProperty(
-        name="Axes", default="xyz", description="STL axis order and signs, e.g. xzy or x-yz"
-    )
-    offset: FloatVectorProperty(name="Offset (µm)", size=3, default=(0.0, 0.0, 0.0))
-    class_map: StringProperty(
-        name="Classes",
-        description="File-name patterns to classes, e.g. '*mito*=mitochondria; LE*=late_endosome'"
-        "; empty: the sub-folder name",
-    )
-    report: StringProperty(options={"SKIP_SAVE"})
-    rows: CollectionProperty(type=FamousCompareRow)
-
-    def transform(self):
-        from ..core.stl import Transform
-
-        return Transform(self.scale, self.axes, tuple(self.offset))
-
-    def mapping(self) -> dict[str, str] | None:
-        pairs = [p.split("=", 1) for p in self.class_map.split(";") if "=" in p]
-        return {k.strip(): v.strip() for k, v in pairs} or None
-
-    def manual(self) -> dict[str, str]:
-        return {n: _path(v) for n, v in (("M1", self.m1), ("M2", self.m2)) if v}
-
-
 def _run_dir(context) -> Path:
+    # The workflow pulls in SciPy and OpenCV: loaded on first use, not at start-up.
     from ..blender.workflow import run_dir
 
-    c = context.scene.famous_compare
-    return Path(_path(c.run)) if c.run else run_dir(_output(context.scene.famous))
+    c = context.scene.famous.compare
+    return Path(abspath(c.run)) if c.run else run_dir(context.scene.famous.output_dir())
 
 
 def _grid(context):
     """The stack's grid from the run folder, when there is one (for the bounds check)."""
-    from ..core.runfolder import RunFolder
-    from ..core.stl import Grid
+    # The STL reader pulls in trimesh: loaded on first use, not at start-up.
+    from ..core.compare.stl import Grid
 
     try:
         run = RunFolder(_run_dir(context))
@@ -114,15 +52,16 @@ class FAMOUS_OT_import_segmentation(bpy.types.Operator):
     which: EnumProperty(items=[("M1", "M1", ""), ("M2", "M2", "")], default="M1")
 
     def execute(self, context):
+        # The STL import pulls in trimesh and SciPy: loaded on first use, not at start-up.
         from ..blender.stl_import import import_segmentation
 
-        c = context.scene.famous_compare
-        path = _path(c.m1 if self.which == "M1" else c.m2)
+        c = context.scene.famous.compare
+        path = abspath(c.m1 if self.which == "M1" else c.m2)
         if not path:
             self.report({"ERROR"}, f"no {self.which} folder is set: choose it in Compare.")
             return {"CANCELLED"}
         grid = _grid(context)
-        res = _report_errors(
+        res = report_errors(
             self,
             lambda: import_segmentation(
                 path, self.which, class_map=c.mapping(), transform=c.transform(), grid=grid
@@ -140,9 +79,10 @@ class FAMOUS_OT_import_segmentation(bpy.types.Operator):
 
 
 def _compare_work(context):
+    # The comparison pulls in trimesh and SciPy: loaded on first use, not at start-up.
     from ..blender.stl_import import compare
 
-    c = context.scene.famous_compare
+    c = context.scene.famous.compare
     manual = c.manual()
     if not manual:
         raise FamousError("no manual segmentation is set.", fix="choose an M1 folder in Compare.")
@@ -166,20 +106,20 @@ def _show(settings, rows, report) -> None:
     settings.report = str(report)
 
 
-class FAMOUS_OT_compare(_Background, bpy.types.Operator):
+class FAMOUS_OT_compare(BackgroundOperator, bpy.types.Operator):
     """Score the run against M1 (and M2): writes OUTPUT/compare/report.md, tables and plots"""
 
     bl_idname = "famous.compare"
     bl_label = "Compare"
 
-    _starting = "comparison starting"
-    _noun = "comparison"
+    starting = "comparison starting"
+    noun = "comparison"
 
-    def _work(self, context):
+    def work_for(self, context):
         return _compare_work(context)
 
-    def _done(self, context, result):
-        _show(context.scene.famous_compare, *result)
+    def done(self, context, result):
+        _show(context.scene.famous.compare, *result)
         return f"report: {result[1]}"
 
 
@@ -192,9 +132,10 @@ class FAMOUS_PT_compare(SubPanel, bpy.types.Panel):
     bl_idname = "FAMOUS_PT_compare"
 
     def draw(self, context):
+        # The STL import pulls in trimesh and SciPy: loaded on first use, not at start-up.
         from ..blender.stl_import import class_collections, layer_collection, segmentations
 
-        c = context.scene.famous_compare
+        c = context.scene.famous.compare
         layout = self.layout
         col = layout.column(align=True)
         col.prop(c, "run")
@@ -239,13 +180,7 @@ class FAMOUS_PT_compare(SubPanel, bpy.types.Panel):
                 box.label(text=f"report: {c.report}")
 
 
-CLASSES = (
-    FamousCompareRow,
-    FamousCompareSettings,
-    FAMOUS_OT_import_segmentation,
-    FAMOUS_OT_compare,
-    FAMOUS_PT_compare,
-)
+CLASSES = (FAMOUS_OT_import_segmentation, FAMOUS_OT_compare, FAMOUS_PT_compare)
 
 
-register, unregister = scene_settings_factory(CLASSES, "famous_compare", FamousCompareSettings)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

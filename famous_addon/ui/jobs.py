@@ -1,7 +1,10 @@
-"""Work off Blender's main thread, with progress and cancel.
+"""Long work from the panel: off Blender's main thread, with progress, cancel and reports.
 
-The thread only runs bpy-free code and writes its state into plain
-attributes; the modal operator reads them from the main thread on a timer.
+:class:`BackgroundJob` runs bpy-free work in a thread and writes its state
+into plain attributes; the modal operators (:class:`ModalTimer`,
+:class:`BackgroundOperator`) read them from the main thread on a timer and
+show them in the panel. Known errors become operator reports, never
+tracebacks (:func:`report_errors`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import traceback
 from collections.abc import Callable
 
 from ..core.errors import Cancelled, FamousError
+
+TIMER_S = 0.1
 
 
 class BackgroundJob:
@@ -59,3 +64,131 @@ class BackgroundJob:
         except Exception as exc:  # shown in the UI; the traceback goes to the console
             traceback.print_exc()
             self.error, self.state = f"unexpected error: {exc}", "failed"
+
+
+def report_exception(op, exc: BaseException) -> None:
+    """Show an error as an operator report (the console keeps a bug's traceback).
+
+    Parameters
+    ----------
+    op : Operator
+        The operator whose ``report`` shows the message.
+    exc : Exception
+        A FamousError (its message), a Cancelled (a warning) or a bug.
+    """
+    if isinstance(exc, FamousError):
+        op.report({"ERROR"}, exc.message)
+    elif isinstance(exc, Cancelled):
+        op.report({"WARNING"}, "cancelled")
+    else:
+        traceback.print_exception(exc)
+        op.report({"ERROR"}, f"unexpected error: {exc}")
+
+
+def report_errors(op, fn: Callable):
+    """Run ``fn()``; turn its errors into reports of ``op``.
+
+    Returns
+    -------
+    object
+        ``fn``'s result, or None when it raised.
+    """
+    try:
+        return fn()
+    except Exception as exc:
+        report_exception(op, exc)
+        return None
+
+
+def redraw_view3d(context) -> None:
+    """Redraw the 3D views, where the panel shows the progress."""
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+class ModalTimer:
+    """Timer and status bookkeeping shared by the modal operators.
+
+    The job's state lives in ``Scene.famous`` (``running``, ``progress``,
+    ``status``, ``cancel``): the panel draws it, the Cancel button sets
+    ``cancel``.
+    """
+
+    _timer = None
+
+    def start_modal(self, context, status: str) -> None:
+        """Mark the job running and start the timer that drives ``modal``."""
+        settings = context.scene.famous
+        settings.running, settings.progress, settings.status = True, 0.0, status
+        settings.cancel = False
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_S, window=context.window)
+        wm.modal_handler_add(self)
+
+    def stop_modal(self, context, status: str) -> None:
+        """Stop the timer and leave ``status`` in the panel."""
+        context.window_manager.event_timer_remove(self._timer)
+        settings = context.scene.famous
+        settings.running, settings.status = False, status
+        redraw_view3d(context)
+
+    @staticmethod
+    def cancel_requested(context, event) -> bool:
+        """ESC pressed, or the panel's Cancel button."""
+        return event.type == "ESC" or context.scene.famous.cancel
+
+
+class BackgroundOperator(ModalTimer):
+    """An operator whose work runs in a thread (``invoke``) or to the end (``execute``).
+
+    Subclasses give ``work_for(context)``, which checks the settings and
+    returns ``work(progress)``, and ``done(context, result)``, which shows the
+    result and returns the status line; ``starting``, ``noun`` and
+    ``cancel_hint`` word the status lines.
+    """
+
+    starting = "starting"
+    noun = "work"
+    cancel_hint = ""
+
+    @classmethod
+    def poll(cls, context):
+        return not context.scene.famous.running
+
+    def execute(self, context):
+        result = report_errors(self, lambda: self.work_for(context)(None))
+        if result is None:
+            return {"CANCELLED"}
+        context.scene.famous.status = self.done(context, result)
+        return {"FINISHED"}
+
+    def invoke(self, context, event):
+        work = report_errors(self, lambda: self.work_for(context))
+        if work is None:
+            return {"CANCELLED"}
+        self._job = BackgroundJob(work).start()
+        self.start_modal(context, self.starting)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        job, settings = self._job, context.scene.famous
+        if self.cancel_requested(context, event):
+            job.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        settings.progress, settings.status = job.fraction, job.message
+        redraw_view3d(context)
+        if job.state == "running":
+            return {"PASS_THROUGH"}
+        if job.state == "done":
+            self.stop_modal(context, self.done(context, job.result))
+            return {"FINISHED"}
+        if job.state == "cancelled":
+            self.stop_modal(context, f"{self.noun} cancelled{self.cancel_hint}")
+            self.report({"WARNING"}, f"{self.noun} cancelled")
+        else:
+            self.stop_modal(context, f"{self.noun} failed")
+            self.report({"ERROR"}, job.error)
+        return {"CANCELLED"}

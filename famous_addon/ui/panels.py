@@ -54,13 +54,13 @@ class FAMOUS_PT_main(_SidebarTab, bpy.types.Panel):
             row.label(text=f"of {plane['famous_slices'] - 1}")
 
         box = layout.box()
-        box.label(text="Quantify", icon="SPREADSHEET")
-        box.operator("famous.quantify", icon="LINENUMBERS_ON")
-        if len(s.table):
+        box.label(text="Mesh measurements", icon="SPREADSHEET")
+        box.operator("famous.measure_meshes", icon="LINENUMBERS_ON")
+        if len(s.mesh_table):
             grid = box.grid_flow(columns=4, align=True)
             for text in ("class", "n", "µm³", "µm²"):
                 grid.label(text=text)
-            for row in s.table:
+            for row in s.mesh_table:
                 grid.label(text=row.name)
                 grid.label(text=str(row.count))
                 grid.label(text=f"{row.volume_um3:.3g}")

@@ -1,6 +1,14 @@
-"""All add-on settings, in one PointerProperty group on the scene (``Scene.famous``)."""
+"""All add-on settings, in one PointerProperty group on the scene (``Scene.famous``).
+
+The main panel's settings are members of :class:`FamousSettings`; each
+sub-panel keeps its own in a sub-group (``Scene.famous.train``,
+``.compare``, ``.quantify``). The state of the running job (``running``,
+``progress``, ``status``, ``cancel``) lives here too and is never saved.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import bpy
 from bpy.props import (
@@ -14,10 +22,31 @@ from bpy.props import (
     StringProperty,
 )
 
+from ..core.classes import PRESETS
+from ..core.errors import FamousError
+
+# Blender needs the items of a dynamic enum kept alive by Python.
+_ENUM_CACHE: dict[str, list] = {}
+
+
+def abspath(value: str) -> str | None:
+    """A path property as an absolute path (Blender's ``//`` resolved), or None if empty.
+
+    Parameters
+    ----------
+    value : str
+        The property's value; may be relative to the .blend file.
+
+    Returns
+    -------
+    str or None
+    """
+    return bpy.path.abspath(value) if value else None
+
 
 def _slice_changed(self, context):
+    # The scene module pulls in SciPy and OpenCV: loaded on first use, not at start-up.
     from ..blender.scene import show_slice
-    from ..core.errors import FamousError
 
     try:
         show_slice(self.slice)
@@ -26,8 +55,179 @@ def _slice_changed(self, context):
         print(f"FAMOUS: {exc.message}")
 
 
-class FamousClassRow(bpy.types.PropertyGroup):
-    """One row of the Quantify table."""
+# ---------------------------------------------------------------------------
+# Train
+
+
+class FamousTrainSettings(bpy.types.PropertyGroup):
+    annotations: StringProperty(
+        name="Annotations",
+        subtype="DIR_PATH",
+        description="YOLO_mark folder: slices exported here are boxed with YOLO_mark, "
+        "then trained on",
+    )
+    fraction: FloatProperty(
+        name="Slices",
+        default=0.01,
+        min=0.001,
+        max=1.0,
+        subtype="FACTOR",
+        description="Share of the stack's slices to export for boxing (the paper boxes ~1%)",
+    )
+    width: EnumProperty(
+        name="Width",
+        items=[
+            ("slim", "Slim", "Half-width YOLOv4-tiny: trains in minutes on a laptop CPU"),
+            ("tiny", "Tiny", "Standard YOLOv4-tiny widths"),
+        ],
+        default="slim",
+    )
+    epochs: IntProperty(name="Epochs", default=60, min=1, description="Passes of 16 batches")
+    neighbours: BoolProperty(
+        name="Neighbouring slices",
+        default=True,
+        description="The detector sees each slice between the slices above and below it, "
+        "so faint organelle caps show; export the slices with this on before boxing them",
+    )
+    model_out: StringProperty(
+        name="Model folder",
+        subtype="DIR_PATH",
+        description="Where the trained model goes (cfg, weights, names, thresholds, report)",
+    )
+
+
+# ---------------------------------------------------------------------------
+# Compare
+
+
+class FamousCompareRow(bpy.types.PropertyGroup):
+    """One row of the comparison summary (``name`` is the class)."""
+
+    pair: StringProperty()
+    precision: FloatProperty()
+    recall: FloatProperty()
+    jaccard: FloatProperty()
+    f1: FloatProperty()
+    volume_overlap: FloatProperty()
+
+
+class FamousCompareSettings(bpy.types.PropertyGroup):
+    m1: StringProperty(
+        name="M1", subtype="DIR_PATH", description="First manual segmentation: STL folder"
+    )
+    m2: StringProperty(
+        name="M2", subtype="DIR_PATH", description="Second manual segmentation (optional)"
+    )
+    run: StringProperty(
+        name="Run",
+        subtype="DIR_PATH",
+        description="Run folder of the automatic result; empty: OUTPUT/run",
+    )
+    iou: FloatProperty(
+        name="IoU", default=0.5, min=0.01, max=1.0, description="IoU of a matched object"
+    )
+    scale: FloatProperty(
+        name="STL scale",
+        default=1.0,
+        min=0.0,
+        precision=6,
+        description="Multiplies STL coordinates (0.001 for meshes exported in nm)",
+    )
+    axes: StringProperty(
+        name="Axes", default="xyz", description="STL axis order and signs, e.g. xzy or x-yz"
+    )
+    offset: FloatVectorProperty(name="Offset (µm)", size=3, default=(0.0, 0.0, 0.0))
+    class_map: StringProperty(
+        name="Classes",
+        description="File-name patterns to classes, e.g. '*mito*=mitochondria; LE*=late_endosome'"
+        "; empty: the sub-folder name",
+    )
+    report: StringProperty(options={"SKIP_SAVE"})
+    rows: CollectionProperty(type=FamousCompareRow)
+
+    def transform(self):
+        """The STL transform (scale, axes, offset) the settings describe."""
+        # The STL reader pulls in trimesh: loaded on first use, not at Blender's start-up.
+        from ..core.compare.stl import Transform
+
+        return Transform(self.scale, self.axes, tuple(self.offset))
+
+    def mapping(self) -> dict[str, str] | None:
+        """File-name pattern -> class, from ``class_map``; None when empty."""
+        pairs = [p.split("=", 1) for p in self.class_map.split(";") if "=" in p]
+        return {k.strip(): v.strip() for k, v in pairs} or None
+
+    def manual(self) -> dict[str, str]:
+        """Name -> folder of the manual segmentations that are set."""
+        return {n: abspath(v) for n, v in (("M1", self.m1), ("M2", self.m2)) if v}
+
+
+# ---------------------------------------------------------------------------
+# Quantify (the run's labels) and colour by a value
+
+
+class FamousQuantifyRow(bpy.types.PropertyGroup):
+    """One row of the per-class Quantify table (``name`` is the class)."""
+
+    count: IntProperty()
+    total_um3: FloatProperty()
+    median_um3: FloatProperty()
+    median_sphericity: FloatProperty()
+    median_length_um: FloatProperty()
+
+
+class FamousLegendStop(bpy.types.PropertyGroup):
+    value: FloatProperty()
+    color: FloatVectorProperty(subtype="COLOR_GAMMA", size=3, min=0.0, max=1.0)
+
+
+def _class_items(self, context):
+    # The scene module pulls in SciPy and OpenCV: loaded on first use, not at start-up.
+    from ..blender.scene import scene_organelles
+
+    names = sorted({o["class"] for o in scene_organelles()})
+    _ENUM_CACHE["class"] = [(n, n, f"Organelles of class {n}") for n in names] or [
+        ("NONE", "(no organelles)", "Build meshes first")
+    ]
+    return _ENUM_CACHE["class"]
+
+
+def _measurement_items(self, context):
+    # The scene module pulls in SciPy and OpenCV: loaded on first use, not at start-up.
+    from ..blender.colorize import numeric_properties
+    from ..blender.scene import scene_organelles
+
+    mine = [o for o in scene_organelles() if o["class"] == self.cls]
+    names = [n for n in numeric_properties(mine) if n not in ("slices",)]
+    _ENUM_CACHE["measurement"] = [(n, n, f"Colour by {n}") for n in names] or [
+        ("NONE", "(none)", "Quantify first")
+    ]
+    return _ENUM_CACHE["measurement"]
+
+
+class FamousQuantifySettings(bpy.types.PropertyGroup):
+    cls: EnumProperty(name="Class", items=_class_items, description="Class to colour")
+    measurement: EnumProperty(
+        name="By", items=_measurement_items, description="Measurement that sets the colour"
+    )
+    ramp: EnumProperty(
+        name="Ramp",
+        items=[
+            ("viridis", "Viridis", "Dark blue (low) to yellow (high)"),
+            ("magma", "Magma", "Black (low) to pale yellow (high)"),
+        ],
+        default="viridis",
+    )
+    rows: CollectionProperty(type=FamousQuantifyRow)
+    legend: CollectionProperty(type=FamousLegendStop)
+
+
+# ---------------------------------------------------------------------------
+# The main panel
+
+
+class FamousMeshRow(bpy.types.PropertyGroup):
+    """One row of the per-class mesh measurement table (``name`` is the class)."""
 
     count: IntProperty()
     volume_um3: FloatProperty()
@@ -99,9 +299,13 @@ class FamousSettings(bpy.types.PropertyGroup):
         name="Slice", min=0, default=0, update=_slice_changed, description="Stack slice shown"
     )
     running: BoolProperty(default=False, options={"SKIP_SAVE"})
+    cancel: BoolProperty(default=False, options={"SKIP_SAVE"})
     progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR", options={"SKIP_SAVE"})
     status: StringProperty(options={"SKIP_SAVE"})
-    table: CollectionProperty(type=FamousClassRow)
+    mesh_table: CollectionProperty(type=FamousMeshRow)
+    train: PointerProperty(type=FamousTrainSettings)
+    compare: PointerProperty(type=FamousCompareSettings)
+    quantify: PointerProperty(type=FamousQuantifySettings)
 
     def voxel_size_nm(self):
         """The voxel size, or None to use the stack's metadata."""
@@ -110,27 +314,48 @@ class FamousSettings(bpy.types.PropertyGroup):
     def mesher_override(self):
         return None if self.mesher == "CLASS" else self.mesher.lower()
 
+    def output_dir(self) -> Path:
+        """The output folder, as an absolute path; FamousError when none is set."""
+        out = abspath(self.output)
+        if not out:
+            raise FamousError(
+                "no output folder is set.", fix="choose an Output folder in the panel."
+            )
+        return Path(out)
 
-CLASSES = (FamousClassRow, FamousSettings)
+    def stack_path(self) -> str:
+        """The image stack, as an absolute path; FamousError when none is set."""
+        stack = abspath(self.stack)
+        if not stack:
+            raise FamousError("no stack is set.", fix="choose the image Stack in the panel.")
+        return stack
+
+    def classes_arg(self) -> str:
+        """The class config: a preset name as it is, a file as an absolute path."""
+        if not self.classes:
+            raise FamousError("no class config is set.", fix="give a .toml, obj.names, or fibsem.")
+        return self.classes if self.classes in PRESETS else abspath(self.classes)
 
 
-def scene_settings_factory(classes, attribute: str, group):
-    """``register, unregister`` for ``classes`` plus ``Scene.<attribute>`` of type ``group``.
-
-    Each section of the panel keeps its settings in its own pointer property
-    on the scene, registered after its classes and removed before them.
-    """
-    register_classes, unregister_classes = bpy.utils.register_classes_factory(classes)
-
-    def register():
-        register_classes()
-        setattr(bpy.types.Scene, attribute, PointerProperty(type=group))
-
-    def unregister():
-        delattr(bpy.types.Scene, attribute)
-        unregister_classes()
-
-    return register, unregister
+# Sub-groups register before the group that points to them.
+CLASSES = (
+    FamousTrainSettings,
+    FamousCompareRow,
+    FamousCompareSettings,
+    FamousQuantifyRow,
+    FamousLegendStop,
+    FamousQuantifySettings,
+    FamousMeshRow,
+    FamousSettings,
+)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
-register, unregister = scene_settings_factory(CLASSES, "famous", FamousSettings)
+def register():
+    _register_classes()
+    bpy.types.Scene.famous = PointerProperty(type=FamousSettings)
+
+
+def unregister():
+    del bpy.types.Scene.famous
+    _unregister_classes()

@@ -28,9 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
+from scipy import ndimage
+from skimage.measure import marching_cubes
 
-from .errors import FamousError
-from .progress import ProgressFn, silent
+from ..errors import FamousError
+from ..fileio import atomic_write_bytes
+from ..progress import ProgressFn, silent
 
 # Rays pass this far (in voxels) beside the voxel centres so that they never
 # graze a mesh edge or vertex exactly (which would count a crossing twice).
@@ -239,6 +242,50 @@ def find_stl_files(path: Path) -> list[Path]:
     return files
 
 
+def _read_file(
+    f: Path, rel: Path, cls: str, split: bool, transform: Transform, warnings: list[str]
+) -> list[MeshObject]:
+    """The objects of one STL file (its bodies when ``split``, else one object).
+
+    Problems are appended to ``warnings``; a file that cannot be used gives no
+    object.
+    """
+    try:
+        bodies = _bodies(f)
+    except Exception as exc:  # trimesh raises many types on bad bytes
+        warnings.append(f"{f}: could not be read as STL ({exc}); skipped")
+        return []
+    if not bodies or sum(len(b.faces) for b in bodies) == 0:
+        warnings.append(f"{f}: empty or not an STL file (no triangles); skipped")
+        return []
+    if not split and len(bodies) > 1:
+        bodies = [trimesh.util.concatenate(bodies)]
+    prepared = [_prepare(b, str(f), warnings) for b in bodies]
+    prepared = [b for b in prepared if b is not None]
+    if not prepared:
+        warnings.append(f"{f}: no valid triangles; skipped")
+        return []
+    pieces = [p for b in prepared for p in (b.split(only_watertight=False) if split else [b])]
+    objects = []
+    for j, mesh in enumerate(pieces):
+        name = rel.with_suffix("").as_posix() + (f"#{j + 1}" if len(pieces) > 1 else "")
+        notes: list[str] = []
+        mesh = _close(mesh, f"{f} [{name}]", notes)
+        warnings.extend(notes)
+        objects.append(
+            MeshObject(
+                name=name,
+                class_name=cls,
+                vertices=transform.apply(np.asarray(mesh.vertices, float)),
+                faces=np.asarray(mesh.faces, np.int64),
+                source=f,
+                watertight=bool(mesh.is_watertight),
+                notes=notes,
+            )
+        )
+    return objects
+
+
 def read_stl_segmentation(
     path: str | Path,
     class_map: Mapping[str, str] | None = None,
@@ -284,42 +331,11 @@ def read_stl_segmentation(
     warnings: list[str] = []
     for i, (f, rel, cls) in enumerate(zip(files, rels, classes)):
         progress(i / len(files), f"reading {rel}")
-        try:
-            bodies = _bodies(f)
-        except Exception as exc:  # trimesh raises many types on bad bytes
-            warnings.append(f"{f}: could not be read as STL ({exc}); skipped")
-            continue
-        if not bodies or sum(len(b.faces) for b in bodies) == 0:
-            warnings.append(f"{f}: empty or not an STL file (no triangles); skipped")
-            continue
         if split_bodies is None:
             split = per_class[cls] == 1 and not re.search(r"\d$", f.stem)
         else:
             split = split_bodies
-        if not split and len(bodies) > 1:
-            bodies = [trimesh.util.concatenate(bodies)]
-        prepared = [_prepare(b, str(f), warnings) for b in bodies]
-        prepared = [b for b in prepared if b is not None]
-        if not prepared:
-            warnings.append(f"{f}: no valid triangles; skipped")
-            continue
-        pieces = [p for b in prepared for p in (b.split(only_watertight=False) if split else [b])]
-        for j, mesh in enumerate(pieces):
-            name = rel.with_suffix("").as_posix() + (f"#{j + 1}" if len(pieces) > 1 else "")
-            notes: list[str] = []
-            mesh = _close(mesh, f"{f} [{name}]", notes)
-            warnings.extend(notes)
-            objects.append(
-                MeshObject(
-                    name=name,
-                    class_name=cls,
-                    vertices=transform.apply(np.asarray(mesh.vertices, float)),
-                    faces=np.asarray(mesh.faces, np.int64),
-                    source=f,
-                    watertight=bool(mesh.is_watertight),
-                    notes=notes,
-                )
-            )
+        objects += _read_file(f, rel, cls, split, transform, warnings)
     progress(1.0, "STL files read")
     return StlSegmentation(root, objects, warnings)
 
@@ -561,11 +577,6 @@ def write_object_stls(
     -------
     list of Path
     """
-    from scipy import ndimage
-    from skimage.measure import marching_cubes
-
-    from .fileio import atomic_write_bytes
-
     progress = progress or silent
     spacing = np.asarray(voxel_size_um, float)
     boxes = ndimage.find_objects(labels)

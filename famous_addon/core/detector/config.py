@@ -1,0 +1,70 @@
+"""A training run's settings, and the check that the ``train`` extra is installed.
+
+Torch-free, so that the command line and the Blender panel can build a
+:class:`TrainConfig` and explain a missing PyTorch before they import the
+trainer (:mod:`.train`), which needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..errors import FamousError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def require_torch():
+    """Import torch, or explain how to get it.
+
+    Returns
+    -------
+    module
+        ``torch``.
+
+    Raises
+    ------
+    FamousError
+        Naming the ``train`` extra, when PyTorch is not installed.
+    """
+    try:
+        import torch  # torch: the optional train extra, which this checks for
+    except ImportError:
+        raise FamousError(
+            "training needs PyTorch, which is not installed.",
+            fix="pip install 'famous-blender[train]' (CPU torch is enough).",
+        ) from None
+    return torch
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (stored in the checkpoint and the report)."""
+
+    epochs: int = 60
+    width: str = "slim"
+    heads: int = 2
+    input_size: int = 416
+    train_size: int = 256
+    batch: int = 8
+    steps_per_epoch: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    val_fraction: float = 0.2
+    seed: int = 0
+    threads: int = 0
+    device: str = "cpu"
+    workers: int = 2
+    init: str = ""
+    flip_views: int = 1
+    neighbours: bool = False
+    small_focus: float = 0.0
+    large_focus: float = 0.0
+    ema: bool = True
+    precision: str = "auto"
+    zoom_pass: dict[str, float] = field(default_factory=dict)
+
+    def key(self) -> dict:
+        """The settings a checkpoint must share to be resumed (not where it runs or infers)."""
+        skip = ("threads", "device", "workers", "flip_views", "precision", "zoom_pass")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
