@@ -10,12 +10,12 @@ __all__ = ["__version__", "register", "unregister"]
 
 
 def register():
-    from . import ui
+    from . import ui  # bpy: only inside Blender, so that the core imports without it
 
     ui.register()
 
 
 def unregister():
-    from . import ui
+    from . import ui  # (as in register)
 
     ui.unregister()

@@ -1,2 +1,2 @@
 """The bpy-free FAMOUS pipeline: stack I/O, detection, extraction, linking,
-point clouds, run folders, quantification and comparison."""
+point clouds, run folders, quantification and comparison (map: docs/design.md, "Layout")."""
