@@ -1,0 +1,275 @@
+"""FAMOUS on real EM, as a user following the README would run it, scored against the labels.
+
+Two development sets (``../shared/data``; the script says so and stops when one
+is absent):
+
+- ``lucchi``: the EPFL FIB-SEM training volume (165 x 768 x 1024, 5 nm, every
+  mitochondrion labelled). Its README's protocol: boxes from the labels on
+  slices 27, 55, 82, 109, 137; train on those; run on the whole volume;
+  objects of 200 voxels or more; one-to-one matching at 3-D IoU >= 0.5.
+- ``cdeep3m``: SBEM mitochondria (40 x 5.9 x 5.9 nm). Boxes from the labels of
+  the 20 training slices (``--split-touching 0.25``: the labels are binary);
+  run on the 10 validation slices; truth objects are the labels' 26-connected
+  components (all sizes, as ``benchmarks/cdeep3m_pipeline.py`` scores them).
+
+Each step is one of the README's commands (``famous boxes-from-labels``,
+``famous train``, ``famous run``), run with their defaults; ``--boxes-everywhere``
+gives the ceiling instead: boxes from the labels on every slice of the run,
+no training. Printed: object precision, recall, F1 and Jaccard; voxel IoU;
+volume overlap; box recall (all, boxes touching the slice border, small
+boxes); merges (one organelle holding >= 20 % of each of two true objects),
+splits (one true object >= 20 % in each of two organelles), spilled voxels
+(predicted voxels outside every true object); the time of each step.
+
+    python benchmarks/real_em.py lucchi [--work DIR] [--boxes-everywhere]
+    python benchmarks/real_em.py cdeep3m [--train-args "--epochs 60"] [--run-args "..."]
+
+The data may be used for development and benchmarks only: nothing trained on
+them goes into the project (the work folder is temporary unless ``--work``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage
+
+from famous_addon.core.annotations import boxes_from_label_slice
+from famous_addon.core.compare.score import match_objects
+from famous_addon.core.detector.boxops import iou_matrix
+from famous_addon.core.detector.evaluate import small_boxes
+from famous_addon.core.fileio import read_csv
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FAMOUS = [sys.executable, "-m", "famous_addon.cli"]
+SHARE = 0.2  # a merge or split: >= 20 % of each object involved
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Where a development set lives and how it is scored."""
+
+    name: str
+    train_stack: Path
+    train_labels: Path
+    train_slices: str
+    run_stack: Path
+    run_labels: Path
+    voxel_size: tuple[float, float, float] | None
+    min_voxels: int
+    split_touching: float
+
+
+DATASETS = {
+    "lucchi": Dataset(
+        "lucchi",
+        DATA / "lucchi-train/stack.tif",
+        DATA / "lucchi-train/mito_labels.tif",
+        "27,55,82,109,137",
+        DATA / "lucchi-train/stack.tif",
+        DATA / "lucchi-train/mito_labels.tif",
+        None,
+        200,
+        0.0,
+    ),
+    "cdeep3m": Dataset(
+        "cdeep3m",
+        DATA / "cdeep3m-mito/train_raw.tif",
+        DATA / "cdeep3m-mito/train_mito.tif",
+        "0-19",
+        DATA / "cdeep3m-mito/val_raw.tif",
+        DATA / "cdeep3m-mito/val_mito.tif",
+        (40.0, 5.9, 5.9),
+        0,
+        0.25,
+    ),
+}
+
+
+def famous(*args, log: Path) -> float:
+    """Run one ``famous`` command, its output to ``log``; its wall time in seconds."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        done = subprocess.run([*FAMOUS, *map(str, args)], stdout=fh, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"famous {args[0]} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def truth_objects(ds: Dataset) -> np.ndarray:
+    """Instance labels of the run stack's truth, small objects removed."""
+    lab = tifffile.imread(ds.run_labels)
+    if lab.max() <= 1:  # a binary mask: 26-connected components are the objects
+        lab = ndimage.label(lab > 0, structure=np.ones((3, 3, 3)))[0]
+    return drop_small(lab, ds.min_voxels)
+
+
+def drop_small(labels: np.ndarray, min_voxels: int) -> np.ndarray:
+    """``labels`` without the objects under ``min_voxels`` voxels."""
+    if min_voxels <= 0:
+        return labels
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_voxels
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def object_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Object P/R/F1/Jaccard (one-to-one, 3-D IoU >= 0.5), voxel IoU and volume overlap."""
+    cls_p = {int(i): "mito" for i in np.unique(pred) if i}
+    cls_t = {int(i): "mito" for i in np.unique(truth) if i}
+    (s,) = match_objects(pred, cls_p, truth, cls_t, 0.5, 1.0, adjust_splits=False)
+    fg_p, fg_t = pred > 0, truth > 0
+    inter = np.count_nonzero(fg_p & fg_t)
+    return {
+        "objects (pred/truth)": f"{len(cls_p)}/{len(cls_t)}",
+        "object precision": s.precision,
+        "object recall": s.recall,
+        "object F1": s.f1,
+        "object Jaccard": s.tp / max(s.tp + s.fp + s.fn, 1),
+        "voxel IoU": inter / max(np.count_nonzero(fg_p | fg_t), 1),
+        "volume overlap": inter / max(np.count_nonzero(fg_t), 1),
+    }
+
+
+def merges_splits_spill(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Merged truth pairs, split truth objects and predicted voxels outside the truth."""
+    both = (pred > 0) & (truth > 0)
+    p, t = pred[both].astype(np.int64), truth[both].astype(np.int64)
+    m = int(truth.max()) + 1
+    pair, n = np.unique(p * m + t, return_counts=True)
+    pp, tt = pair // m, pair % m
+    t_size = np.bincount(truth.ravel(), minlength=m)
+    big = n >= SHARE * t_size[tt]  # this organelle holds >= 20 % of that true object
+    merged = {int(o): int(c) for o, c in zip(*np.unique(pp[big], return_counts=True)) if c >= 2}
+    split = {int(o): int(c) for o, c in zip(*np.unique(tt[big], return_counts=True)) if c >= 2}
+    n_pred = np.count_nonzero(pred)
+    spilled = np.count_nonzero((pred > 0) & (truth == 0))
+    return {
+        "merges (organelles holding >= 2 objects)": len(merged),
+        "objects lost to merges": sum(merged.values()),
+        "split objects": len(split),
+        "spilled voxels (share of predicted)": f"{spilled} ({spilled / max(n_pred, 1):.3f})",
+    }
+
+
+def box_recall(run: Path, truth: np.ndarray) -> dict:
+    """Recall of the truth's per-slice boxes by the detector's boxes (IoU >= 0.5)."""
+    dets = read_csv(run / "detections.csv")
+    by_slice: dict[int, list] = {}
+    for d in dets:
+        if float(d["score"]) > 0:  # score 0: added by gap filling or following
+            x, y, w, h = (float(d[c]) for c in "xywh")
+            by_slice.setdefault(int(d["slice"]), []).append((x, y, x + w, y + h))
+    rows, cols = truth.shape[1:]
+    hit, edge, areas = [], [], []
+    for k in range(truth.shape[0]):
+        boxes = boxes_from_label_slice(truth[k], 0)
+        if not boxes:
+            continue
+        t = np.array([(b.x, b.y, b.x + b.w, b.y + b.h) for b in boxes])
+        d = np.array(by_slice.get(k, np.zeros((0, 4))))
+        best = iou_matrix(t, d).max(axis=1) if len(d) else np.zeros(len(t))
+        hit += list(best >= 0.5)
+        edge += list((t[:, 0] <= 0) | (t[:, 1] <= 0) | (t[:, 2] >= cols) | (t[:, 3] >= rows))
+        areas += list((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]))
+    hit, edge = np.array(hit), np.array(edge)
+    small = small_boxes(np.zeros(len(areas), int), np.array(areas))
+
+    def share(sel):
+        return f"{hit[sel].mean():.3f} of {int(sel.sum())}" if sel.any() else "-"
+
+    return {
+        "box recall": share(np.ones(len(hit), bool)),
+        "box recall, at the border": share(edge),
+        "box recall, small": share(small & ~edge),
+    }
+
+
+def annotate_and_train(ds: Dataset, work: Path, train_args: list[str]) -> dict:
+    """The README's first two steps: boxes on the chosen slices, then ``famous train``."""
+    names = work / "obj.names"
+    names.write_text("mitochondria\n")
+    ann, model = work / "annotations", work / "model"
+    t = {}
+    args = ["boxes-from-labels", ds.train_labels, "--slices", ds.train_slices]
+    args += ["--stack", ds.train_stack, "--classes", names, "--out", ann, "--neighbours"]
+    if ds.split_touching:
+        args += ["--split-touching", ds.split_touching]
+    t["boxes-from-labels"] = famous(*args, log=work / "boxes.log")
+    args = ["train", ann, "--classes", names, "--out", model, "--neighbours", *train_args]
+    t["train"] = famous(*args, log=work / "train.log")
+    return t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("dataset", choices=sorted(DATASETS))
+    ap.add_argument("--boxes-everywhere", action="store_true", help="the ceiling: truth boxes")
+    ap.add_argument("--work", help="keep the work folder here (default: a temporary one)")
+    ap.add_argument("--model", help="skip training: run this model folder")
+    ap.add_argument("--train-args", default="", help="extra `famous train` options")
+    ap.add_argument("--run-args", default="", help="extra `famous run` options")
+    args = ap.parse_args()
+    ds = DATASETS[args.dataset]
+    if not ds.run_stack.is_file():
+        print(f"{ds.run_stack} not found: the {ds.name} data are not on this machine.")
+        return 0
+    work = Path(args.work or tempfile.mkdtemp(prefix=f"famous_{ds.name}_"))
+    work.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    try:
+        names = work / "obj.names"
+        names.write_text("mitochondria\n")
+        if args.boxes_everywhere:
+            source = ["--boxes", work / "boxes_everywhere"]
+            n = tifffile.TiffFile(ds.run_stack).series[0].shape[0]
+            times["boxes-from-labels"] = famous(
+                "boxes-from-labels", ds.run_labels, "--slices", f"0-{n - 1}", "--classes",
+                names, "--out", source[1], *(["--split-touching", ds.split_touching]
+                                             if ds.split_touching else []),
+                log=work / "boxes.log",
+            )  # fmt: skip
+            classes = names
+        elif args.model:
+            source, classes = ["--model", args.model], Path(args.model) / "classes.toml"
+        else:
+            times.update(annotate_and_train(ds, work, shlex.split(args.train_args)))
+            source, classes = ["--model", work / "model"], work / "model" / "classes.toml"
+        run = work / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        extra = ["--voxel-size", *ds.voxel_size] if ds.voxel_size else []
+        extra += shlex.split(args.run_args)
+        times["run"] = famous(
+            "run", ds.run_stack, "--classes", classes, *source, "--out", run, "--labels", *extra,
+            log=work / "run.log",
+        )  # fmt: skip
+        pred = drop_small(tifffile.imread(run / "labels.tif"), ds.min_voxels)
+        truth = truth_objects(ds)
+        rows = {**object_scores(pred, truth), **merges_splits_spill(pred, truth)}
+        rows.update(box_recall(run, tifffile.imread(ds.run_labels)))
+        rows.update({f"time: {k} (s)": v for k, v in times.items()})
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    what = "boxes from the labels on every slice" if args.boxes_everywhere else "README defaults"
+    print(f"{ds.name}: {what} {' '.join([args.train_args, args.run_args]).strip()}")
+    for key, value in rows.items():
+        print(f"  {key:<44} {value:.3f}" if isinstance(value, float) else f"  {key:<44} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
