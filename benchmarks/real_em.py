@@ -179,7 +179,7 @@ def box_recall(run: Path, truth: np.ndarray) -> dict:
             continue
         t = np.array([(b.x, b.y, b.x + b.w, b.y + b.h) for b in boxes])
         d = np.array(by_slice.get(k, np.zeros((0, 4))))
-        best = iou_matrix(t, d).max(axis=1) if len(d) else np.zeros(len(t))
+        best = iou_matrix(t, d)[0].max(axis=1) if len(d) else np.zeros(len(t))
         hit += list(best >= 0.5)
         edge += list((t[:, 0] <= 0) | (t[:, 1] <= 0) | (t[:, 2] >= cols) | (t[:, 3] >= rows))
         areas += list((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]))

@@ -194,6 +194,28 @@ def test_a_few_steps_lower_the_loss_and_export_loads(tmp_path):
     assert np.isfinite(det.forward(np.zeros((1, 96, 96), np.uint8))).all()
 
 
+@pytest.mark.parametrize("heads", [2, 3])
+def test_each_box_is_learned_by_the_head_that_holds_its_anchor(heads):
+    # anchors smallest first; the head with the largest (coarsest grid) must
+    # learn a box shaped like its anchors, and no other head may
+    anchors = [(8, 10), (14, 12), (20, 26), (40, 36), (60, 70), (90, 80), (120, 110)]
+    anchors += [(150, 160), (180, 170)]
+    net = DarknetTorch(yolo_tiny_cfg(1, anchors[: 3 * heads], "slim", 1, 96, heads=heads))
+    raws = [r.detach().requires_grad_() for r in net(torch.zeros(1, 1, 96, 96))]
+    for h, head in enumerate(net.heads):
+        w, hh = head["anchors"][1].tolist()
+        target = torch.tensor([[0, 0, 48.0, 48.0, w, hh]])
+        loss, _ = yolo_loss(net, raws, target, (96, 96))
+        grads = torch.autograd.grad(loss, raws)
+        # the box channels (x, y, w, h of each anchor) learn only at positives
+        box = [g.view(1, len(hd["mask"]), -1, *g.shape[2:])[:, :, :4] for g, hd in
+               zip(grads, net.heads)]  # fmt: skip
+        learned = [bool(b.abs().sum() > 0) for b in box]
+        # (a head whose anchor is close in shape may learn it too, as in darknet)
+        farthest = 0 if h == len(net.heads) - 1 else len(net.heads) - 1
+        assert learned[h] and not learned[farthest], (h, learned)
+
+
 def test_train_model_writes_a_model_folder_and_resumes(tmp_path):
     images = _toy_folder(tmp_path / "ann", seed=1, n=4)
     classes = from_names(["dark", "light"])

@@ -66,7 +66,10 @@ def yolo_loss(
     n_img = raws[0].shape[0]
     dev = raws[0].device
     targets = targets.to(dev)
-    anchor_global = torch.tensor([m for h in net.heads for m in h["mask"]])
+    # each head holds its own anchors (the cfg's masked ones), so its columns of
+    # ``positive`` are its place in head order; the cfg's mask indices number the
+    # anchors differently and once swapped the heads (coarse head, small boxes)
+    anchor_global = torch.arange(sum(len(h["mask"]) for h in net.heads))
     positive = _anchor_matches(net, targets, match_iou) if len(targets) else None
     loss_box = torch.zeros((), device=dev)
     loss_obj = torch.zeros((), device=dev)
@@ -173,8 +176,8 @@ def _positive_losses(pred, head, targets, positive, anchor_ids, n_cls, input_hw,
     positive : (M, anchors) bool
         The anchors each truth box is assigned to (:func:`_anchor_matches`).
     anchor_ids : (A,) tensor
-        The column of ``positive`` for each of this head's anchors: its mask
-        index in the cfg.
+        The column of ``positive`` for each of this head's anchors: its place
+        among all heads' anchors, head after head.
     obj : (obj_target, obj_weight)
         Set to 1 at the positive cells.
     running : (loss_box, loss_cls)
