@@ -11,7 +11,7 @@ Usage::
 
     python benchmarks/end_to_end.py [--model assets/demo_model] [--seeds 2 3 4 5 6]
         [--shape 64 512 512] [--flip-views N] [--work /tmp/famous_e2e]
-        [--min-slices 3] [--min-depth-nm 60] [--follow-iou 0.5]
+        [--min-slices 3] [--min-depth-nm 60] [--follow-iou 0.5] [--separation 0.25]
         [--backend auto|cpu|cuda|cuda_fp16]
 """
 
@@ -48,9 +48,13 @@ def main() -> None:
     ap.add_argument("--min-slices", type=int, default=defaults.min_slices)
     ap.add_argument("--min-depth-nm", type=float, default=defaults.min_depth_nm)
     ap.add_argument("--follow-iou", type=float, default=defaults.follow_iou)
+    ap.add_argument("--separation", type=float, default=defaults.separation)
     args = ap.parse_args()
     settings = RunSettings(
-        min_slices=args.min_slices, min_depth_nm=args.min_depth_nm, follow_iou=args.follow_iou
+        min_slices=args.min_slices,
+        min_depth_nm=args.min_depth_nm,
+        follow_iou=args.follow_iou,
+        separation=args.separation,
     )
 
     used, note = choose_backend(args.backend)

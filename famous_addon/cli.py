@@ -216,6 +216,13 @@ def _add_linking(p) -> None:
         "fraction of the smaller one (default 0.3)",
     )
     p.add_argument(
+        "--separation",
+        type=float,
+        default=0.25,
+        help="cut a mask that spans two organelles of the slice beside where the grey values "
+        "along the cut lie this share of the way to the background (default 0.25; 0: off)",
+    )
+    p.add_argument(
         "--min-slices",
         type=int,
         default=3,

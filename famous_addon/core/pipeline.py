@@ -39,6 +39,7 @@ from .link import link_boxes
 from .progress import ProgressFn, silent, sub
 from .refine import drop_small, drop_unconfirmed, merge_bridges
 from .request import RunRequest
+from .separate import split_spanning
 from .slicecache import cache_path, clear_filled, fingerprint, gather_detections, prepare_out
 from .slices import make_box_source, run_slices
 from .stack import Stack, open_stack
@@ -147,10 +148,15 @@ def _link(out: Path, request: RunRequest, inputs: _Inputs, progress: ProgressFn)
         settings.tolerance,
         settings.min_tolerance_px,
     )
+    min_span = settings.min_span(stack.voxel_size_nm[0])
+    if settings.separation > 0 and len(labels0):
+        step = sub(progress, 0.0, 0.2)
+        det, labels0 = split_spanning(
+            out, stack, classes, det, labels0, settings.separation, min_span, step
+        )
     det_labels = labels0
     if settings.merge_bridges and len(labels0):
         det_labels = merge_bridges(out, stack, det, labels0, settings, sub(progress, 0.2, 0.6))
-    min_span = settings.min_span(stack.voxel_size_nm[0])
     det_labels = drop_small(det_labels, det, min_span, n_slices)
     confirm = getattr(inputs.source, "confirm_thresholds", None)
     if confirm is not None:

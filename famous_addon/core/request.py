@@ -37,6 +37,7 @@ class RunSettings:
     min_tolerance_px: float = 2.5
     merge_bridges: bool = True
     merge_min_overlap: float = 0.3
+    separation: float = 0.25
     min_slices: int = 3
     min_depth_nm: float = 60.0
     confirm_boxes: int = 2
@@ -165,6 +166,7 @@ def run_settings(args) -> RunSettings:
         min_tolerance_px=args.min_tolerance_px,
         merge_bridges=not args.no_merge,
         merge_min_overlap=args.merge_overlap,
+        separation=args.separation,
         min_slices=args.min_slices,
         min_depth_nm=args.min_depth_nm,
         confirm_boxes=args.confirm_boxes,
