@@ -186,6 +186,9 @@ def cut_parts(image, bounds, mask, painted, pair, polarity: str = "dark"):
     near_two = cv2.dilate(two.astype(np.uint8), disk(1)).astype(bool)
     near_one = cv2.dilate(one.astype(np.uint8), disk(1)).astype(bool)
     cut = (one & near_two) | (two & near_one)
+    crop = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
+    if not cut.any():
+        return one[crop], two[crop], 1.0  # the parts do not touch: the mask was two pieces
     ring = cv2.dilate(big.astype(np.uint8), disk(pad)).astype(bool) & ~big
     if not ring.any() or not (big & ~cut).any():
         return None
@@ -194,5 +197,4 @@ def cut_parts(image, bounds, mask, painted, pair, polarity: str = "dark"):
         return None
     # across the cut its lightest grey (darkest, for light organelles): the line between
     peak = cv2.dilate(grey, np.ones((3, 3), np.uint8))
-    crop = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
     return one[crop], two[crop], (float(np.median(peak[cut])) - inside) / (outside - inside)
