@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy import ndimage
 from skimage.segmentation import watershed
 
 from .boxes import Box, boxes_from_array
@@ -50,9 +51,9 @@ def split_spanning(
 
     Only organelles on ``min_span`` slices or more seed a cut: a detector's
     flicker inside a large organelle must not cut it. Returns the detections
-    and their organelle labels with each cut mask
-    replaced by its two parts (boxes around them, the original score); changed
-    slices are written beside the cache (:func:`~.slicecache.with_slices`).
+    and their organelle labels with each cut mask replaced by its two parts
+    (boxes around them, the original score); changed slices are written
+    beside the cache (:func:`~.slicecache.with_slices`).
     """
     n, shape = stack.shape[0], stack.shape[1:]
     rows = [slice(det["start"][k], det["start"][k + 1]) for k in range(n)]
@@ -179,6 +180,10 @@ def cut_parts(image, bounds, mask, painted, pair, polarity: str = "dark"):
     for n, label in enumerate(pair, 1):
         seeds[big & (window == label)] = n
     parts = watershed(grey, seeds, mask=big)
+    if (big & (parts == 0)).any():
+        # pieces of the mask no seed reaches go to the nearer part, so no pixel is lost
+        _, (iy, ix) = ndimage.distance_transform_edt(parts == 0, return_indices=True)
+        parts = np.where(big & (parts == 0), parts[iy, ix], parts)
     one, two = parts == 1, parts == 2
     if one.sum() < MIN_PIXELS or two.sum() < MIN_PIXELS:
         return None
