@@ -25,9 +25,9 @@ class RunSettings:
     Before the bridge merge, a mask that spans two organelles of the slice
     beside is cut between them where the grey values along the cut lie at
     least ``separation`` of the way to the background (0: off; see
-    :mod:`.separate`). An organelle that does not touch the first or last slice is kept when it
-    spans at least ``min_slices`` slices and ``min_depth_nm`` in z (see
-    :meth:`min_span`). Where a kept organelle skips slices, up to
+    :mod:`.separate`). An organelle that does not touch the first or last
+    slice is kept when it spans at least ``min_slices`` slices and
+    ``min_depth_nm`` in z (see :meth:`min_span`). Where a kept organelle skips slices, up to
     ``fill_gaps_nm`` of them in z get a box interpolated between its boxes
     on either side (see :meth:`gap_slices`). A kept organelle is then
     followed into the slices beyond its ends (and across longer gaps) where
