@@ -69,14 +69,17 @@ def split_spanning(
         return changed.get(k) or (load_slice(out, k), det_labels[rows[k]])
 
     for order in (range(1, n), range(n - 2, -1, -1)):
+        # the slice beside, painted once: each slice is read and painted once a sweep
+        beside = state(order.start - order.step) if n > 1 else None
+        painted = beside[0].paint(shape, beside[1]) if beside else None
         for k in order:
             result, labels = state(k)
             if len(labels):
-                beside = state(k - order.step)
-                painted = beside[0].paint(shape, beside[1])
                 cut = _cut_slice(stack, k, result, labels, painted, seeds, classes, separation)
                 if cut is not None:
                     changed[k] = cut
+                    result, labels = cut
+            painted = result.paint(shape, labels)
             done = k if order.step == 1 else 2 * n - 2 - k
             progress(done / max(2 * n - 2, 1), "separating organelles boxed together")
     return with_slices(out, det, det_labels, changed)
@@ -85,6 +88,8 @@ def split_spanning(
 def _cut_slice(stack, k, result, labels, painted, seeds, classes, separation):
     """Slice ``k`` with its spanning masks cut, or None where none is."""
     area = np.bincount(painted.ravel(), minlength=seeds.shape[1])
+    if np.count_nonzero(area[1:]) < 2:
+        return None  # a cut needs two organelles beside
     image = None
     boxes, new_bounds, masks, new_labels = [], [], [], []
     for i, box in enumerate(boxes_from_array(result.boxes)):
