@@ -33,10 +33,19 @@ def _voxel_size(parser):
     )
 
 
+def _channel(parser):
+    parser.add_argument(
+        "--channel",
+        type=int,
+        metavar="C",
+        help="the channel of a multi-channel TIFF (hyperstack) to use, from 0",
+    )
+
+
 def cmd_info(args) -> int:
     from .core.stack import open_stack  # here, not on top: `famous --help` stays quick
 
-    stack = open_stack(args.stack, args.voxel_size)
+    stack = open_stack(args.stack, args.voxel_size, args.channel)
     z, y, x = stack.shape
     print(f"stack:       {stack.path}")
     print(f"format:      {stack.kind}")
@@ -96,6 +105,8 @@ def cmd_run(args) -> int:
         summary = run_pipeline(request, progress=bar)
     finally:
         bar.close()
+    for note in summary.notes:
+        print(f"note: {note}")
     print(summary.table())
     for name, report in (summary.calibration or {}).items():
         print(f"calibration: {name}: {report['choice']} (score {report['score']:.3f})")
@@ -134,6 +145,7 @@ def _add_info_and_phantom(subs) -> None:
     p = subs.add_parser("info", help="shape, dtype, voxel size, run-time and memory estimate")
     p.add_argument("stack", help="multi-page TIFF, folder of slices, or MRC")
     _voxel_size(p)
+    _channel(p)
     p.set_defaults(func=cmd_info)
 
     p = subs.add_parser("phantom", help="write a synthetic vEM stack with ground truth")
@@ -162,6 +174,7 @@ def _add_run(subs) -> None:
     src.add_argument("--model", help="detector model folder (model.cfg, model.weights, ...)")
     p.add_argument("--out", required=True, help="run folder to create")
     _voxel_size(p)
+    _channel(p)
     p.add_argument("--labels", action="store_true", help="also write labels.tif")
     p.add_argument(
         "--quantify",
@@ -216,6 +229,13 @@ def _add_linking(p) -> None:
         "fraction of the smaller one (default 0.3)",
     )
     p.add_argument(
+        "--short-joins-one",
+        action="store_true",
+        help="an organelle shorter than the minimum span joins only the long organelle it "
+        "overlaps most (or ones it holds half of), and a box holding boxes of two organelles "
+        "is left out (FIB-SEM mitochondria side by side; off: it split pieces on ssTEM)",
+    )
+    p.add_argument(
         "--separation",
         type=float,
         default=0.25,
@@ -267,6 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except FamousError as exc:
         print(f"famous {args.command}: error: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # the disk, not FAMOUS: a full disk, a read-only folder, a path under a file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"famous {args.command}: error: {where}{exc.strerror or exc}. "
+            "Fix: check the path, its permissions and the free space.",
+            file=sys.stderr,
+        )
         return 2
     except (Cancelled, KeyboardInterrupt):
         print(

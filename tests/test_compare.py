@@ -413,3 +413,56 @@ def test_large_stl_grids_are_voxelised_into_a_file(tmp_path, monkeypatch):
     seg = segmentations.load_segmentation(tmp_path / "M1", grid, "M1")
     assert isinstance(seg.labels, np.memmap)
     assert np.count_nonzero(seg.labels) == 8**3  # centres 0.2, 0.3, ..., 0.9 on each axis
+
+
+# -- units per STL file
+
+
+@pytest.mark.parametrize(
+    "box_um, scale, unit",
+    [
+        ([[0.2, 0.3, 0.05], [0.9, 1.1, 0.12]], 1.0, None),  # µm, on the stack
+        ([[0.2, 0.3, 0.05], [0.9, 1.1, 0.12]], 1e3, ("nm", 1e-3)),
+        ([[0.2, 0.3, 0.05], [0.9, 1.1, 0.12]], 1e4, ("Å", 1e-4)),
+        ([[0.2, 0.3, 0.05], [0.9, 1.1, 0.12]], 1e-3, ("mm", 1e3)),
+        ([[1.0, 0.3, 0.05], [3.0, 1.1, 0.12]], 1.0, None),  # partly off: axes or offset
+        ([[20.0, 20.0, 0.05], [40.0, 40.0, 0.12]], 1.0, None),  # far off, no unit fits
+    ],
+)
+def test_each_file_unit_is_judged_against_the_stack(box_um, scale, unit):
+    from famous_addon.core.compare.stl import Grid, file_unit
+
+    grid = Grid.from_nm((16, 160, 160), (10, 10, 10))  # 0.16 x 1.6 x 1.6 µm
+    assert file_unit(np.array(box_um) * scale, grid) == unit
+
+
+def test_one_class_in_nm_among_classes_in_um_is_rescaled_and_matched(phantom_case, capsys):
+    import shutil
+
+    import trimesh
+
+    from famous_addon.cli import main
+
+    c = phantom_case
+    mixed = c["root"] / "mixed_units"
+    shutil.copytree(c["ph"] / "truth_stl", mixed)
+    in_nm = sorted((mixed / "nucleus").glob("*.stl"))
+    assert in_nm and len(list(mixed.glob("*/*.stl"))) > len(in_nm)
+    for path in in_nm:
+        mesh = trimesh.load(path, file_type="stl")
+        mesh.apply_scale(1000.0)  # exported in nm
+        path.write_bytes(trimesh.exchange.stl.export_stl(mesh))
+    labels = f"{c['ph'] / 'truth_labels.tif'},{c['ph'] / 'truth.csv'}"
+    scores = {}
+    for name, stls in (("um", c["ph"] / "truth_stl"), ("mixed", mixed)):
+        out = c["root"] / f"units_{name}"
+        assert main(["compare", labels, str(stls), "--out", str(out), "--no-plots"]) == 0
+        scores[name] = {r["class"]: r for r in compare_report_rows(out / "metrics.csv")}
+    nucleus = scores["mixed"]["nucleus"]
+    assert int(nucleus["tp"]) == len(in_nm) and int(nucleus["fn"]) == int(nucleus["fp"]) == 0
+    assert scores["mixed"] == scores["um"]
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "rescaled" in ln]
+    # the terminal and the report name every rescaled file and no other
+    assert sorted(ln.split(": ")[2] for ln in said) == [str(p) for p in in_nm]
+    assert all("read as nm and rescaled by 0.001" in ln for ln in said)
+    assert f"{in_nm[0]}: read as nm" in (c["root"] / "units_mixed" / "report.md").read_text()

@@ -116,3 +116,37 @@ def test_merge_labels_renumbers_by_first_appearance():
 def test_tiny_inputs(n):
     rows = np.array([(0, 0, 1, 1, 2, 2)] * n, float).reshape(-1, 6)
     assert len(link_boxes(rows[:, 0], rows[:, 1], rows[:, 2:6])) == n
+
+
+def test_a_short_organelle_joins_one_long_one_unless_it_holds_both():
+    from famous_addon.core.refine import bridge_pairs
+
+    long = np.array([True, True, False, False])
+    # 2 (short) overlaps 0 by 50 px of its 400 and 1 by 30 px of its 400; 3 is short too
+    pairs = np.array([[2, 0, 50, 100, 400], [1, 2, 30, 400, 100], [2, 3, 80, 100, 90]])
+    joined = {tuple(sorted(p)) for p in bridge_pairs(pairs, long).tolist()}
+    assert joined == {(2, 3), (0, 2)}  # the short group joins 0 only, never both
+    # a whole cross-section holding most of both long pieces joins them
+    holds = np.array([[2, 0, 300, 500, 400], [1, 2, 250, 400, 500]])
+    assert {tuple(sorted(p)) for p in bridge_pairs(holds, long).tolist()} == {(0, 2), (1, 2)}
+    # long and long join where they overlap, whatever the short ones do
+    direct = np.array([[0, 1, 200, 400, 400]])
+    assert bridge_pairs(direct, long).tolist() == [[0, 1]]
+
+
+def test_a_box_that_holds_boxes_of_two_organelles_is_unlinked():
+    from famous_addon.core.refine import drop_spanning
+
+    # slice 0: a box around two side-by-side boxes (organelles 0 and 1), and an
+    # organelle 2 far away; slice 1: a large box holding one small box of another organelle
+    xywh = np.array(
+        [[0, 0, 100, 50], [2, 2, 45, 45], [52, 2, 45, 45], [300, 300, 20, 20],
+         [0, 0, 200, 200], [10, 10, 20, 20], [150, 150, 5, 5]],
+        float,
+    )  # fmt: skip
+    det = {"xywh": xywh, "cls": np.zeros(7, int), "start": np.array([0, 4, 7])}
+    labels = np.array([0, 0, 1, 2, 3, 4, 5])
+    out = drop_spanning(labels, det)
+    assert out.tolist() == [-1, 0, 1, 2, 3, 4, 5]
+    # the two held boxes of one organelle (a piece each) leave the box alone
+    assert drop_spanning(np.array([0, 0, 0, 2, 3, 4, 5]), det)[0] == 0

@@ -115,8 +115,8 @@ def test_interrupted_run_resumes_to_identical_labels(phantom, tmp_path):
     full = tmp_path / "full"
     _run(phantom, full, labels=True)
 
-    class Killed(Exception):
-        pass
+    class Killed(KeyboardInterrupt):
+        """A signal, as a kill is: the run stays "interrupted" (an error would be "failed")."""
 
     def kill_midway(fraction, message):
         if fraction > 0.3:
@@ -585,6 +585,7 @@ def test_a_neighbours_model_gets_each_slice_between_its_neighbours(tmp_path):
         shutil.copytree(demo, tmp_path / name)
         (tmp_path / name / "model.cfg").write_text(model.cfg_text)
         model.save_weights(tmp_path / name / "model.weights")
+        (tmp_path / name / "model.weights.sha256").unlink()  # the demo's: weights replaced
         (tmp_path / name / "thresholds.json").write_text(
             json.dumps({**settings, "neighbours": neighbours})
         )

@@ -56,14 +56,69 @@ def test_ome_tiff_voxel_size(tmp_path, volume):
     np.testing.assert_array_equal(stack.read(3), volume[3])
 
 
-def test_hyperstack_with_channels_takes_first_channel(tmp_path, volume):
+def test_hyperstack_needs_a_channel_and_names_the_one_used(tmp_path, volume):
     data = np.stack([volume, 255 - volume], axis=1)  # Z C Y X
     path = tmp_path / "h.tif"
     tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(
+        FamousError, match=r"h\.tif: is a hyperstack with 2 channels.*--channel 0\.\.1"
+    ):
+        open_stack(path, voxel_size_nm=(10, 5, 5))
+    for channel, expected in ((0, volume), (1, 255 - volume)):
+        stack = open_stack(path, voxel_size_nm=(10, 5, 5), channel=channel)
+        assert stack.shape == (5, 24, 32)
+        np.testing.assert_array_equal(stack.read(2), expected[2])
+        assert f"channel {channel} of 2 used" in stack.notes
+        # a worker process reopens the same channel
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(stack)).read(3), expected[3])
+    with pytest.raises(FamousError, match="has no channel 2"):
+        open_stack(path, channel=2)
+
+
+def test_slices_tagged_as_channels_are_read_as_slices(tmp_path, volume):
+    path = tmp_path / "c.tif"
+    tifffile.imwrite(path, volume, imagej=True, metadata={"axes": "CYX"})
     stack = open_stack(path, voxel_size_nm=(10, 5, 5))
     assert stack.shape == (5, 24, 32)
-    np.testing.assert_array_equal(stack.read(2), volume[2])
-    assert any("axis C" in n for n in stack.notes)
+    np.testing.assert_array_equal(stack.read(4), volume[4])
+    assert any("tagged as channels" in n for n in stack.notes)
+
+
+def test_truncated_imagej_tiff_is_not_read_as_a_shorter_stack(tmp_path, volume):
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, volume, imagej=True, metadata={"axes": "ZYX"})
+    data = path.read_bytes()
+    for n, cut in enumerate((len(data) // 2, len(data) - 40)):
+        part = tmp_path / f"cut{n}.tif"
+        part.write_bytes(data[:cut])
+        with pytest.raises(FamousError, match=rf"cut{n}\.tif: .*(truncated|cannot be read)"):
+            open_stack(part)
+    plain = tmp_path / "generic.tif"
+    tifffile.imwrite(plain, volume, metadata=None)  # pages only, no shape anywhere
+    data = plain.read_bytes()
+    (tmp_path / "gcut.tif").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(FamousError, match=r"gcut\.tif: its page chain breaks after page 1"):
+        open_stack(tmp_path / "gcut.tif")
+    assert open_stack(plain).shape == (5, 24, 32)
+
+
+def test_nan_and_inf_are_left_out_of_the_window(tmp_path):
+    vol = np.random.default_rng(4).uniform(100, 200, (4, 30, 30)).astype(np.float32)
+    vol[1, 3, 3] = np.nan
+    vol[2, 4, 4] = np.inf
+    path = tmp_path / "f.tif"
+    tifffile.imwrite(path, vol, photometric="minisblack")
+    stack = open_stack(path, voxel_size_nm=(10, 10, 10))
+    img = stack.read(1)
+    lo, hi = stack.window
+    assert 100 <= lo < 102 and 198 < hi <= 200
+    assert img[3, 3] == 0 and stack.read(2)[4, 4] == 255
+    assert img[10:, 10:].std() > 30  # not blank
+    assert any(n.startswith("2 non-finite values") for n in stack.notes)
+    vol[:] = np.nan
+    tifffile.imwrite(path, vol, photometric="minisblack")
+    with pytest.raises(FamousError, match=r"f\.tif: holds no finite grey value"):
+        open_stack(path, voxel_size_nm=(10, 10, 10)).read(0)
 
 
 def test_16bit_is_windowed_to_8bit(tmp_path):

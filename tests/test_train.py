@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import cv2
@@ -258,6 +259,30 @@ def test_train_model_writes_a_model_folder_and_resumes(tmp_path):
     assert (tmp_path / "m2" / "model.cfg").read_text() == (tmp_path / "m" / "model.cfg").read_text()
 
 
+def test_a_trained_model_carries_the_checksum_of_its_weights(tmp_path):
+    _toy_folder(tmp_path / "ann", seed=2, n=2)
+    classes = from_names(["dark", "light"])
+    config = TrainConfig(
+        steps_per_epoch=1, batch=2, train_size=64, input_size=96, workers=1, threads=1
+    )
+    model = tmp_path / "m"
+    train_model(tmp_path / "ann", classes, model, 1, "slim", config=config)
+    weights = model / "model.weights"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    # sha256sum's own format, so `sha256sum -c model.weights.sha256` checks it too
+    assert (model / "model.weights.sha256").read_text() == f"{digest}  model.weights\n"
+    load_detector(model, classes, "cpu")
+    # the same network trained on other data: same size, other values
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one parameter changed: the size stays
+    weights.write_bytes(bytes(data))
+    with pytest.raises(FamousError, match="model.weights: is not the file this model folder"):
+        load_detector(model, classes, "cpu")
+    # a folder without a checksum (an older FAMOUS, darknet) loads unchecked
+    (model / "model.weights.sha256").unlink()
+    load_detector(model, classes, "cpu")
+
+
 @pytest.mark.parametrize("steps, kept", [(30, 2 / 3), (10**6, 0.999)])
 def test_weight_average_window_is_a_tenth_of_the_run_at_most_1000_steps(steps, kept):
     net = _random_net(2)
@@ -344,7 +369,7 @@ def test_neighbour_crops_are_each_slice_cropped_alike():
         x1, t1 = CropSampler([one], boxes, 64, plain).sample(np.random.default_rng(9))
         np.testing.assert_array_equal(x3[..., c], x1)
         np.testing.assert_array_equal(t3, t1)
-    batch, _ = CropSampler([slices], boxes, 64, plain).batch(2, (0, 0))
+    batch, _, _ = CropSampler([slices], boxes, 64, plain).batch(2, (0, 0))
     assert tuple(batch.shape) == (2, 3, 64, 64)
 
 
@@ -504,3 +529,29 @@ def test_bfloat16_forward_is_close_to_float32_and_a_run_records_it(tmp_path):
         written[precision] = (out / "model.weights").read_bytes()
     # same seed, same batches: only the forward pass's precision differs
     assert written["fp32"] != written["bf16"]
+
+
+class _Payload:
+    """A pickle that touches a file when loaded: what a crafted checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_never_run(tmp_path):
+    import pickle
+
+    _toy_folder(tmp_path / "ann", seed=1, n=3)
+    (tmp_path / "m").mkdir()
+    marker = tmp_path / "code_ran"
+    with open(tmp_path / "m" / "checkpoint.pt", "wb") as fh:
+        pickle.dump({"key": _Payload(marker)}, fh)
+    config = TrainConfig(steps_per_epoch=1, batch=2, train_size=64, input_size=96, workers=1)
+    with pytest.raises(FamousError, match="checkpoint.pt.*--restart"):
+        train_model(
+            tmp_path / "ann", from_names(["dark", "light"]), tmp_path / "m", 1, config=config
+        )
+    assert not marker.exists()

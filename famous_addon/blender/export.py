@@ -11,6 +11,7 @@ from mathutils import Vector
 
 from ..core.errors import FamousError
 from ..core.fileio import atomic_path
+from ..core.guard import inside
 from .measure import MEASURE_CSV, measure_meshes, write_measurements
 from .scene import PLANE, scene_organelles
 
@@ -33,7 +34,7 @@ def export_stls(folder: Path) -> list[Path]:
         obj.select_set(False)
     written = []
     for obj in scene_organelles():
-        path = Path(folder) / obj["class"] / f"{obj['class']}_{obj['id']}.stl"
+        path = inside(folder, obj["class"], f"{obj['class']}_{obj['id']}.stl")
         obj.select_set(True)
         try:
             with atomic_path(path) as tmp:

@@ -147,24 +147,46 @@ def cmd_train(args) -> int:
 
     bar = TqdmProgress("train")
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    try:
-        report = train_model(
+
+    def train(out, pseudo=None, mix=None, progress=bar):
+        return train_model(
             args.annotations,
             classes,
-            args.out,
+            out,
             epochs=args.epochs,
             width=args.width,
-            progress=bar,
+            progress=progress,
             config=config,
             command=command,
             resume=not args.restart,
+            pseudo=pseudo,
+            mix=mix,
         )
+
+    try:
+        report = _self_train(args, classes, train, bar) if args.stack else train(args.out)
     finally:
         bar.close()
     print(f"trained in {report['train_seconds'] / 60:.1f} min")
     _print_metrics(report)
+    for facts in report.get("self_training", {}).get("rounds", []):
+        added = facts.get("pseudo") or {}
+        print(
+            f"self-training round {facts['round']}: held-out mAP@0.5 {facts['mAP50']:.3f}"
+            + (f", {added['n_boxes']} pseudo-boxes on {added['n_images']} slices" if added else "")
+        )
     print(f"model written to {args.out}")
     return 0
+
+
+def _self_train(args, classes, train, bar) -> dict:
+    """``famous train --stack``: the first training, then rounds on the stack's other slices."""
+    # imported when the command runs, so that `famous --help` stays quick
+    from ..core.selftrain import SelfTrainConfig, self_train
+
+    config = SelfTrainConfig(rounds=args.rounds, slices=args.pseudo_slices)
+    voxel = tuple(args.voxel_size) if args.voxel_size else None
+    return self_train(args.annotations, args.stack, classes, args.out, train, config, bar, voxel)
 
 
 def _zoom_pass_option(items: list[str]) -> dict[str, float]:
@@ -356,6 +378,28 @@ def _add_train_extras(p: argparse.ArgumentParser) -> None:
         "that score SCORE (small cross-sections; repeat for more classes; e.g. lysosome=0.9)",
     )
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out")
+    p.add_argument(
+        "--stack",
+        help="the stack the boxed slices come from: after training, FAMOUS runs on it and "
+        "retrains on the organelles it confirms in 3-D on other slices (self-training)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="self-training rounds with --stack (default 1)"
+    )
+    p.add_argument(
+        "--pseudo-slices",
+        type=int,
+        default=0,
+        metavar="N",
+        help="slices pseudo-labelled per round (default: 4 per boxed slice, 10-40)",
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="voxel size in nm for --stack, where its metadata lacks it",
+    )
     p.set_defaults(func=cmd_train)
 
 

@@ -35,6 +35,7 @@ from skimage.segmentation import watershed
 from .boxes import Box, parse_yolo_lines, write_yolo_txt
 from .errors import FamousError
 from .fileio import atomic_path, atomic_write_bytes
+from .guard import decode_text
 from .progress import ProgressFn, silent
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -93,7 +94,10 @@ def read_names_file(folder: str | Path) -> list[str] | None:
     folder = Path(folder)
     for cand in (folder / NAMES_FILE, folder.parent / NAMES_FILE):
         if cand.is_file():
-            names = [ln.strip() for ln in cand.read_text().splitlines() if ln.strip()]
+            text = decode_text(
+                cand.read_bytes(), cand, "names file", "write one class name a line."
+            )
+            names = [ln.strip() for ln in text.splitlines() if ln.strip()]
             if not names:
                 raise FamousError("has no class names.", cand, "write one class name per line.")
             return names
@@ -196,7 +200,7 @@ def read_yolo_mark(
     for path in with_txt:
         img = _read_gray(path)
         txt = path.with_suffix(".txt")
-        boxes.append(parse_yolo_lines(txt.read_text(), img.shape, n_classes, txt))
+        boxes.append(parse_yolo_lines(txt.read_bytes(), img.shape, n_classes, txt))
         if load_images and neighbours:
             img = read_neighbours(path, img)
         images.append(img if load_images else path)
@@ -323,17 +327,23 @@ def spread_indices(n_slices: int, fraction: float, minimum: int = 1) -> list[int
 def parse_slice_list(text: str, n_slices: int) -> list[int]:
     """Slice indices from ``"3,10,20"``, ranges ``"5-9"`` and steps ``"0:200:20"`` (0-based)."""
     out: set[int] = set()
+    bad: list[int] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         try:
             if ":" in part:
-                bits = [int(b) if b else None for b in part.split(":")]
+                bits = [int(b) if b.strip() else None for b in part.split(":")]
+                if len(bits) > 3:
+                    raise ValueError(part)
                 out.update(range(n_slices)[slice(*bits)])
             elif re.fullmatch(r"\d+-\d+", part):
                 a, b = (int(v) for v in part.split("-"))
-                out.update(range(a, b + 1))
+                # only the indices inside the stack are listed: "0-99999999999" must not fill
+                # memory before it is refused
+                out.update(range(a, min(b, n_slices - 1) + 1))
+                bad += [b] if b >= n_slices and a <= b else []
             else:
                 out.add(int(part))
         except ValueError:
@@ -341,7 +351,7 @@ def parse_slice_list(text: str, n_slices: int) -> list[int]:
                 f"slice list item {part!r} is not an index, a-b range or start:stop:step.",
                 fix="e.g. --slices 10,50,90 or --slices 0:200:20.",
             ) from None
-    bad = [k for k in out if not 0 <= k < n_slices]
+    bad += [k for k in out if not 0 <= k < n_slices]
     if bad:
         raise FamousError(
             f"slice {min(bad)} is outside the stack (0..{n_slices - 1}).",

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import FamousError
 from .fileio import atomic_write_bytes
+from .guard import decode_text
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,17 @@ class BoxSource(Protocol):
 
 
 def parse_yolo_lines(
-    text: str, shape: tuple[int, int], n_classes: int | None, path: str | Path
+    text: str | bytes, shape: tuple[int, int], n_classes: int | None, path: str | Path
 ) -> list[Box]:
     """Parse YOLO lines ``class cx cy w h [score]`` into pixel boxes.
 
     Raises a :class:`FamousError` naming the file and line for a bad class id,
-    coordinates outside [0, 1] or a malformed line. An empty text is allowed.
+    coordinates outside [0, 1], a box with no area inside the slice, a score
+    that is not a number in [0, 1], a malformed line or (for ``bytes``) text
+    that is not UTF-8. An empty text is allowed.
     """
+    if isinstance(text, bytes):
+        text = decode_text(text, path, "box file", "save it as plain text (UTF-8 or ASCII).")
     rows, cols = shape[:2]
     boxes = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -113,8 +118,24 @@ def parse_yolo_lines(
                 path,
                 "YOLO boxes are normalised by the image width and height.",
             )
+        if not 0 <= score <= 1:
+            raise FamousError(
+                f"{where}: score {parts[5]} is not a number in [0, 1].",
+                path,
+                "give a detection score in [0, 1] as the sixth field, or leave it out.",
+            )
         pw, ph = w * cols, h * rows
-        boxes.append(Box(cls, cx * cols - pw / 2, cy * rows - ph / 2, pw, ph, score))
+        box = Box(cls, cx * cols - pw / 2, cy * rows - ph / 2, pw, ph, score)
+        x0, y0, x1, y1 = box.pixel_bounds(shape)
+        # a box with no pixel inside the slice has nothing to extract (and once crashed it)
+        if pw <= 0 or ph <= 0 or x1 <= x0 or y1 <= y0:
+            raise FamousError(
+                f"{where}: the box {line.strip()!r} covers no pixel of the "
+                f"{cols} x {rows} slice (zero width or height, or outside it).",
+                path,
+                "delete the line or give the box a width and height.",
+            )
+        boxes.append(box)
     return boxes
 
 
@@ -197,7 +218,7 @@ class YoloTxtBoxes:
         path = self.files.get(index)
         if path is None:
             return []
-        return parse_yolo_lines(path.read_text(), self.shape, self.n_classes, path)
+        return parse_yolo_lines(path.read_bytes(), self.shape, self.n_classes, path)
 
     def describe(self) -> dict:
         return {"kind": "yolo_txt", "folder": str(self.folder.resolve()), "files": len(self.files)}

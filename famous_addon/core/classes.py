@@ -20,6 +20,7 @@ the annotated boxes when annotations are given.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +32,7 @@ import tomli_w
 from .annotations import read_yolo_mark
 from .errors import FamousError
 from .fileio import atomic_write_bytes
+from .guard import check_class_name, decode_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("fibsem", "yeast")
@@ -158,6 +160,24 @@ def _norm(name: str) -> str:
     return n[:-1] if n.endswith("s") and not n.endswith("ss") and not n.endswith("us") else n
 
 
+# Allowed ranges of the recipes' numbers. The kernel sizes are physical; past
+# 10 µm a kernel is larger than most stacks' slices and only costs time.
+_RANGES = {
+    "blur_nm": (0.0, 10_000.0),
+    "erode_nm": (0.0, 10_000.0),
+    "dilate_nm": (0.0, 10_000.0),
+    "smooth_nm": (0.0, 10_000.0),
+    "open_nm": (0.0, 10_000.0),
+    "membrane_nm": (0.0, 10_000.0),
+    "iterations": (0, 100),
+    "threshold_offset": (-10.0, 10.0),
+    "context_fraction": (0.0, 10.0),
+    "edge_level": (0.0, 1.0),
+    "separate_core": (0.0, 1.0),
+}
+_ENTRY_KEYS = ("name", "color", "extract", "mesh")
+
+
 def _check_color(color: str, where: str, path) -> str:
     if not isinstance(color, str) or not re.fullmatch(r"#?[0-9a-fA-F]{6}", color):
         raise FamousError(
@@ -167,83 +187,145 @@ def _check_color(color: str, where: str, path) -> str:
 
 
 def _choice(value, allowed, where, key, path):
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise FamousError(
             f"{where}: {key} {value!r} is unknown.", path, f"use one of {', '.join(allowed)}."
         )
     return value
 
 
-def _build_dataclass(cls, data: dict, where: str, path):
+def _check_value(cls, key: str, value, where: str, path) -> None:
+    """Fail unless ``value`` has the type of ``cls``'s default for ``key`` and lies in range.
+
+    TOML keeps ``"50"`` a string and ``50`` an integer; a recipe that took
+    either would fail mid-run, after hours of work, so types are checked here.
+    """
+    default = cls.__dataclass_fields__[key].default
+    name = f"{cls.__name__[:-6].lower()}.{key}"  # ExtractRecipe -> extract.key
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok, kind = ok and math.isfinite(value), "a number"
+    else:
+        return  # strings are checked against their choices, weights by _weights
+    lo, hi = _RANGES.get(key, (-math.inf, math.inf))
+    if ok and not lo <= value <= hi:
+        raise FamousError(
+            f"{where}: {name} = {value!r} is out of range.", path, f"give a value in [{lo}, {hi}]."
+        )
+    if not ok:
+        raise FamousError(
+            f"{where}: {name} = {value!r} is not {kind}.",
+            path,
+            f"write it {'without quotes' if isinstance(value, str) else 'as ' + kind}, "
+            f"e.g. {key} = {str(default).lower()}.",
+        )
+
+
+def _build_dataclass(cls, data, where: str, path):
+    key = cls.__name__[:-6].lower()  # ExtractRecipe -> extract
+    if not isinstance(data, dict):
+        raise FamousError(
+            f"{where}: {key} = {data!r} is not a table.",
+            path,
+            f"write the options under [class.{key}], as key = value lines.",
+        )
     known = set(cls.__dataclass_fields__)
     unknown = set(data) - known
     if unknown:
         raise FamousError(
-            f"{where}: unknown key(s) {', '.join(sorted(unknown))}.",
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}.",
             path,
             f"allowed keys are {', '.join(sorted(known))}.",
         )
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise FamousError(f"{where}: {exc}", path) from None
+    for name, value in data.items():
+        _check_value(cls, name, value, where, path)
+    return cls(**data)
 
 
 def _weights(value, where: str, path) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise FamousError(
-            f"{where}: extract.weights is not a list of numbers.",
-            path,
-            "let calibration write it (famous run --annotations DIR), or remove it.",
-        ) from None
+    fix = "let calibration write it (famous run --annotations DIR), or remove it."
+    if not isinstance(value, (list, tuple)):
+        raise FamousError(f"{where}: extract.weights is not a list of numbers.", path, fix)
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise FamousError(f"{where}: extract.weights is not a list of numbers.", path, fix)
+    return tuple(float(v) for v in value)
 
 
-def parse_config(data: dict, source: str | Path = "") -> ClassConfig:
-    """Build and validate a :class:`ClassConfig` from a TOML/JSON-like dict."""
-    path = str(source) or None
+def _class_entries(data, path) -> list:
+    """The ``[[class]]`` tables of a config, checked to be a list of tables."""
+    if not isinstance(data, dict):
+        raise FamousError("is not a table of classes.", path, "write one [[class]] table each.")
     entries = data.get("class")
+    if isinstance(entries, dict):
+        raise FamousError(
+            "has [class] (one table) where [[class]] (a list of tables) belongs.",
+            path,
+            "write [[class]], with two brackets, above every class.",
+        )
     if not entries:
         raise FamousError(
             "no classes found.", path, 'add one [[class]] table per class with a "name".'
         )
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise FamousError(
+            f"class = {entries!r} is not a list of [[class]] tables.",
+            path,
+            'write one [[class]] table per class, with name = "...".',
+        )
+    return entries
+
+
+def _parse_entry(entry: dict, i: int, path) -> ClassSpec:
+    """One ``[[class]]`` table as a checked :class:`ClassSpec`."""
+    where = f"class {i + 1}"
+    unknown = set(entry) - set(_ENTRY_KEYS)
+    if unknown:
+        raise FamousError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}.",
+            path,
+            f"a [[class]] table has {', '.join(_ENTRY_KEYS)}.",
+        )
+    name = check_class_name(entry.get("name"), path, where)
+    where = f"class {name!r}"
+    raw = entry.get("extract", {})
+    if isinstance(raw, dict) and "weights" in raw:
+        raw = {**raw, "weights": _weights(raw["weights"], where, path)}
+    extract = _build_dataclass(ExtractRecipe, raw, where, path)
+    _choice(extract.method, EXTRACT_METHODS, where, "extract.method", path)
+    _choice(extract.polarity, POLARITIES, where, "extract.polarity", path)
+    mesh = _build_dataclass(MeshRecipe, entry.get("mesh", {}), where, path)
+    _choice(mesh.mesher, MESHERS, where, "mesh.mesher", path)
+    _choice(mesh.shape, MESH_SHAPES, where, "mesh.shape", path)
+    color = _check_color(entry.get("color", _FALLBACK_COLORS[i % 10]), where, path)
+    return ClassSpec(name=name, color=color, extract=extract, mesh=mesh)
+
+
+def parse_config(data: dict, source: str | Path = "") -> ClassConfig:
+    """Build and validate a :class:`ClassConfig` from a TOML/JSON-like dict.
+
+    Every value is checked for its type and range, and every class name for
+    being safe as a file name, so a bad config fails here with one line
+    naming ``source`` rather than mid-run.
+    """
+    path = str(source) or None
     specs, seen = [], set()
-    for i, entry in enumerate(entries):
-        where = f"class {i + 1}"
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise FamousError(f"{where} has no name.", path, 'add name = "..." to it.')
-        if name in seen:
+    for i, entry in enumerate(_class_entries(data, path)):
+        spec = _parse_entry(entry, i, path)
+        if spec.name in seen:
             raise FamousError(
-                f"class name {name!r} appears twice.", path, "give every class its own name."
+                f"class name {spec.name!r} appears twice.", path, "give every class its own name."
             )
-        seen.add(name)
-        where = f"class {name!r}"
-        raw = dict(entry.get("extract", {}))
-        if "weights" in raw:
-            raw["weights"] = _weights(raw["weights"], where, path)
-        extract = _build_dataclass(ExtractRecipe, raw, where, path)
-        _choice(extract.method, EXTRACT_METHODS, where, "extract.method", path)
-        _choice(extract.polarity, POLARITIES, where, "extract.polarity", path)
-        for key in (
-            "blur_nm",
-            "erode_nm",
-            "dilate_nm",
-            "smooth_nm",
-            "open_nm",
-            "context_fraction",
-            "separate_core",
-            "membrane_nm",
-        ):
-            if getattr(extract, key) < 0:
-                raise FamousError(f"{where}: {key} must not be negative.", path)
-        mesh = _build_dataclass(MeshRecipe, dict(entry.get("mesh", {})), where, path)
-        _choice(mesh.mesher, MESHERS, where, "mesh.mesher", path)
-        _choice(mesh.shape, MESH_SHAPES, where, "mesh.shape", path)
-        color = _check_color(entry.get("color", _FALLBACK_COLORS[i % 10]), where, path)
-        specs.append(ClassSpec(name=name, color=color, extract=extract, mesh=mesh))
-    return ClassConfig(tuple(specs), name=str(data.get("name", "custom")), source=str(source))
+        seen.add(spec.name)
+        specs.append(spec)
+    name = data.get("name", "custom")
+    if not isinstance(name, str):
+        raise FamousError(f"name = {name!r} is not text.", path, 'write name = "...".')
+    return ClassConfig(tuple(specs), name=name, source=str(source))
 
 
 def preset(name: str) -> ClassConfig:
@@ -345,23 +427,25 @@ def load_classes(path: str | Path, annotations: str | Path | None = None) -> Cla
             path,
             'give a .toml class config, an obj.names file, or "fibsem"/"yeast".',
         )
-    if path.suffix.lower() == ".toml":
+    suffix = path.suffix.lower()
+    fix = {
+        ".toml": "save the class config as a UTF-8 text file (see presets/fibsem.toml).",
+        ".json": "save the class config as a UTF-8 text file.",
+    }.get(suffix, "write one class name a line, as plain text.")
+    text = decode_text(path.read_bytes(), path, "class config", fix)
+    if suffix == ".toml":
         try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise FamousError(f"not valid TOML ({exc}).", path) from None
         return parse_config(data, path)
-    if path.suffix.lower() == ".json":
+    if suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
         except ValueError as exc:
             raise FamousError(f"not valid JSON ({exc}).", path) from None
         return parse_config(data, path)
-    try:
-        names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    except UnicodeDecodeError:
-        raise FamousError("is not a text file of class names.", path) from None
+    names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not names:
         raise FamousError("has no class names.", path, "write one class name per line.")
     hints = None

@@ -88,7 +88,10 @@ class SliceResult:
 
     def areas(self) -> np.ndarray:
         """Mask pixel counts per detection."""
-        return np.add.reduceat(self.masks, self.offsets[:-1]) if len(self) else np.zeros(0, int)
+        # a cumulative sum, not np.add.reduceat: that fails on an empty last mask and gives
+        # an empty mask in the middle the next mask's first pixel
+        total = np.concatenate([[0], np.cumsum(self.masks, dtype=np.int64)])
+        return total[self.offsets[1:]] - total[self.offsets[:-1]]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {

@@ -75,6 +75,21 @@ class atomic_path:
         return False
 
 
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary files of writers that were killed mid-write in ``folder``.
+
+    Only names this module makes (``.NAME.RANDOM.tmp`` and ``.STEM.RANDOM.tmp.SUFFIX``)
+    are touched; the caller makes sure that no writer is at work there.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob(".*.tmp*") if p.is_file() and ".tmp" in p.name[1:]]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
 def write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, default=_json_default).encode())
 

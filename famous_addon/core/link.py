@@ -243,7 +243,10 @@ def merge_labels(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 
 def overlap_pairs(
-    prev_labels: np.ndarray, cur_labels: np.ndarray, min_fraction: float = 0.5
+    prev_labels: np.ndarray,
+    cur_labels: np.ndarray,
+    min_fraction: float = 0.5,
+    with_counts: bool = False,
 ) -> np.ndarray:
     """Same-class organelles whose masks overlap between two adjacent slices.
 
@@ -256,23 +259,29 @@ def overlap_pairs(
         Minimum overlap as a fraction of the smaller of the two cross-sections,
         so touching neighbours (a thin contact) are not joined while a bridge
         slice that holds both parts of an object is.
+    with_counts : bool
+        Also return each pair's overlap and the two cross-sections, in pixels.
 
     Returns
     -------
     (k, 2) int array
-        Pairs of labels (0-based) to join.
+        Pairs of labels (0-based) to join; ``with_counts``: (k, 5), label,
+        label, overlap, first label's area, second label's area.
     """
+    none = np.zeros((0, 5 if with_counts else 2), np.int64)
     both = (prev_labels > 0) & (cur_labels > 0)
     if not both.any():
-        return np.zeros((0, 2), np.int64)
+        return none
     a, b = prev_labels[both].astype(np.int64), cur_labels[both].astype(np.int64)
     keep = a != b
     if not keep.any():
-        return np.zeros((0, 2), np.int64)
+        return none
     m = int(max(prev_labels.max(), cur_labels.max())) + 1
     pair_ids, counts = np.unique(a[keep] * m + b[keep], return_counts=True)
     pa, pb = pair_ids // m, pair_ids % m
     area_a = np.bincount(prev_labels.ravel(), minlength=m)
     area_b = np.bincount(cur_labels.ravel(), minlength=m)
     ok = counts >= min_fraction * np.minimum(area_a[pa], area_b[pb])
+    if with_counts:
+        return np.column_stack([pa[ok] - 1, pb[ok] - 1, counts[ok], area_a[pa[ok]], area_b[pb[ok]]])
     return np.column_stack([pa[ok] - 1, pb[ok] - 1])

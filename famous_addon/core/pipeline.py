@@ -33,11 +33,13 @@ from .annotations import read_yolo_mark
 from .assemble import assemble, write_outputs
 from .calibrate import calibrate
 from .classes import ClassConfig, load_classes
-from .fileio import write_json
+from .errors import Cancelled, FamousError
+from .fileio import remove_leftovers, write_json
 from .follow import fill_gaps, follow
+from .guard import FolderLock, writable_folder
 from .link import link_boxes
 from .progress import ProgressFn, silent, sub
-from .refine import drop_small, drop_unconfirmed, merge_bridges
+from .refine import drop_small, drop_spanning, drop_unconfirmed, merge_bridges
 from .request import RunRequest
 from .separate import split_spanning
 from .slicecache import cache_path, clear_filled, fingerprint, gather_detections, prepare_out
@@ -56,6 +58,7 @@ class RunSummary:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     calibration: dict | None = None
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         """A short per-class summary for the terminal."""
@@ -90,11 +93,13 @@ class _Inputs:
 
 def _open_inputs(request: RunRequest, progress: ProgressFn) -> _Inputs:
     """Stack, classes and box source of a request; extraction calibrated on its annotations."""
-    stack, vs_nm = request.stack, request.voxel_size_nm
+    stack, vs_nm, channel = request.stack, request.voxel_size_nm, request.channel
     if not isinstance(stack, Stack):
-        stack = open_stack(stack, vs_nm)
-    elif vs_nm is not None:
-        stack = open_stack(stack.path, vs_nm)
+        stack = open_stack(stack, vs_nm, channel)
+    elif vs_nm is not None or (channel is not None and channel != stack.channel):
+        kept = stack.voxel_size_nm if stack.voxel_source == "override" else None
+        channel = stack.channel if channel is None else channel
+        stack = open_stack(stack.path, kept if vs_nm is None else vs_nm, channel)
     vs = stack.require_voxel_size()
     classes = request.classes
     if not isinstance(classes, ClassConfig):
@@ -115,6 +120,9 @@ def _start(out: Path, request: RunRequest, inputs: _Inputs) -> dict:
     stack, classes = inputs.stack, inputs.classes
     found = fingerprint(stack, classes, inputs.source)
     prepare_out(out, request.resume, found)
+    # what a killed run was writing; this run holds the folder's lock, so none is in use
+    remove_leftovers(out)
+    remove_leftovers(out / rf.CACHE_DIR)
     if stack.dtype != np.uint8 and stack.window is None:
         stack.window = stack.estimate_window()
     info = {
@@ -126,7 +134,8 @@ def _start(out: Path, request: RunRequest, inputs: _Inputs) -> dict:
         "class_notes": list(classes.notes),
         "boxes": found["boxes"],
         "settings": asdict(request.settings),
-        "labels": request.labels,
+        # a resumed run rewrites a labels.tif that is there, so none is left from other settings
+        "labels": request.labels or (out / rf.LABELS_TIF).is_file(),
         "calibration": inputs.calibration,
         "timings_s": {},
     }
@@ -161,6 +170,8 @@ def _link(out: Path, request: RunRequest, inputs: _Inputs, progress: ProgressFn)
     confirm = getattr(inputs.source, "confirm_thresholds", None)
     if confirm is not None:
         det_labels = drop_unconfirmed(det_labels, det, confirm, settings.confirm_boxes)
+    if settings.short_joins_one and len(det_labels):
+        det_labels = drop_spanning(det_labels, det)
     gap = settings.gap_slices(stack.voxel_size_nm[0])
     if gap and len(det_labels):
         det, det_labels = fill_gaps(out, stack, classes, pixel_nm, det, det_labels, gap)
@@ -173,6 +184,11 @@ def _link(out: Path, request: RunRequest, inputs: _Inputs, progress: ProgressFn)
 
 def run_pipeline(request: RunRequest, progress: ProgressFn | None = None) -> RunSummary:
     """Run the bpy-free pipeline and write a run folder.
+
+    The inputs are opened and checked first; then the run folder is locked
+    (a second run on it fails at once) and marked running. A run that fails
+    records ``status: failed`` and the error in ``run.json``; ``--resume``
+    continues it once the input is fixed, and a stopped run continues too.
 
     Parameters
     ----------
@@ -189,8 +205,29 @@ def run_pipeline(request: RunRequest, progress: ProgressFn | None = None) -> Run
     progress = progress or silent
     out = Path(request.out)
     inputs = _open_inputs(request, progress)
+    created = not out.exists()
+    writable_folder(out, "choose another --out folder.")
+    try:
+        with FolderLock(out):
+            info = _start(out, request, inputs)
+            try:
+                return _run_stages(out, request, inputs, info, progress, t_start)
+            except (Cancelled, KeyboardInterrupt):
+                raise  # stopped, not failed: run.json stays "running" and --resume continues
+            except BaseException as exc:
+                message = exc.message if isinstance(exc, FamousError) else repr(exc)
+                write_json(out / rf.RUN_JSON, {**info, "status": "failed", "error": message})
+                raise
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run refused before it wrote anything leaves no folder behind
+
+
+def _run_stages(
+    out: Path, request: RunRequest, inputs: _Inputs, info: dict, progress: ProgressFn, t_start
+) -> RunSummary:
+    """The three stages of a started run, then its ``run.json`` marked complete."""
     stack, classes = inputs.stack, inputs.classes
-    info = _start(out, request, inputs)
     timings = info["timings_s"]
 
     # 1. per-slice stage (cached)
@@ -225,7 +262,7 @@ def run_pipeline(request: RunRequest, progress: ProgressFn | None = None) -> Run
         classes,
         det,
         det_labels,
-        request.labels,
+        info["labels"],
         request.settings,
         sub(progress, 0.8, 0.97),
     )
@@ -245,8 +282,15 @@ def run_pipeline(request: RunRequest, progress: ProgressFn | None = None) -> Run
         outliers=outliers,
         timings_s={**timings, "total": seconds},
     )
+    info.pop("error", None)
     write_json(out / rf.RUN_JSON, info)
     progress(1.0, "done")
     return RunSummary(
-        out, counts, int(len(det_labels)), seconds, info["timings_s"], inputs.calibration
+        out,
+        counts,
+        int(len(det_labels)),
+        seconds,
+        info["timings_s"],
+        inputs.calibration,
+        list(stack.notes),
     )

@@ -12,13 +12,20 @@ missed.
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 
 from .link import merge_labels, overlap_pairs
 from .slicecache import iter_slices
 
 
 def merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
-    """Join same-class organelles whose masks overlap on adjacent slices."""
+    """Join same-class organelles whose masks overlap on adjacent slices.
+
+    With ``settings.short_joins_one``, organelles spanning fewer slices than
+    :meth:`~.request.RunSettings.min_span` are bridges that may join one long
+    organelle only (see :func:`bridge_pairs`).
+    """
     label_class = np.zeros(labels0.max() + 1, np.int64)
     label_class[labels0] = det["cls"]
     pairs, prev = [], None
@@ -26,12 +33,78 @@ def merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
     for k, result, sel in iter_slices(out, det, n):
         cur = result.paint(stack.shape[1:], labels0[sel])
         if prev is not None:
-            p = overlap_pairs(prev, cur, settings.merge_min_overlap)
+            p = overlap_pairs(prev, cur, settings.merge_min_overlap, with_counts=True)
             pairs.append(p[label_class[p[:, 0]] == label_class[p[:, 1]]])
         prev = cur
         progress((k + 1) / n, "joining bridged organelles")
-    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-    return merge_labels(labels0, pairs)
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 3), np.int64)
+    if settings.short_joins_one:
+        spans = label_spans(labels0, det["slice"])
+        long = spans >= settings.min_span(stack.voxel_size_nm[0])
+        return merge_labels(labels0, bridge_pairs(pairs, long))
+    return merge_labels(labels0, pairs[:, :2])
+
+
+def label_spans(labels: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """Slices each label (0..m-1) is found on; -1 labels are left out."""
+    ok = labels >= 0
+    pairs = np.unique(np.column_stack([labels[ok], slices[ok]]), axis=0)
+    return np.bincount(pairs[:, 0], minlength=int(labels.max()) + 1 if labels.size else 0)
+
+
+def bridge_pairs(pairs: np.ndarray, long: np.ndarray, holds: float = 0.5) -> np.ndarray:
+    """The overlap pairs to join when a short organelle may join one long one only.
+
+    Long organelles (``long``) are the ones the detector followed for the
+    depth a real organelle spans; a box of two neighbours at once, or a flash
+    between them, makes a short one. Two long organelles are joined where
+    their own masks overlap, and short ones are joined to each other. A group
+    of short ones joins the long group it overlaps most (in pixels), and any
+    other long group only where it holds ``holds`` of that one's cross-section
+    on the slice beside: a whole cross-section of an organelle the detector
+    boxed in two pieces elsewhere holds both pieces, while the middle of two
+    mitochondria boxed as one (the mask of such a box) holds a little of
+    each. On real FIB-SEM, mitochondria lying side by side became one
+    through such short organelles.
+
+    Parameters
+    ----------
+    pairs : (k, 5) int array
+        Label, label, overlap, first area, second area, in pixels
+        (:func:`~.link.overlap_pairs` ``with_counts``).
+    long : (m,) bool array
+        Per label.
+    holds : float
+
+    Returns
+    -------
+    (j, 2) int array
+        The pairs to join (:func:`~.link.merge_labels`).
+    """
+    a, b, w = pairs[:, 0], pairs[:, 1], pairs[:, 2].astype(np.float64)
+    alike = long[a] == long[b]
+    base = pairs[alike, :2]
+    m = len(long)
+    graph = sparse.coo_matrix((np.ones(len(base)), (base[:, 0], base[:, 1])), shape=(m, m))
+    _, comp = connected_components(graph, directed=False)
+    mixed = ~alike
+    if not mixed.any():
+        return base
+    first_long = long[a][mixed]
+    short_end = np.where(first_long, b[mixed], a[mixed])
+    long_end = np.where(first_long, a[mixed], b[mixed])
+    long_area = np.where(first_long, pairs[mixed, 3], pairs[mixed, 4])
+    strong = w[mixed] >= holds * long_area
+    key = comp[short_end].astype(np.int64) * m + comp[long_end]
+    keys, inverse = np.unique(key, return_inverse=True)
+    weight = np.bincount(inverse, weights=w[mixed])
+    # per group of short organelles, the long group it overlaps most
+    group = keys // m
+    order = np.lexsort((-weight, group))
+    best = np.ones(len(order), bool)
+    best[1:] = group[order][1:] != group[order][:-1]
+    take = np.isin(key, keys[order][best]) | strong
+    return np.concatenate([base, np.column_stack([short_end[take], long_end[take]])])
 
 
 def drop_small(det_labels: np.ndarray, det: dict, min_slices: int, n_slices: int) -> np.ndarray:
@@ -53,6 +126,42 @@ def drop_small(det_labels: np.ndarray, det: dict, min_slices: int, n_slices: int
     at_edge[lab[(sl == 0) | (sl == n_slices - 1)]] = True
     keep = (total > 0) & ((spans >= min_slices) | at_edge)
     return _renumbered(det_labels, keep)
+
+
+def drop_spanning(
+    det_labels: np.ndarray, det: dict, inside: float = 0.7, cover: float = 0.6
+) -> np.ndarray:
+    """Unlink the boxes that hold two organelles of their own slice.
+
+    A detector sometimes boxes two organelles lying side by side as one and
+    each of them on its own as well. Such a box's mask is the middle of the
+    pair (its central piece), and it joins whichever organelle it was linked
+    to to the other one's pixels. Where a box holds (by ``inside`` of their
+    area) boxes of two or more organelles of its class on its slice, and
+    they cover ``cover`` of it, it is left out (label -1): they are what it
+    shows.
+    """
+    out = det_labels.copy()
+    xywh, cls = det["xywh"], det["cls"]
+    for k in range(len(det["start"]) - 1):
+        r = np.arange(det["start"][k], det["start"][k + 1])
+        r = r[det_labels[r] >= 0]
+        if len(r) < 3:
+            continue
+        x0, y0 = xywh[r, 0], xywh[r, 1]
+        x1, y1 = x0 + xywh[r, 2], y0 + xywh[r, 3]
+        iw = np.clip(np.minimum(x1[:, None], x1[None]) - np.maximum(x0[:, None], x0[None]), 0, None)
+        ih = np.clip(np.minimum(y1[:, None], y1[None]) - np.maximum(y0[:, None], y0[None]), 0, None)
+        area = xywh[r, 2] * xywh[r, 3]
+        # held[i, j]: box j (smaller, same class) lies inside box i
+        held = (iw * ih >= inside * area[None]) & (area[None] < area[:, None])
+        held &= cls[r][:, None] == cls[r][None]
+        for i in np.flatnonzero(held.sum(1) >= 2):
+            # ... and they fill it: a large organelle's box may hold small ones of others
+            filled = (iw[i] * ih[i])[held[i]].sum() >= cover * area[i]
+            if filled and len(np.unique(det_labels[r[held[i]]])) >= 2:
+                out[r[i]] = -1
+    return out
 
 
 def _renumbered(det_labels: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -25,7 +25,11 @@ class RunSettings:
     Before the bridge merge, a mask that spans two organelles of the slice
     beside is cut between them where the grey values along the cut lie at
     least ``separation`` of the way to the background (0: off; see
-    :mod:`.separate`). An organelle that does not touch the first or last
+    :mod:`.separate`). With ``short_joins_one``, an organelle shorter than
+    :meth:`min_span` joins only the long organelle it overlaps most (or ones
+    it holds half of) in the bridge merge, and a box that holds boxes of two
+    organelles of its slice is left out (:func:`~.refine.bridge_pairs`,
+    :func:`~.refine.drop_spanning`). An organelle that does not touch the first or last
     slice is kept when it spans at least ``min_slices`` slices and
     ``min_depth_nm`` in z (see :meth:`min_span`). Where a kept organelle skips slices, up to
     ``fill_gaps_nm`` of them in z get a box interpolated between its boxes
@@ -40,6 +44,7 @@ class RunSettings:
     min_tolerance_px: float = 2.5
     merge_bridges: bool = True
     merge_min_overlap: float = 0.3
+    short_joins_one: bool = False
     separation: float = 0.25
     min_slices: int = 3
     min_depth_nm: float = 60.0
@@ -104,6 +109,8 @@ class RunRequest:
         time of a model that has one.
     voxel_size_nm : (z, y, x), optional
         Overrides the stack's metadata.
+    channel : int, optional
+        The channel of a multi-channel TIFF (hyperstack) to segment.
     labels : bool
         Also write ``labels.tif``.
     workers : int
@@ -129,6 +136,7 @@ class RunRequest:
     flip_views: int | None = None
     zoom_pass: bool = True
     voxel_size_nm: tuple[float, float, float] | None = None
+    channel: int | None = None
     labels: bool = False
     workers: int = 1
     dask_scheduler: str | None = None
@@ -143,6 +151,15 @@ class RunRequest:
                 "give exactly one source of boxes.",
                 fix="use --boxes DIR (YOLO txt per slice) or --model MODEL_DIR (trained "
                 "detector); in the panel: Boxes from.",
+            )
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise FamousError(
+                f"workers {self.workers!r}: the per-slice stage needs at least 1 process.",
+                fix="give --workers 1 (this process) or more.",
+            )
+        if self.channel is not None and (isinstance(self.channel, bool) or self.channel < 0):
+            raise FamousError(
+                f"channel {self.channel!r} is not a channel number.", fix="channels count from 0."
             )
 
     @classmethod
@@ -174,6 +191,7 @@ def run_settings(args) -> RunSettings:
         min_tolerance_px=args.min_tolerance_px,
         merge_bridges=not args.no_merge,
         merge_min_overlap=args.merge_overlap,
+        short_joins_one=args.short_joins_one,
         separation=args.separation,
         min_slices=args.min_slices,
         min_depth_nm=args.min_depth_nm,

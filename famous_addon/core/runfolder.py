@@ -27,6 +27,7 @@ import numpy as np
 from .classes import ClassConfig, parse_config
 from .errors import FamousError
 from .fileio import read_csv, save_npz
+from .guard import decode_text
 
 RUN_JSON = "run.json"
 DETECTIONS_CSV = "detections.csv"
@@ -91,6 +92,19 @@ class PointClouds:
             return cls(**{k: z[k] for k in ("ids", "classes", "offsets", "points", "normals")})
 
 
+def read_run_json(folder: Path) -> dict:
+    """A run folder's ``run.json`` as a dict, or a FamousError when it is not one."""
+    path = Path(folder) / RUN_JSON
+    fix = "give the --out folder of a `famous run`; a damaged run.json cannot be repaired."
+    try:
+        info = json.loads(decode_text(path.read_bytes(), path, "run.json", fix))
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise FamousError(f"is not valid JSON ({exc}).", path, fix) from None
+    if not isinstance(info, dict):
+        raise FamousError("is not a FAMOUS run.json (not a JSON object).", path, fix)
+    return info
+
+
 class RunFolder:
     """Read access to a finished run folder (what Blender and ``compare`` use)."""
 
@@ -102,12 +116,16 @@ class RunFolder:
                 self.path,
                 "give the --out folder of a finished `famous run`.",
             )
-        self.info = json.loads((self.path / RUN_JSON).read_text())
+        self.info = read_run_json(self.path)
         if self.info.get("status") != "complete":
+            failed = self.info.get("status") == "failed"
             raise FamousError(
-                "this run did not finish.",
+                f"this run failed ({self.info.get('error')})"
+                if failed
+                else "this run did not finish.",
                 self.path,
-                "run `famous run ... --resume` with the same --out folder to complete it.",
+                "run `famous run ... --resume` with the same --out folder to complete it"
+                + (" once the input is fixed." if failed else "."),
             )
 
     @property
@@ -120,11 +138,12 @@ class RunFolder:
 
     @property
     def class_names(self) -> list[str]:
-        return [c["name"] for c in self.info["classes"]["class"]]
+        """The class names, checked (they name exported files) as :meth:`classes` checks them."""
+        return self.classes().names
 
     def classes(self) -> ClassConfig:
         """The run's class configuration."""
-        return parse_config(self.info["classes"], self.path / RUN_JSON)
+        return parse_config(self.info.get("classes"), self.path / RUN_JSON)
 
     def organelles(self) -> list[dict]:
         rows = read_csv(self.path / ORGANELLES_CSV)

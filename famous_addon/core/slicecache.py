@@ -21,6 +21,7 @@ from .classes import ClassConfig
 from .errors import FamousError
 from .extract import SliceResult
 from .fileio import save_npz
+from .guard import LOCK_NAME
 from .stack import Stack
 
 
@@ -53,25 +54,34 @@ def clear_filled(out: Path) -> None:
 def fingerprint(stack: Stack, classes: ClassConfig, source) -> dict:
     """What the cached per-slice results depend on; a resume must match it."""
     describe = getattr(source, "describe", lambda: {"kind": type(source).__name__})
-    return {
+    found = {
         "input": str(Path(stack.path).resolve()),
         "shape": list(stack.shape),
         "voxel_size_nm": list(stack.voxel_size_nm),
         "classes": classes.to_dict(),
         "boxes": describe(),
     }
+    if stack.channel is not None:  # only then: runs of one-channel stacks resume as before
+        found["channel"] = stack.channel
+    return found
 
 
 def prepare_out(out: Path, resume: bool, fingerprint: dict) -> None:
+    """Check that ``out`` may take this run: new, empty, or a run of the same input to resume."""
     info_path = out / rf.RUN_JSON
     if info_path.is_file():
-        info = json.loads(info_path.read_text())
+        info = rf.read_run_json(out)
+        status = info.get("status")
         if not resume:
-            state = "a finished run" if info.get("status") == "complete" else "an interrupted run"
+            state = {"complete": "a finished run", "failed": "a failed run"}.get(
+                status, "an interrupted run"
+            )
             raise FamousError(
                 f"already holds {state}; results are never overwritten.",
                 out,
-                "add --resume to continue it, or choose another --out folder.",
+                "add --resume to continue it"
+                + (" once its input is fixed" if status == "failed" else "")
+                + ", or choose another --out folder.",
             )
         if info.get("fingerprint") != json.loads(json.dumps(fingerprint)):
             raise FamousError(
@@ -79,7 +89,7 @@ def prepare_out(out: Path, resume: bool, fingerprint: dict) -> None:
                 out,
                 "choose another --out folder for this input.",
             )
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise FamousError(
             "exists, is not empty and is not a FAMOUS run folder.",
             out,

@@ -13,6 +13,8 @@ window estimated from a sample of slices (recorded in ``run.json``).
 
 from __future__ import annotations
 
+import math
+import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,8 @@ class Stack:
         Where the voxel size came from ("metadata: ImageJ", "override", ...).
     notes : list of str
         What was done to the data (RGB to grey, channel chosen, window).
+    channel : int or None
+        The channel of a multi-channel TIFF that is read (None: the file has one).
     """
 
     path: Path
@@ -88,6 +92,7 @@ class Stack:
     kind: str
     notes: list[str] = field(default_factory=list)
     window: tuple[float, float] | None = None
+    channel: int | None = None
     _reader: object = field(default=None, repr=False)
     # the slices of the last read_with_neighbours: read in order, each slice is
     # read once, not three times
@@ -111,6 +116,9 @@ class Stack:
             self.window = self.estimate_window()
         lo, hi = self.window
         scaled = (img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-6))
+        if img.dtype.kind == "f":
+            # NaN has no grey value; a cast of NaN to uint8 is undefined, so it is set to black
+            np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
     def read_with_neighbours(self, k: int) -> np.ndarray:
@@ -130,14 +138,37 @@ class Stack:
         return np.dstack([recent[key] for key in keys])
 
     def estimate_window(self, n_sample: int = 16) -> tuple[float, float]:
-        """Percentile window (0.5 %, 99.5 %) over up to ``n_sample`` evenly spread slices."""
+        """Percentile window (0.5 %, 99.5 %) over up to ``n_sample`` evenly spread slices.
+
+        Non-finite values (NaN, inf) of a float stack are left out (one NaN
+        would make the window NaN and every slice blank) and counted in a
+        note; a sample with no finite value is an error.
+        """
         ks = np.unique(np.linspace(0, self.shape[0] - 1, min(n_sample, self.shape[0])).round())
         values = []
         for k in ks.astype(int):
             img = self.read_raw(int(k))
             step = max(1, int(np.sqrt(img.size / 65536)))
             values.append(img[::step, ::step].ravel())
-        lo, hi = np.percentile(np.concatenate(values), WINDOW_PERCENTILES)
+        values = np.concatenate(values)
+        if values.dtype.kind == "f":
+            finite = np.isfinite(values)
+            bad = int(values.size - np.count_nonzero(finite))
+            if bad == values.size:
+                raise FamousError(
+                    "holds no finite grey value (only NaN or inf) in the sampled slices.",
+                    self.path,
+                    "check the export: the stack's pixels are not numbers.",
+                )
+            if bad:
+                values = values[finite]
+                note = (
+                    f"{bad} non-finite values (NaN or inf) among the sampled pixels left out of "
+                    "the intensity window; NaN and -inf are shown black, +inf white"
+                )
+                if note not in self.notes:
+                    self.notes.append(note)
+        lo, hi = np.percentile(values, WINDOW_PERCENTILES)
         return float(lo), float(hi)
 
     def require_voxel_size(self) -> tuple[float, float, float]:
@@ -176,7 +207,7 @@ class Stack:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._reader = _open_reader(Path(self.path), self.kind)[0]
+        self._reader = _open_reader(Path(self.path), self.kind, self.channel)[0]
 
 
 def _to_gray(img: np.ndarray) -> np.ndarray:
@@ -192,43 +223,83 @@ def _to_gray(img: np.ndarray) -> np.ndarray:
 
 
 class _TiffReader:
-    """Pages of the first series of a TIFF; the Z axis picked from its axes."""
+    """Pages of the first series of a TIFF; the Z axis picked from its axes.
 
-    def __init__(self, path: Path):
+    A channel axis (C) is read as the slices when the file has no slice axis
+    (ImageJ stacks saved with their slices tagged as channels); a hyperstack
+    with slices and several channels needs ``channel`` to say which is meant.
+    """
+
+    def __init__(self, path: Path, channel: int | None = None):
         try:
             self.tf = tifffile.TiffFile(path)
+            all_series = self.tf.series
         except Exception as exc:  # tifffile raises several types for damaged files
             raise FamousError(
                 f"cannot be read as a TIFF ({exc}).", path, "check the file is a complete TIFF."
             ) from None
-        if not self.tf.series:
+        if not all_series:
             raise FamousError("holds no images.", path)
-        series = self.tf.series[0]
+        series = all_series[0]
         axes, shape = series.axes, series.shape
         sample = axes.endswith("S")
         plane = 3 if sample else 2
         lead_axes, lead_shape = axes[:-plane], shape[:-plane]
         self.plane_shape = shape[-plane:]
+        self.path = path
         self.notes = []
         z_axis = next((a for a in "ZIQT" if a in lead_axes), None)
+        fixed = self._channel_axis(dict(zip(lead_axes, lead_shape)), z_axis, channel)
+        if fixed is None:
+            z_axis, fixed = "C", {}
         self.n = lead_shape[lead_axes.index(z_axis)] if z_axis else 1
         self._lead_shape = lead_shape
         self._z_pos = lead_axes.index(z_axis) if z_axis else None
+        self._fixed = {lead_axes.index(a): i for a, i in fixed.items()}
         for a, n in zip(lead_axes, lead_shape):
-            if a != z_axis and n > 1:
+            if a != z_axis and a not in fixed and n > 1:
                 self.notes.append(f"axis {a} has {n} entries; using the first")
         self.pages = series.pages
         self.dtype = series.dtype
-        self.path = path
+
+    def _channel_axis(self, lead: dict, z_axis: str | None, channel: int | None) -> dict | None:
+        """``{"C": channel}`` to read one channel, ``{}`` for none, None to read C as slices."""
+        n_c = lead.get("C", 1)
+        if channel is not None:
+            if not 0 <= channel < n_c:
+                raise FamousError(
+                    f"has no channel {channel} (it has {n_c}, numbered from 0).",
+                    self.path,
+                    f"choose --channel 0..{n_c - 1}." if n_c > 1 else "leave out --channel.",
+                )
+            if n_c > 1:
+                self.notes.append(f"channel {channel} of {n_c} used")
+            return {"C": channel} if "C" in lead else {}
+        if n_c <= 1:
+            return {}
+        if z_axis is None:
+            self.notes.append(
+                f"the file's {n_c} images are tagged as channels and it has no slice axis: "
+                f"read as {n_c} slices"
+            )
+            return None
+        raise FamousError(
+            f"is a hyperstack with {n_c} channels on each of its {lead[z_axis]} slices; "
+            "FAMOUS segments one channel.",
+            self.path,
+            f"choose the channel with --channel 0..{n_c - 1} (`famous info` shows the axes).",
+        )
 
     def page_index(self, k: int) -> int:
-        if self._z_pos is None:
+        if not self._lead_shape:
             return 0
-        idx = [0] * len(self._lead_shape)
-        idx[self._z_pos] = k
+        idx = [self._fixed.get(i, 0) for i in range(len(self._lead_shape))]
+        if self._z_pos is not None:
+            idx[self._z_pos] = k
         return int(np.ravel_multi_index(idx, self._lead_shape))
 
     def check(self) -> None:
+        self._check_complete()
         size = self.path.stat().st_size
         for k in range(self.n):
             try:
@@ -249,6 +320,45 @@ class _TiffReader:
                     self.path,
                     "the file is incomplete: copy or export it again.",
                 )
+
+    def _check_complete(self) -> None:
+        """Fail on a file cut short: tifffile then reads the pages it finds as a shorter stack.
+
+        Two signs: fewer images than the ImageJ header's ``images=`` (a cut
+        ImageJ file falls back to its first page), and a page chain whose
+        last page points to a next page that cannot be read.
+        """
+        fix = "the file is incomplete: copy or export it again."
+        ij = self.tf.imagej_metadata or {}
+        try:
+            expected = int(ij.get("images") or 0)
+        except (TypeError, ValueError):
+            expected = 0
+        found = math.prod(self._lead_shape)
+        if expected > found:
+            raise FamousError(
+                f"its ImageJ header says {expected} images (slices={ij.get('slices', '?')}) "
+                f"but only {found} can be read: the file is truncated or damaged.",
+                self.path,
+                fix,
+            )
+        pages = self.tf.pages
+        fmt, fh = self.tf.tiff, self.tf.filehandle
+        try:
+            n_pages = len(pages)
+            last = pages[n_pages - 1]
+            fh.seek(last.offset)
+            (n_tags,) = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))
+            fh.seek(last.offset + fmt.tagnosize + n_tags * fmt.tagsize)
+            (following,) = struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))
+        except Exception:  # tifffile and struct fail in several ways on a cut-off IFD
+            n_pages, following = len(self.pages), -1
+        if following != 0:
+            raise FamousError(
+                f"its page chain breaks after page {n_pages}: the file is truncated or damaged.",
+                self.path,
+                fix,
+            )
 
     def read(self, k: int) -> np.ndarray:
         page = self.pages[self.page_index(k)]
@@ -359,7 +469,7 @@ class _MrcReader:
         return None if min(values) <= 0 else tuple(v / 10.0 for v in values)
 
 
-def _open_reader(path: Path, kind: str | None = None):
+def _open_reader(path: Path, kind: str | None = None, channel: int | None = None):
     if kind is None:
         if path.is_dir():
             kind = "folder"
@@ -373,7 +483,15 @@ def _open_reader(path: Path, kind: str | None = None):
                 path,
                 "use a multi-page TIFF, a folder of TIFF/PNG slices, or an MRC file.",
             )
-    reader = {"folder": _FolderReader, "mrc": _MrcReader, "tiff": _TiffReader}[kind](path)
+    if kind == "tiff":
+        return _TiffReader(path, channel), kind
+    if channel is not None:
+        raise FamousError(
+            f"a {kind} stack has one channel; --channel is for multi-channel TIFFs.",
+            path,
+            "leave out --channel.",
+        )
+    reader = {"folder": _FolderReader, "mrc": _MrcReader}[kind](path)
     return reader, kind
 
 
@@ -411,7 +529,11 @@ def _tiff_voxel_size(tf) -> tuple[tuple[float, float, float] | None, str]:
     return None, "none"
 
 
-def open_stack(path: str | Path, voxel_size_nm: tuple[float, float, float] | None = None) -> Stack:
+def open_stack(
+    path: str | Path,
+    voxel_size_nm: tuple[float, float, float] | None = None,
+    channel: int | None = None,
+) -> Stack:
     """Open a stack and check it, without reading pixel data.
 
     Parameters
@@ -420,6 +542,9 @@ def open_stack(path: str | Path, voxel_size_nm: tuple[float, float, float] | Non
         Multi-page TIFF / OME-TIFF, a folder of TIFF or PNG slices, or MRC.
     voxel_size_nm : (z, y, x), optional
         Overrides the file's metadata.
+    channel : int, optional
+        The channel of a multi-channel TIFF (hyperstack) to read; required
+        when it has several channels and slices.
 
     Returns
     -------
@@ -429,12 +554,12 @@ def open_stack(path: str | Path, voxel_size_nm: tuple[float, float, float] | Non
     ------
     FamousError
         Missing file, unknown format, empty folder, slices of different
-        shapes or dtypes, truncated file.
+        shapes or dtypes, truncated file, a hyperstack without ``channel``.
     """
     path = Path(path)
     if not path.exists():
         raise FamousError("not found.", path, "check the path of the image stack.")
-    reader, kind = _open_reader(path)
+    reader, kind = _open_reader(path, channel=channel)
     if reader.n == 0:
         raise FamousError("the stack has no slices.", path)
     if len(reader.plane_shape) not in (2, 3) or min(reader.plane_shape[:2]) == 0:
@@ -464,5 +589,6 @@ def open_stack(path: str | Path, voxel_size_nm: tuple[float, float, float] | Non
         voxel_source=source,
         kind=kind,
         notes=notes,
+        channel=channel,
         _reader=reader,
     )

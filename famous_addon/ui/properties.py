@@ -89,6 +89,12 @@ class FamousTrainSettings(bpy.types.PropertyGroup):
         description="The detector sees each slice between the slices above and below it, "
         "so faint organelle caps show; export the slices with this on before boxing them",
     )
+    self_train: BoolProperty(
+        name="Self-train on the stack",
+        default=False,
+        description="After training, run on the stack and train again on the organelles "
+        "found in 3-D on slices you did not box (kept only if your held-out slices agree)",
+    )
     model_out: StringProperty(
         name="Model folder",
         subtype="DIR_PATH",

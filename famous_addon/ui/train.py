@@ -3,7 +3,8 @@
 Settings live in ``Scene.famous.train``. The operators call the same
 functions as ``famous annotate-pick`` and ``famous train``
 (:func:`~famous_addon.core.annotations.export_for_annotation`,
-:func:`~famous_addon.core.detector.train.train_model`) in a background thread, with
+:func:`~famous_addon.core.detector.train.train_model`, with *Self-train on the
+stack* :func:`~famous_addon.core.selftrain.self_train`) in a background thread, with
 progress (epoch, loss, ETA) and cancel; a cancelled training resumes from its
 checkpoint when Train is pressed again.
 """
@@ -91,14 +92,26 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
         command = (
             f"famous train {annotations} --classes {settings.classes} --out {out} "
             f"--epochs {epochs} --width {width}{' --neighbours' if t.neighbours else ''}"
-            "  # from Blender"
+            f"{f' --stack {settings.stack}' if t.self_train else ''}  # from Blender"
         )
 
+        def train(folder, pseudo=None, mix=None, progress=None):
+            return train_model(
+                annotations, classes, folder, epochs, width, progress, config=config,
+                command=command, pseudo=pseudo, mix=mix,
+            )  # fmt: skip
+
+        # read here, in Blender's thread: the work runs in another
+        stack = settings.stack_path() if t.self_train else None
+        voxel = settings.voxel_size_nm()
+
         def work(progress):
-            report = train_model(
-                annotations, classes, out, epochs, width, progress, config=config, command=command
-            )
-            return out, report
+            if stack is None:
+                return out, train(out, progress=progress)
+            # the self-training module pulls in the pipeline, loaded only when asked for
+            from ..core.selftrain import self_train
+
+            return out, self_train(annotations, stack, classes, out, train, None, progress, voxel)
 
         return work
 
@@ -121,6 +134,7 @@ class FAMOUS_PT_train(SubPanel, bpy.types.Panel):
         row.prop(t, "fraction")
         row.operator("famous.export_annotation_slices", text="Export", icon="EXPORT")
         layout.prop(t, "neighbours")
+        layout.prop(t, "self_train")
         col = layout.column(align=True)
         col.row(align=True).prop(t, "width", expand=True)
         col.prop(t, "epochs")

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import FamousError
+from ..guard import writable_folder
 from ..progress import ProgressFn, silent, sub
 from ..runfolder import RunFolder
 from .comparison import Comparison, compare_segmentations
@@ -73,6 +74,8 @@ def run_compare(
         raise FamousError(
             f"{len(names)} names for {len(inputs)} inputs.", None, "give one name per input."
         )
+    # before the loading, so a bad --out fails in a second, not after minutes
+    writable_folder(out, "choose another --out folder.")
     grid, stack_path = resolve_grid(inputs, stack, voxel_size_nm)
     segs = _load_all(inputs, names, grid, class_map, transform, progress)
     run = next((s for s in segs if s.is_automatic), None)

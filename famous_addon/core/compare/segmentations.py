@@ -21,7 +21,7 @@ from ..fileio import read_csv
 from ..progress import ProgressFn, silent, sub
 from ..runfolder import RunFolder
 from ..stack import open_stack
-from .stl import Grid, check_bounds, read_stl_segmentation, voxelise
+from .stl import Grid, check_bounds, fit_units_per_file, read_stl_segmentation, voxelise
 
 # Voxelised STL segmentations larger than this go to a temporary file, not RAM.
 _IN_MEMORY_BYTES = 1 << 30
@@ -368,6 +368,8 @@ def _load_stl(spec, grid, class_map, transform, progress: ProgressFn) -> tuple:
         raise FamousError(
             "holds no readable STL object.", spec, "check the files (see the warnings above)."
         )
+    # per file: one class exported in nm among classes in µm is common
+    notes.extend(fit_units_per_file(seg, grid, transform.offset if transform else (0, 0, 0)))
     check = check_bounds(seg.bounds_xyz(), grid, transform.scale if transform else 1.0)
     if check.suggested_scale is not None or check.fraction < 0.5:
         notes.append(f"{spec}: {check.message}")

@@ -33,12 +33,20 @@ from skimage.measure import marching_cubes
 
 from ..errors import FamousError
 from ..fileio import atomic_write_bytes
+from ..guard import inside
 from ..progress import ProgressFn, silent
 
 # Rays pass this far (in voxels) beside the voxel centres so that they never
 # graze a mesh edge or vertex exactly (which would count a crossing twice).
 _RAY_JITTER = (1.2345e-4, 2.3456e-4)
 _STL_SUFFIX = ".stl"
+# The units meshes are exported in besides µm, as the factor to µm. One file of
+# a segmentation may be in nm while the others are in µm, so each file is
+# judged on its own (:func:`file_unit`).
+UNIT_FACTORS = {"nm": 1e-3, "Å": 1e-4, "mm": 1e3, "m": 1e6}
+# A file rescaled into the stack must span at least this many voxels: shrinking
+# any far-off mesh by 1000 lands it somewhere, but not as a plausible object.
+_MIN_UNIT_VOXELS = 3
 
 
 @dataclass(frozen=True)
@@ -409,6 +417,76 @@ def check_bounds(
     return OverlapCheck(frac, total, msg)
 
 
+def file_unit(bounds: np.ndarray, grid: Grid, offset=(0.0, 0.0, 0.0)) -> tuple[str, float] | None:
+    """The unit one file's meshes were exported in, when it is not µm.
+
+    A file is taken as it is when its meshes' box lies on the stack (at least
+    5 % of it inside) and spans a few voxels. Otherwise each unit of
+    :data:`UNIT_FACTORS` is tried, and the one closest to µm that puts at least
+    90 % of the box inside the stack, spanning at least a few voxels, is the
+    file's unit. A file partly on the stack is never rescaled (its axes or
+    offset are the likelier mistake; :func:`check_bounds` says so).
+
+    Parameters
+    ----------
+    bounds : ndarray, shape (2, 3)
+        ``[[x0, y0, z0], [x1, y1, z1]]`` of the file's meshes (µm as read).
+    grid : Grid
+        The stack's grid.
+    offset : (x, y, z)
+        The offset already added (:class:`Transform`); a unit change scales
+        the coordinates before it.
+
+    Returns
+    -------
+    (str, float) or None
+        The unit's name and its factor to µm, or None to keep the file as it is.
+    """
+    stack = grid.bounds_xyz()
+    min_extent = _MIN_UNIT_VOXELS * min(grid.voxel_size_um)
+    off = np.asarray(offset, float)
+
+    def fit(factor: float) -> float:
+        box = (bounds - off) * factor + off
+        return _box_overlap(box, stack) if np.ptp(box, axis=0).max() >= min_extent else 0.0
+
+    if fit(1.0) >= 0.05:
+        return None
+    fitting = [(name, f) for name, f in UNIT_FACTORS.items() if fit(f) >= 0.9]
+    return min(fitting, key=lambda u: abs(math.log10(u[1])), default=None)
+
+
+def fit_units_per_file(seg: StlSegmentation, grid: Grid, offset=(0.0, 0.0, 0.0)) -> list[str]:
+    """Rescale, in place, each file of ``seg`` exported in other units than µm.
+
+    Each file is judged on its own (:func:`file_unit`), so one class exported
+    in nm among classes in µm lands on the stack with the others.
+
+    Returns
+    -------
+    list of str
+        One note per rescaled file, naming it, its unit and the factor.
+    """
+    by_file: dict[Path, list[MeshObject]] = {}
+    for obj in seg.objects:
+        by_file.setdefault(obj.source, []).append(obj)
+    off = np.asarray(offset, float)
+    notes = []
+    for source, objs in by_file.items():
+        verts = np.concatenate([o.vertices for o in objs])
+        unit = file_unit(np.stack([verts.min(axis=0), verts.max(axis=0)]), grid, off)
+        if unit is None:
+            continue
+        name, factor = unit
+        for obj in objs:
+            obj.vertices = (obj.vertices - off) * factor + off
+        notes.append(
+            f"{source}: read as {name} and rescaled by {factor:g} "
+            "(as given, its meshes missed the stack)"
+        )
+    return notes
+
+
 def _crossings(tri: np.ndarray, axis: int, extent: tuple[int, int, int]):
     """Where rays along ``axis`` through voxel centres cross the triangles.
 
@@ -589,7 +667,7 @@ def write_object_stls(
         verts += (np.array([s.start for s in box], float) - 1.0) * spacing
         mesh = trimesh.Trimesh(verts[:, ::-1], faces, process=False)
         cls = classes[i]
-        path = Path(folder) / cls / f"{cls}_{i}.stl"
+        path = inside(folder, cls, f"{cls}_{i}.stl")
         atomic_write_bytes(path, trimesh.exchange.stl.export_stl(mesh))
         written.append(path)
         progress(i / len(boxes), f"STL {path.name}")

@@ -68,3 +68,23 @@ class TrainConfig:
         """The settings a checkpoint must share to be resumed (not where it runs or infers)."""
         skip = ("threads", "device", "workers", "flip_views", "precision", "zoom_pass")
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+@dataclass(frozen=True)
+class PseudoShare:
+    """How :class:`CropSampler` mixes pseudo-labelled images with the user's.
+
+    Attributes
+    ----------
+    first : int
+        Index of the first pseudo-labelled image (all before are the user's).
+    share : float
+        Share of the crops drawn from pseudo-labelled images. The user's
+        slices alone teach the background, so they keep the rest.
+    weight : float
+        Loss weight of a pseudo-box against a user's box (1).
+    """
+
+    first: int
+    share: float = 0.5
+    weight: float = 0.5

@@ -4,6 +4,7 @@ A model folder holds standard Darknet files plus FAMOUS's settings::
 
     MODEL/model.cfg         Darknet network description
     MODEL/model.weights     Darknet weights (20-byte header, then float32 parameters)
+    MODEL/model.weights.sha256  the weights' SHA-256, as ``sha256sum`` writes it
     MODEL/obj.names         class names, one a line, in the detector's order
     MODEL/classes.toml      the class config the model was trained with
     MODEL/thresholds.json   per-class score thresholds, tiling and suppression settings
@@ -13,11 +14,16 @@ Only ``model.cfg`` and ``model.weights`` are required, so a model trained with
 darknet itself works too. OpenCV loads mismatched cfg/weights pairs without a
 word and then runs on uninitialised memory, so :func:`check_model` compares the
 weights file size with the parameter count computed from the cfg before any
-slice is processed. :func:`yolo_tiny_cfg` writes the cfg ``famous train`` trains.
+slice is processed. Weights of the same network trained on other data have
+the right size and still find nothing, so :func:`write_checksum` stores the
+weights' SHA-256 next to them when a model folder is written and
+:func:`check_model` compares it; a folder without one (older FAMOUS, darknet
+itself) loads unchecked. :func:`yolo_tiny_cfg` writes the cfg ``famous train`` trains.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FamousError
+from ..fileio import atomic_write_bytes
 
 CFG_NAME = "model.cfg"
 WEIGHTS_NAME = "model.weights"
@@ -32,6 +39,7 @@ NAMES_NAME = "obj.names"
 CLASSES_NAME = "classes.toml"
 THRESHOLDS_NAME = "thresholds.json"
 REPORT_NAME = "report.json"
+CHECKSUM_SUFFIX = ".sha256"
 
 
 def parse_cfg_text(text: str, path: str | Path = "") -> list[tuple[str, dict[str, str]]]:
@@ -87,6 +95,14 @@ def _floats(value: str) -> list[float]:
     return [float(v) for v in value.split(",") if v.strip()]
 
 
+def _positive(opts: dict, key: str, where: str, path, default: int = 1) -> int:
+    """A cfg option that must be a whole number of at least 1 (``groups=0`` divides by 0)."""
+    value = int(opts.get(key, default))
+    if value < 1:
+        raise FamousError(f"{where}: {key}={value} must be at least 1.", path)
+    return value
+
+
 @dataclass
 class CfgInfo:
     """What FAMOUS needs to know about a Darknet cfg."""
@@ -120,22 +136,22 @@ def cfg_info(sections: list[tuple[str, dict[str, str]]], path: str | Path = "") 
         where = f"layer {i} [{name}]"
         try:
             if name in ("convolutional", "conv"):
-                n = int(opts.get("filters", 1))
-                k = int(opts.get("size", 1))
-                groups = int(opts.get("groups", 1))
+                n = _positive(opts, "filters", where, path)
+                k = _positive(opts, "size", where, path)
+                groups = _positive(opts, "groups", where, path)
                 bn = int(opts.get("batch_normalize", 0))
                 n_params += n * (c // groups) * k * k + n * (4 if bn else 1)
                 c = n
             elif name == "route":
                 layers = [j if j >= 0 else i + j for j in _ints(opts["layers"])]
-                if any(j < 0 or j >= i for j in layers):
+                if not layers or any(j < 0 or j >= i for j in layers):
                     raise FamousError(f"{where}: layers {opts['layers']} point outside.", path)
-                c = sum(out_channels[j] for j in layers) // int(opts.get("groups", 1))
+                c = sum(out_channels[j] for j in layers) // _positive(opts, "groups", where, path)
             elif name == "shortcut":
                 if opts.get("weights_type", "none") != "none":
                     raise FamousError(f"{where}: weighted shortcuts are not supported.", path)
             elif name in ("yolo", "region"):
-                classes = int(opts.get("classes", 20))
+                classes = _positive(opts, "classes", where, path, 20)
                 anchors = _floats(opts.get("anchors", ""))
                 mask = _ints(opts["mask"]) if "mask" in opts else list(range(len(anchors) // 2))
                 yolo.append(
@@ -192,7 +208,8 @@ def check_model(cfg: str | Path, weights: str | Path) -> CfgInfo:
     Returns the :class:`CfgInfo` of the cfg. Raises a :class:`FamousError` for
     a missing or non-Darknet file or a size that differs from
     ``header + 4 x parameters``, naming the likely cause (another class count
-    or input channel count) when one explains the difference.
+    or input channel count) when one explains the difference, and for weights
+    whose SHA-256 differs from the one stored next to them (:func:`write_checksum`).
     """
     info = cfg_info(parse_cfg(cfg), cfg)
     weights = Path(weights)
@@ -202,6 +219,7 @@ def check_model(cfg: str | Path, weights: str | Path) -> CfgInfo:
     size = weights.stat().st_size
     expected = header + 4 * info.n_params
     if size == expected:
+        _check_checksum(weights)
         return info
     cause = ""
     if size > header and (size - header) % 4 == 0:
@@ -212,6 +230,46 @@ def check_model(cfg: str | Path, weights: str | Path) -> CfgInfo:
         weights,
         "use the .weights file trained with this .cfg (same classes, channels and width).",
     )
+
+
+def weights_digest(weights: str | Path) -> str:
+    """The SHA-256 of a weights file, as 64 hex digits."""
+    with open(weights, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def write_checksum(weights: str | Path) -> Path:
+    """Store the SHA-256 of ``weights`` next to it (``model.weights.sha256``).
+
+    Written in ``sha256sum``'s format, so ``sha256sum -c`` checks it too;
+    :func:`check_model` compares it whenever the model is loaded.
+    """
+    weights = Path(weights)
+    path = weights.with_name(weights.name + CHECKSUM_SUFFIX)
+    atomic_write_bytes(path, f"{weights_digest(weights)}  {weights.name}\n".encode())
+    return path
+
+
+def _check_checksum(weights: Path) -> None:
+    """Compare ``weights`` with the SHA-256 stored next to it, when one is."""
+    path = weights.with_name(weights.name + CHECKSUM_SUFFIX)
+    if not path.is_file():
+        return  # a model folder of an older FAMOUS or of darknet: nothing to compare
+    stored = re.match(rb"\s*([0-9a-fA-F]{64})(\s|$)", path.read_bytes()[:256])
+    if stored is None:
+        raise FamousError(
+            "is not a SHA-256 checksum (64 hex digits).",
+            path,
+            "copy the whole model folder again, or delete this file to load it unchecked.",
+        )
+    if stored.group(1).decode().lower() != weights_digest(weights):
+        raise FamousError(
+            f"is not the file this model folder was trained with (its SHA-256 differs "
+            f"from {path.name}).",
+            weights,
+            f"copy the whole model folder again; if you replaced {weights.name} on purpose "
+            f"(same network, other training), delete {path.name}.",
+        )
 
 
 def _explain_size(n_params: int, cfg: str | Path) -> str:

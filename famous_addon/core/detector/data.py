@@ -11,6 +11,7 @@ import torch
 
 from ..boxes import Box
 from ..errors import FamousError
+from .config import PseudoShare
 from .evaluate import small_boxes
 
 
@@ -90,17 +91,31 @@ class CropSampler:
         as needed: a random crop almost always cuts such a box, so a detector
         trained on small crops learns large organelles only in pieces.
 
+    pseudo : PseudoShare, optional
+        The images from ``pseudo.first`` on hold pseudo-boxes (self-training,
+        :mod:`~famous_addon.core.selftrain`): they are drawn for a share
+        ``pseudo.share`` of the crops, their boxes weigh ``pseudo.weight``
+        and nothing on them is taught as background (what the first detector
+        missed there is unknown, not absent).
+
     Every draw takes its own random generator, so batches can be made in
     parallel threads and still be the same for the same seed.
     """
 
-    def __init__(self, images, boxes, size: int, aug: AugmentConfig | None = None):
+    def __init__(
+        self,
+        images,
+        boxes,
+        size: int,
+        aug: AugmentConfig | None = None,
+        pseudo: PseudoShare | None = None,
+    ):
         self.images = images
         self.boxes = boxes
         self.size = size
         self.aug = aug or AugmentConfig()
-        area = np.array([im.size for im in images], np.float64)
-        self.p = area / area.sum()
+        self.pseudo = pseudo or PseudoShare(first=len(images))
+        self.p = _draw_chances(images, self.pseudo)
         self.fill = [float(np.median(im)) for im in images]
         # (image, box) pairs of the small boxes, which small_focus centres crops on
         pairs = [(i, j) for i, b in enumerate(boxes) for j in range(len(b))]
@@ -115,6 +130,11 @@ class CropSampler:
 
         Boxes are (n, 5): class, cx, cy, w, h.
         """
+        x, t, _ = self.draw(rng)
+        return x, t
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`sample`'s crop and boxes, and the index of the image it was cut from."""
         a, size = self.aug, self.size
         i = int(rng.choice(len(self.images), p=self.p))
         img, bx = self.images[i], self.boxes[i]
@@ -181,19 +201,57 @@ class CropSampler:
             out[:, 2] = (b[:, 2] + b[:, 4]) / 2
             out[:, 3] = b[:, 3] - b[:, 1]
             out[:, 4] = b[:, 4] - b[:, 2]
-        return x, out
+        return x, out, i
 
     def batch(self, n: int, seed: tuple[int, ...]):
-        """``n`` crops as tensors: images (n, channels, s, s) and targets (M, 6), from ``seed``."""
+        """``n`` crops as tensors, from ``seed``.
+
+        Returns
+        -------
+        images : tensor (n, channels, s, s)
+        targets : tensor (M, 7)
+            image index, class, cx, cy, w, h, weight (``pseudo.weight`` for a
+            pseudo-box, else 1); (M, 6), without weights, when all images are
+            the user's.
+        negatives : tensor (n,)
+            1 where the crop's background is taught as background, 0 for a
+            crop of a pseudo-labelled image.
+        """
         rng = np.random.default_rng(seed)
-        xs, ts = [], []
+        xs, ts, negatives = [], [], []
         for k in range(n):
-            x, t = self.sample(rng)
+            x, t, i = self.draw(rng)
+            pseudo = i >= self.pseudo.first
+            weight = self.pseudo.weight if pseudo else 1.0
             xs.append(x)
-            ts.append(np.concatenate([np.full((len(t), 1), k, np.float32), t], 1))
+            ts.append(
+                np.concatenate(
+                    [np.full((len(t), 1), k, np.float32), t, np.full((len(t), 1), weight)], 1
+                )
+            )
+            negatives.append(0.0 if pseudo else 1.0)
         x = np.stack(xs)
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x[:, None]
-        return torch.from_numpy(x), torch.from_numpy(np.concatenate(ts).reshape(-1, 6))
+        targets = np.concatenate(ts).reshape(-1, 7).astype(np.float32)
+        if self.pseudo.first >= len(self.images):  # all boxes the user's: no weights
+            targets = targets[:, :6]
+        return (
+            torch.from_numpy(x),
+            torch.from_numpy(targets),
+            torch.tensor(negatives, dtype=torch.float32),
+        )
+
+
+def _draw_chances(images, pseudo: PseudoShare) -> np.ndarray:
+    """Each image's chance to be cropped: by area within the user's and the pseudo images."""
+    area = np.array([im.size for im in images], np.float64)
+    user, extra = area[: pseudo.first], area[pseudo.first :]
+    if not len(extra) or pseudo.share <= 0:
+        user_part = np.concatenate([user, np.zeros_like(extra)])
+        return user_part / user_part.sum()
+    return np.concatenate(
+        [(1 - pseudo.share) * user / user.sum(), pseudo.share * extra / extra.sum()]
+    )
 
 
 def boxes_array(boxes: list[Box]) -> np.ndarray:

@@ -41,7 +41,13 @@ def _box_iou_xywh(a, b, giou: bool = False):
 
 
 def yolo_loss(
-    net: DarknetTorch, raws, targets, input_hw, ignore_iou: float = 0.7, match_iou: float = 0.25
+    net: DarknetTorch,
+    raws,
+    targets,
+    input_hw,
+    ignore_iou: float = 0.7,
+    match_iou: float = 0.25,
+    negatives=None,
 ):
     """YOLO loss for one batch.
 
@@ -49,8 +55,13 @@ def yolo_loss(
     ----------
     raws : list of tensors
         Raw head outputs.
-    targets : tensor (M, 6)
-        image index, class, cx, cy, w, h (input pixels).
+    targets : tensor (M, 6) or (M, 7)
+        image index, class, cx, cy, w, h (input pixels), and optionally the
+        box's weight in the loss (a pseudo-box weighs less than a user's).
+    negatives : tensor (N,), optional
+        Per image, the weight of its background (no object) in the
+        objectness loss: 0 leaves everything but its boxes out of the loss,
+        for images whose boxes are known to be incomplete. Default: 1.
 
     Each truth box is assigned, in the grid cell holding its centre, to its
     best-fitting anchor and to every other anchor whose shape IoU exceeds
@@ -71,9 +82,7 @@ def yolo_loss(
     # anchors differently and once swapped the heads (coarse head, small boxes)
     anchor_global = torch.arange(sum(len(h["mask"]) for h in net.heads))
     positive = _anchor_matches(net, targets, match_iou) if len(targets) else None
-    loss_box = torch.zeros((), device=dev)
-    loss_obj = torch.zeros((), device=dev)
-    loss_cls = torch.zeros((), device=dev)
+    loss_box, loss_obj, loss_cls = (torch.zeros((), device=dev) for _ in range(3))
     n_pos = 0
     offset = 0
     for raw, head in zip(raws, net.heads):
@@ -81,6 +90,8 @@ def yolo_loss(
         n, a, h, w, _ = pred.shape
         obj_target = torch.zeros(n, a, h, w, device=dev)
         obj_weight = torch.ones(n, a, h, w, device=dev)
+        if negatives is not None:  # images whose background is not taught
+            obj_weight = obj_weight * negatives.to(dev).view(n, 1, 1, 1)
         if len(targets):
             _ignore_covered(pred, targets, obj_weight, ignore_iou)
             loss_box, loss_cls, n_head = _positive_losses(
@@ -95,13 +106,8 @@ def yolo_loss(
                 (loss_box, loss_cls),
             )
             n_pos += n_head
-        loss_obj = (
-            loss_obj
-            + (
-                F.binary_cross_entropy_with_logits(pred[..., 4], obj_target, reduction="none")
-                * obj_weight
-            ).sum()
-        )
+        bce = F.binary_cross_entropy_with_logits(pred[..., 4], obj_target, reduction="none")
+        loss_obj = loss_obj + (bce * obj_weight).sum()
         offset += a
     total = (3.0 * loss_box + loss_obj + loss_cls) / n_img
     parts = {
@@ -210,12 +216,17 @@ def _positive_losses(pred, head, targets, positive, anchor_ids, n_cls, input_hw,
             gi, gj = gi.clamp(0, w - 1), gj.clamp(0, h - 1)
             p = pred[bi, local, gj, gi]
             giou = _box_iou_xywh(p[:, :4], t[:, 2:6], giou=True)
-            loss_box = loss_box + (1 - giou).sum()
             onehot = F.one_hot(t[:, 1].long(), n_cls).float()
-            loss_cls = loss_cls + F.binary_cross_entropy_with_logits(
-                p[:, 5:], onehot, reduction="sum"
-            )
+            cls = F.binary_cross_entropy_with_logits(p[:, 5:], onehot, reduction="none")
+            if t.shape[1] > 6:  # weighted boxes
+                weight = t[:, 6]
+                loss_box = loss_box + ((1 - giou) * weight).sum()
+                loss_cls = loss_cls + (cls.sum(1) * weight).sum()
+                obj_weight[bi, local, gj, gi] = weight
+            else:
+                loss_box = loss_box + (1 - giou).sum()
+                loss_cls = loss_cls + cls.sum()
+                obj_weight[bi, local, gj, gi] = 1.0
             obj_target[bi, local, gj, gi] = 1.0
-            obj_weight[bi, local, gj, gi] = 1.0
             n_pos += len(t)
     return loss_box, loss_cls, n_pos

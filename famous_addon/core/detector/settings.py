@@ -172,10 +172,21 @@ class DetectSettings:
 
         def per_class(key, default):
             values = list(default)
-            for name, value in data.get(key, {}).items():
-                values[index(name)] = float(value)
+            given = data.get(key, {})
+            if not isinstance(given, dict):
+                raise FamousError(
+                    f"has {key} {given!r}, not a score per class name.",
+                    path,
+                    f'give e.g. {{"{names[0]}": 0.3}}.',
+                )
+            for name, value in given.items():
+                values[index(name)] = _number(value, f"{key} of {name!r}", path, 0.0, 1.0)
             return values
 
+        if not isinstance(data, dict):
+            raise FamousError(
+                "is not a JSON object of settings.", path, "write it with `famous recalibrate`."
+            )
         thresholds = per_class("score_thresholds", [0.25] * len(names))
         flip_views = data.get("flip_views", 1)
         if flip_views not in FLIP_VIEWS:
@@ -185,13 +196,20 @@ class DetectSettings:
             raise FamousError(
                 f"has edge_score_factor {edge!r}.", path, "use a number in (0, 1]; 1 turns it off."
             )
+        whole = data.get("whole_slice_classes", [])
+        if not isinstance(whole, list):
+            raise FamousError(
+                f"has whole_slice_classes {whole!r}, not a list of class names.", path
+            )
         return cls(
             score_thresholds=thresholds,
-            nms_iou=float(data.get("nms_iou", 0.45)),
+            nms_iou=_number(data.get("nms_iou", 0.45), "nms_iou", path, 0.0, 1.0),
             containment=_containment(data.get("containment", CONTAINMENT), names, index, path),
-            tile_overlap=int(data.get("tile_overlap", 96)),
-            whole_slice_classes=[index(n) for n in data.get("whole_slice_classes", [])],
-            batch=max(1, int(data.get("batch", 4))),
+            tile_overlap=int(
+                _number(data.get("tile_overlap", 96), "tile_overlap", path, 0, 4096, whole=True)
+            ),
+            whole_slice_classes=[index(n) for n in whole],
+            batch=max(1, int(_number(data.get("batch", 4), "batch", path, 0, 4096, whole=True))),
             confirm_thresholds=per_class("confirm_thresholds", thresholds),
             box_scale=_box_scale(data.get("box_scale"), names, index, path),
             flip_views=flip_views,
@@ -199,6 +217,20 @@ class DetectSettings:
             edge_score_factor=float(edge),
             **_zoom_pass(data.get("zoom_pass"), index, path),
         )
+
+
+def _number(value, what: str, path: Path, lo: float, hi: float, whole: bool = False) -> float:
+    """``value`` as a float when it is a number (a whole one if asked) in [lo, hi]."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and lo <= value <= hi and (not whole or float(value).is_integer())
+    if not ok:
+        kind = "a whole number" if whole else "a number"
+        raise FamousError(
+            f"has {what} {value!r}, not {kind} in [{lo:g}, {hi:g}].",
+            path,
+            "write the number without quotes, or let `famous recalibrate` write the file.",
+        )
+    return float(value)
 
 
 def _zoom_pass(data, index, path: Path) -> dict:

@@ -30,20 +30,21 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..annotations import read_yolo_mark
 from ..classes import load_classes, save_classes
 from ..errors import FamousError
 from ..fileio import atomic_path, atomic_write_bytes, write_json
 from ..progress import ProgressFn, silent, sub
 from .annotated import read_boxed, split_images
 from .calibrate import calibrate_model
-from .config import PRECISIONS, TrainConfig
+from .config import PRECISIONS, PseudoShare, TrainConfig
 from .darknet import (
     CFG_NAME,
     CLASSES_NAME,
@@ -51,6 +52,7 @@ from .darknet import (
     REPORT_NAME,
     WEIGHTS_NAME,
     check_model,
+    write_checksum,
     yolo_tiny_cfg,
 )
 from .data import AugmentConfig, CropSampler, boxes_array, kmeans_anchors
@@ -132,6 +134,8 @@ def train_model(
     config: TrainConfig | None = None,
     command: str | None = None,
     resume: bool = True,
+    pseudo: str | Path | None = None,
+    mix: PseudoShare | None = None,
 ) -> dict:
     """Train a detector on a YOLO_mark folder and write a model folder.
 
@@ -140,15 +144,12 @@ def train_model(
     annotations : str or Path
         YOLO_mark folder (images + ``.txt`` boxes).
     classes : ClassConfig, str or Path
-        Class names in the detector's order (a config, or what
-        :func:`~famous_addon.core.classes.load_classes` reads).
+        Class names in the detector's order (what :func:`~.classes.load_classes` reads).
     out : str or Path
-        Model folder to write: ``model.cfg``, ``model.weights``, ``obj.names``,
-        ``classes.toml``, ``thresholds.json``, ``report.json`` (and
-        ``checkpoint.pt`` while training).
-    epochs : int
-        Passes of ``steps_per_epoch`` batches of random crops.
-    width : {"tiny", "slim"}
+        Model folder to write: ``model.cfg``, ``model.weights(.sha256)``, ``obj.names``,
+        ``classes.toml``, ``thresholds.json``, ``report.json`` (``checkpoint.pt`` meanwhile).
+    epochs, width : int, {"tiny", "slim"}
+        Passes of ``steps_per_epoch`` batches of random crops; the network's width.
     progress : callable, optional
         ``progress(fraction, message)``; may raise :class:`Cancelled`, after
         which the last checkpoint lets a later call resume.
@@ -158,6 +159,10 @@ def train_model(
         The command line, recorded in ``report.json``.
     resume : bool
         Continue from ``checkpoint.pt`` in ``out`` when its settings match.
+    pseudo, mix : str or Path, PseudoShare, optional
+        A YOLO_mark folder of pseudo-labelled slices (:mod:`~famous_addon.core.selftrain`)
+        mixed into the crops as ``mix`` says; anchors, split, thresholds and
+        calibration come from the user's boxes alone.
 
     Returns
     -------
@@ -176,22 +181,20 @@ def train_model(
     images, boxes = read_boxed(annotations, len(classes), cfgt.neighbours)
     train_idx, val_idx = split_images(len(images), cfgt.val_fraction, cfgt.seed)
     trainer = _Trainer(cfgt, classes, [boxes[i] for i in train_idx], out / CHECKPOINT_NAME, t_start)
+    extra, given = _pseudo_set(pseudo, mix, len(train_idx), len(classes), cfgt.neighbours)
+    if given:  # a checkpoint without or with other pseudo-boxes is not resumed
+        trainer.key["pseudo"] = given
     if resume:
         trainer.resume()
-    train_seconds = trainer.run([images[i] for i in train_idx], amp_dtype, sub(progress, 0.0, 0.9))
+    train_seconds = trainer.run([images[i] for i in train_idx], amp_dtype, progress, extra)
     trainer.export(out, classes)
 
-    progress(0.92, "choosing thresholds")
+    progress(0.92, "choosing thresholds")  # on the user's boxes alone
     thresholds, metrics = calibrate_model(
         out, classes, images, boxes, trainer.detect_settings(zoom), held_out=val_idx or None
     )
     report = {
-        "command": command or " ".join(sys.argv),
-        "annotations": str(Path(annotations).resolve()),
-        "n_images": len(images),
-        "n_boxes": sum(len(b) for b in boxes),
-        "train_images": train_idx,
-        "val_images": val_idx,
+        **_given(command, annotations, boxes, (train_idx, val_idx), given),
         **trainer.facts(train_seconds, amp_dtype),
         "metrics": metrics,
         "thresholds": dict(zip(classes.names, thresholds)),
@@ -200,6 +203,38 @@ def train_model(
     trainer.ckpt_path.unlink(missing_ok=True)
     progress(1.0, f"done: mAP@0.5 {metrics['mAP50']:.3f}")
     return report
+
+
+def _pseudo_set(pseudo, mix: PseudoShare | None, first: int, n_classes: int, neighbours: bool):
+    """The pseudo-labelled images, their boxes and their mix (``first`` set), or None; and
+    what ``report.json`` says of them (None without)."""
+    if pseudo is None:
+        return None, None
+    images, boxes = read_yolo_mark(
+        pseudo, n_classes=n_classes, load_images=True, neighbours=neighbours
+    )
+    mix = replace(mix or PseudoShare(first), first=first)
+    facts = {
+        "folder": str(Path(pseudo).resolve()),
+        "n_images": len(images),
+        "n_boxes": sum(len(b) for b in boxes),
+        "share": mix.share,
+        "weight": mix.weight,
+    }
+    return (images, boxes, mix), facts
+
+
+def _given(command: str | None, annotations, boxes, split, pseudo: dict | None) -> dict:
+    """The part of ``report.json`` on what a training was given."""
+    return {
+        "command": command or " ".join(sys.argv),
+        "annotations": str(Path(annotations).resolve()),
+        "n_images": len(boxes),
+        "n_boxes": sum(len(b) for b in boxes),
+        "pseudo": pseudo,
+        "train_images": split[0],
+        "val_images": split[1],
+    }
 
 
 def _checked_config(config: TrainConfig | None, epochs: int, width: str) -> TrainConfig:
@@ -305,7 +340,16 @@ class _Trainer:
         """Continue from the checkpoint, when its settings match this run's."""
         if not self.ckpt_path.is_file():
             return
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            # weights_only: a checkpoint is plain data, so a crafted pickle in a
+            # shared or downloaded model folder cannot run code here
+            state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError
+            raise FamousError(
+                f"is not a checkpoint FAMOUS can trust or read ({type(err).__name__}).",
+                self.ckpt_path,
+                "delete it, or train again with --restart.",
+            ) from None
         if state.get("key") != self.key:
             return
         self.net.layers.load_state_dict(state["model"])
@@ -326,18 +370,28 @@ class _Trainer:
                 if torch.is_tensor(v) and k != "step":
                     group[k] = v.to(device)
 
-    def run(self, images: list[np.ndarray], amp_dtype, progress: ProgressFn) -> float:
+    def run(self, images: list[np.ndarray], amp_dtype, progress: ProgressFn, pseudo=None) -> float:
         """Train the remaining epochs on random crops of ``images``, checkpointing each.
 
+        ``pseudo``: pseudo-labelled images, their boxes and their mix
+        (:class:`~.data.PseudoShare`), or None.
         Returns the seconds of training, over interrupted runs too.
         """
         cfgt = self.cfgt
+        progress = sub(progress, 0.0, 0.9)  # the rest is calibration
         self._to_device()
+        boxes = [boxes_array(b) for b in self.boxes]
+        mix = None
+        if pseudo is not None:
+            images = [*images, *pseudo[0]]
+            boxes += [boxes_array(b) for b in pseudo[1]]
+            mix = pseudo[2]
         sampler = CropSampler(
             images,
-            [boxes_array(b) for b in self.boxes],
+            boxes,
             cfgt.train_size,
             AugmentConfig(small_focus=cfgt.small_focus, large_focus=cfgt.large_focus),
+            mix,
         )
         self.net.train()
         first, last = self.start_epoch * cfgt.steps_per_epoch, cfgt.epochs * cfgt.steps_per_epoch
@@ -358,8 +412,8 @@ class _Trainer:
                         pending[g + ahead] = pool.submit(
                             sampler.batch, cfgt.batch, (cfgt.seed, g + ahead)
                         )
-                    x, t = pending.pop(g).result()
-                    loss, parts = self._step(g, x, t, amp_dtype)
+                    x, t, negatives = pending.pop(g).result()
+                    loss, parts = self._step(g, x, t, negatives, amp_dtype)
                     sums["loss"] += loss
                     for k in ("box", "obj", "cls"):
                         sums[k] += parts[k]
@@ -370,15 +424,18 @@ class _Trainer:
             pool.shutdown(wait=True)
         return self.elapsed()
 
-    def _step(self, g: int, x, t, amp_dtype) -> tuple[float, dict]:
-        """One optimiser step (global step ``g``) on images ``x`` with targets ``t``."""
+    def _step(self, g: int, x, t, negatives, amp_dtype) -> tuple[float, dict]:
+        """One optimiser step (global step ``g``) on images ``x`` with targets ``t``.
+
+        ``negatives``: per image, the weight of its background (see :func:`~.loss.yolo_loss`).
+        """
         cfgt = self.cfgt
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(g)
         with torch.autocast(self.device_type, amp_dtype, enabled=amp_dtype is not None):
             raws = self.net(x.to(cfgt.device))
         hw = (cfgt.train_size, cfgt.train_size)
-        loss, parts = yolo_loss(self.net, [r.float() for r in raws], t, hw)
+        loss, parts = yolo_loss(self.net, [r.float() for r in raws], t, hw, negatives=negatives)
         self.opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
@@ -413,7 +470,8 @@ class _Trainer:
         )
 
     def export(self, out: Path, classes) -> None:
-        """Write the model folder's cfg, weights (the average's, if any), names and classes."""
+        """Write the model folder's cfg, weights (the average's, if any), their checksum,
+        names and classes."""
         cfgt, net = self.cfgt, self.net
         net.eval()
         net.layers.to("cpu")
@@ -421,6 +479,8 @@ class _Trainer:
             net.layers.load_state_dict(self.ema.module.state_dict())
         atomic_write_bytes(out / CFG_NAME, self.cfg_text.encode())
         net.save_weights(out / WEIGHTS_NAME, seen=cfgt.epochs * cfgt.steps_per_epoch * cfgt.batch)
+        # loading compares it, so weights of another training are not run unnoticed
+        write_checksum(out / WEIGHTS_NAME)
         atomic_write_bytes(out / NAMES_NAME, "".join(n + "\n" for n in classes.names).encode())
         save_classes(classes, out / CLASSES_NAME)
 

@@ -27,6 +27,7 @@ from .texture import TAG_JITTER, TAG_NOISE, TAG_PLACE, Texture
 DEFAULT_SHAPE = (64, 512, 512)
 DEFAULT_VOXEL_NM = (10.0, 10.0, 10.0)
 _MIN_BOX_PX = 9
+MIN_EXTENT_UM = 1.5  # the smallest phantom slice, in µm (width and height)
 
 
 class Phantom:
@@ -67,11 +68,16 @@ class Phantom:
         self.voxel_size_nm = voxel
         self.spacing_um = np.asarray(voxel) / 1000.0
         self.extent_um = np.asarray(shape) * self.spacing_um
-        if min(self.extent_um[1:]) < 1.0:
+        # the nucleus and a dumbbell mitochondrion (about 1.2 µm long) must fit side by side;
+        # 1.5 µm placed them for every seed tried (1.4 µm failed for some)
+        if min(self.extent_um[1:]) < MIN_EXTENT_UM:
+            least = int(np.ceil(MIN_EXTENT_UM * 1000 / min(voxel[1:])))
             raise FamousError(
                 f"a phantom of {shape[1]} x {shape[2]} pixels of {voxel[1]} x {voxel[2]} nm is "
                 f"{self.extent_um[1]:.2f} x {self.extent_um[2]:.2f} µm, too small for a cell.",
-                fix="make it at least 1 µm wide and high (more pixels or larger pixels).",
+                fix=f"make it at least {MIN_EXTENT_UM} µm wide and high: at least {least} "
+                f"pixels at {min(voxel[1:]):g} nm (e.g. --shape {shape[0]} {least} {least}), "
+                "or larger pixels.",
             )
         self.grid = Grid(self.spacing_um[1], self.spacing_um[2], shape[1] + 2, shape[2] + 2)
         layout = place_cell(np.random.default_rng([self.seed, TAG_PLACE]), shape, self.spacing_um)

@@ -207,11 +207,14 @@ class _Candidates:
     def centre(self, margin=0.0) -> np.ndarray:
         rng = self.rng
         ez, ey, ex = self.extent_um
+        # a slice narrower than twice the margin: the object sits in the middle, cut by the
+        # border (so small phantoms work)
+        my, mx = min(margin, ey / 2), min(margin, ex / 2)
         return np.array(
             [
                 rng.uniform(0, ez),
-                rng.uniform(margin, ey - margin),
-                rng.uniform(margin, ex - margin),
+                rng.uniform(my, ey - my),
+                rng.uniform(mx, ex - mx),
             ]
         )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import FamousError
 from ..fileio import read_csv, write_csv
+from ..guard import writable_folder
 from ..progress import ProgressFn, silent, sub
 from ..runfolder import LABELS_TIF, ORGANELLE_COLUMNS, ORGANELLES_CSV, RunFolder
 from . import TUBULAR_DEFAULT
@@ -68,6 +69,8 @@ def quantify_run(
     """
     run = RunFolder(run_dir)
     out = Path(out_dir) if out_dir is not None else run.path
+    # before the measuring, so a bad --out fails in a second, not after minutes
+    writable_folder(out, "choose another --out folder.")
     progress = progress or silent
     labels = _labels_of(run, progress)
     original = read_csv(run.path / ORGANELLES_CSV)

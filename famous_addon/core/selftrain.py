@@ -1,0 +1,315 @@
+"""Self-training: the detector learns from the slices the user did not box.
+
+The user boxes ~1 % of a stack; the other 99 % hold the same organelles, in
+every state a few slices do not show (pale, cut by the slice edge, thin caps).
+After a first training, FAMOUS runs on the whole stack, and the organelles it
+confirms in 3-D become training boxes on slices spread over it:
+
+* **confirmed**: an organelle spanning at least the physical depth a real one
+  must (:meth:`~.request.RunSettings.min_span`, counted without the exemption
+  for organelles cut by the stack's ends), so a flicker of false boxes never
+  becomes a pseudo-box;
+* **its boxes on a slice**: the detector's own boxes of that organelle, and
+  the boxes that gap filling and following put where the detector missed it:
+  the edge slivers and thin sections that 3-D continuity recovers;
+* **nothing else is taught**: on a pseudo-labelled slice nothing is taught as
+  background (what the first detector missed there is unknown, not absent),
+  its boxes weigh less than the user's, and the user's own slices are never
+  pseudo-labelled (a pseudo-box never overrides a user's box);
+* **judged on the user's boxes alone**: anchors, thresholds, the held-out
+  split and its metric come from the user's slices, and a round is kept only
+  when its held-out mAP@0.5 is at least the best before it.
+
+Each round trains a new detector from scratch on the user's boxes and the
+pseudo-boxes of the round's run (the weights of a detector trained on its own
+mistakes carry them on). Folder layout under the model folder::
+
+    self-training/round-0/          the first detector (user's boxes only)
+    self-training/round-1/run/      FAMOUS run with round 0's detector
+    self-training/round-1/pseudo/   YOLO_mark folder of the pseudo-boxes (open it in YOLO_mark)
+    self-training/round-1/model/    the detector trained on both
+
+and the model folder itself holds a copy of the kept round's detector, with a
+``report.json`` whose ``self_training`` entry says what each round added.
+Since the stack gives the pixel size, each class's extraction recipe is
+chosen on the user's boxes too (:mod:`.calibrate`), used by the runs that
+pseudo-label, and stored in the model folder's ``classes.toml``, so
+``famous run --classes MODEL/classes.toml`` uses it
+(``report.json``: ``extraction_calibration``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .annotations import (
+    find_annotated,
+    read_yolo_mark,
+    spread_indices,
+    write_neighbours,
+    write_yolo_mark,
+)
+from .boxes import Box
+from .calibrate import calibrate
+from .classes import save_classes
+from .detector.config import PseudoShare
+from .fileio import atomic_path, read_csv, write_json
+from .progress import ProgressFn, silent, sub
+from .request import RunRequest, RunSettings
+from .stack import Stack, open_stack
+
+SELF_DIR = "self-training"
+MODEL_FILES = (
+    "model.cfg",
+    "model.weights",
+    "model.weights.sha256",  # travels with the weights: loading compares the two
+    "obj.names",
+    "classes.toml",
+    "thresholds.json",
+)
+_SLICE_STEM = re.compile(r"slice_(\d+)$")
+
+
+@dataclass(frozen=True)
+class SelfTrainConfig:
+    """Settings of self-training.
+
+    Attributes
+    ----------
+    rounds : int
+        Rounds of pseudo-labelling and retraining after the first training.
+    slices : int
+        Pseudo-labelled slices per round (0: four per boxed slice, at least
+        10 and at most 40; never more than the stack's unboxed slices).
+    share : float
+        Share of the training crops cut from pseudo-labelled slices.
+    weight : float
+        Weight of a pseudo-box in the loss against a user's box (1).
+    """
+
+    rounds: int = 1
+    slices: int = 0
+    share: float = 0.5
+    weight: float = 0.5
+
+
+def user_slices(annotations: str | Path, stack: Stack) -> list[int]:
+    """The stack's slices the user boxed: ``slice_NNNNN`` images that are that slice.
+
+    An annotation folder made from another stack (same names, other pixels)
+    shares no slice with this one.
+    """
+    paths = find_annotated(annotations)[0]
+    images, _ = read_yolo_mark(annotations, load_images=True)
+    found = []
+    for path, image in zip(paths, images):
+        m = _SLICE_STEM.match(path.stem)
+        k = int(m.group(1)) if m else -1
+        if 0 <= k < stack.shape[0] and np.array_equal(image, stack.read(k)):
+            found.append(k)
+    return sorted(found)
+
+
+def pseudo_slices(n_slices: int, boxed: list[int], count: int) -> list[int]:
+    """``count`` slices spread over the stack, none of them a boxed one."""
+    free = [k for k in range(n_slices) if k not in set(boxed)]
+    if not free or count <= 0:
+        return []
+    picks = spread_indices(len(free), min(1.0, count / len(free)), minimum=1)
+    return [free[i] for i in picks]
+
+
+def pseudo_boxes(
+    run: str | Path, slices: list[int], class_names: list[str], min_span: int
+) -> dict[int, list[Box]]:
+    """The boxes of the organelles a run confirmed, on ``slices``.
+
+    Parameters
+    ----------
+    run : str or Path
+        A run folder (``detections.csv`` and ``organelles.csv``).
+    slices : list of int
+    class_names : list of str
+        The detector's classes, in its order.
+    min_span : int
+        Fewest slices a confirmed organelle spans (organelles cut by the
+        stack's ends included: a stub there is not confirmed).
+
+    Returns
+    -------
+    dict
+        Slice: its pseudo-boxes (an empty list where it holds none).
+    """
+    run = Path(run)
+    confirmed = {
+        int(row["id"])
+        for row in read_csv(run / "organelles.csv")
+        if int(row["n_slices"]) >= min_span
+    }
+    wanted = set(slices)
+    out: dict[int, list[Box]] = {k: [] for k in slices}
+    for row in read_csv(run / "detections.csv"):
+        k, oid = int(row["slice"]), row["organelle_id"]
+        if k not in wanted or not oid or int(oid) not in confirmed:
+            continue
+        box = Box(
+            class_names.index(row["class"]),
+            float(row["x"]),
+            float(row["y"]),
+            float(row["w"]),
+            float(row["h"]),
+        )
+        out[k].append(box)
+    return out
+
+
+def self_train(
+    annotations: str | Path,
+    stack: str | Path | Stack,
+    classes,
+    out: str | Path,
+    train,
+    config: SelfTrainConfig | None = None,
+    progress: ProgressFn | None = None,
+    voxel_size_nm: tuple[float, float, float] | None = None,
+) -> dict:
+    """Train, then pseudo-label the stack and retrain, ``config.rounds`` times.
+
+    Parameters
+    ----------
+    annotations : str or Path
+        The user's YOLO_mark folder.
+    stack : path or Stack
+        The stack the annotated slices come from (or the one the detector is for).
+    classes : ClassConfig
+    out : str or Path
+        The model folder to write (see the module docstring for its layout).
+    train : callable
+        ``train(out, pseudo, mix, progress) -> report``: one training of the
+        user's settings into the folder ``out``, with the pseudo-labelled
+        YOLO_mark folder ``pseudo`` mixed in as ``mix`` says
+        (:class:`~.detector.config.PseudoShare`; both None for the first).
+    config : SelfTrainConfig, optional
+    progress : callable, optional
+    voxel_size_nm : (z, y, x), optional
+        Overrides the stack's metadata, for the runs that pseudo-label.
+
+    Returns
+    -------
+    dict
+        The kept round's ``report.json``, as written to ``out``.
+    """
+    config = config or SelfTrainConfig()
+    progress = progress or silent
+    out = Path(out)
+    stack = stack if isinstance(stack, Stack) else open_stack(stack, voxel_size_nm)
+    where = out / SELF_DIR
+    n_rounds = config.rounds + 1
+    step = 1.0 / n_rounds
+    report = train(where / "round-0", None, None, sub(progress, 0.0, step))
+    rounds = [_round_facts(0, report, None)]
+    classes, extraction = _calibrated(annotations, classes, stack)
+    best, best_dir, best_round = report, where / "round-0", 0
+    boxed = user_slices(annotations, stack)
+    count = config.slices or min(40, max(10, 4 * max(1, len(boxed))))
+    picks = pseudo_slices(stack.shape[0], boxed, count)
+    for r in range(1, n_rounds):
+        if not picks:
+            break
+        base = where / f"round-{r}"
+        part = sub(progress, r * step, (r + 1) * step)
+        progress(r * step, f"self-training round {r}: running on the stack")
+        pseudo = _pseudo_label(stack, classes, best_dir, base, picks, sub(part, 0.0, 0.3))
+        mix = PseudoShare(0, config.share, config.weight)
+        report = train(base / "model", pseudo, mix, sub(part, 0.3, 1.0))
+        rounds.append(_round_facts(r, report, pseudo))
+        if _held_out(report) < _held_out(best):
+            break
+        best, best_dir, best_round = report, base / "model", r
+    best = {**best, "extraction_calibration": extraction}
+    report = _publish(best_dir, out, best, (rounds, best_round), config, boxed)
+    save_classes(classes, out / "classes.toml")  # the recipes chosen on the user's boxes
+    return report
+
+
+def _calibrated(annotations, classes, stack: Stack):
+    """``classes`` with each class's extraction recipe chosen on the user's boxes
+    (:func:`~.calibrate.calibrate`, as ``famous run --annotations`` does), and its report."""
+    images, boxes = read_yolo_mark(annotations, len(classes), load_images=True)
+    vs = stack.require_voxel_size()
+    return calibrate(images, boxes, classes, float(np.sqrt(vs[1] * vs[2])))
+
+
+def _pseudo_label(stack: Stack, classes, model: Path, base: Path, picks, progress) -> Path:
+    """Run FAMOUS with ``model`` and write the confirmed organelles' boxes on ``picks``."""
+    # imported here: the pipeline pulls in linking and assembly, which training alone never needs
+    from .pipeline import run_pipeline
+
+    run = base / "run"
+    done = (run / "run.json").is_file() and json.loads((run / "run.json").read_text()).get(
+        "status"
+    ) == "complete"
+    if not done:
+        request = RunRequest(stack, classes, run, model=model, resume=run.exists())
+        run_pipeline(request, progress)
+    min_span = RunSettings().min_span(stack.voxel_size_nm[0])
+    boxes = pseudo_boxes(run, picks, list(classes.names), min_span)
+    folder = base / "pseudo"
+    if folder.exists():  # an interrupted round: written again from its finished run
+        shutil.rmtree(folder)
+    stems = [f"slice_{k:05d}" for k in picks]
+    write_yolo_mark(
+        folder, (stack.read(k) for k in picks), stems, classes.names, list(boxes.values())
+    )
+    write_neighbours(folder, stack, picks)
+    return folder
+
+
+def _held_out(report: dict) -> float:
+    """A round's mAP@0.5 on the user's held-out slices (on all of them without a split)."""
+    value = report.get("metrics", {}).get("mAP50", float("nan"))
+    return -1.0 if value is None or not np.isfinite(value) else float(value)
+
+
+def _round_facts(r: int, report: dict, pseudo: Path | None) -> dict:
+    """What one round added and how it scored, for ``report.json``."""
+    metrics = report.get("metrics", {})
+    facts = {
+        "round": r,
+        "mAP50": metrics.get("mAP50"),
+        "evaluated_on": metrics.get("evaluated_on"),
+        "train_seconds": report.get("train_seconds"),
+    }
+    if pseudo is not None:
+        facts["pseudo"] = report.get("pseudo")
+    return facts
+
+
+def _publish(best_dir: Path, out: Path, best: dict, rounds, config, boxed) -> dict:
+    """Copy the kept round's detector into ``out`` and write its report there.
+
+    ``rounds``: every round's facts and the number of the one kept.
+    """
+    rounds, kept = rounds
+    for name in MODEL_FILES:
+        src = best_dir / name
+        if src.is_file():
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(src, tmp)
+    report = {
+        **best,
+        "self_training": {
+            "config": asdict(config),
+            "boxed_slices": boxed,
+            "kept_round": kept,
+            "rounds": rounds,
+        },
+    }
+    write_json(out / "report.json", report)
+    return report
