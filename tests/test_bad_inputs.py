@@ -24,6 +24,7 @@ import tifffile
 from famous_addon.cli import main
 from famous_addon.core import runfolder as rf
 from famous_addon.core.errors import FamousError
+from famous_addon.core.fileio import read_csv as csv_rows
 from famous_addon.core.guard import FolderLock, inside, writable_folder
 from famous_addon.core.phantom.write import write_phantom
 from famous_addon.core.pipeline import run_pipeline
@@ -575,6 +576,18 @@ def test_a_resume_without_labels_rewrites_the_labels_that_are_there(phantom, tmp
     labels = tifffile.imread(out / "labels.tif")
     ids = {o["id"] for o in rf.RunFolder(out).organelles()}
     assert set(np.unique(labels)) - {0} == ids
+
+
+def test_a_resume_leaves_no_measurements_of_the_labels_it_replaced(phantom, tmp_path):
+    out = tmp_path / "run"
+    assert main([*_run_args(phantom, out), "--quantify"]) == 0
+    assert (out / "classes.csv").is_file() and list((out / "plots").glob("*.png"))
+    assert main([*_run_args(phantom, out), "--resume", "--no-merge", "--min-slices", "1"]) == 0
+    assert not (out / "classes.csv").exists() and not (out / "plots").exists()
+    # measured again with the resumed run, they describe its labels
+    assert main([*_run_args(phantom, out), "--resume", "--quantify"]) == 0
+    n_classes = len(rf.RunFolder(out).class_names)
+    assert len(list(csv_rows(out / "classes.csv"))) == n_classes
 
 
 # ---------------------------------------------------------- paths from names

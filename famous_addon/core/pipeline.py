@@ -39,6 +39,7 @@ from .follow import fill_gaps, follow
 from .guard import FolderLock, writable_folder
 from .link import link_boxes
 from .progress import ProgressFn, silent, sub
+from .quantify.tables import remove_measurements
 from .refine import drop_small, drop_spanning, drop_unconfirmed, merge_bridges
 from .request import RunRequest
 from .separate import split_spanning
@@ -123,6 +124,8 @@ def _start(out: Path, request: RunRequest, inputs: _Inputs) -> dict:
     # what a killed run was writing; this run holds the folder's lock, so none is in use
     remove_leftovers(out)
     remove_leftovers(out / rf.CACHE_DIR)
+    if request.resume:  # measurements of the labels this run replaces
+        remove_measurements(out)
     if stack.dtype != np.uint8 and stack.window is None:
         stack.window = stack.estimate_window()
     info = {

@@ -17,14 +17,13 @@ from .morphometry import MEASUREMENT_COLUMNS, measure_labels
 from .plots import plot_measurements
 from .tables import (
     CLASSES_CSV,
+    PLOTS_DIR,
     QUANTIFICATION_CSV,
     class_table,
     class_table_columns,
     format_cell,
     merge_mesh_areas,
 )
-
-PLOTS_DIR = "plots"
 
 
 @dataclass

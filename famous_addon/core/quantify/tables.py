@@ -19,6 +19,28 @@ from ..fileio import read_csv
 
 CELL_CLASS = "cell"
 CLASSES_CSV = "classes.csv"
+PLOTS_DIR = "plots"
+
+
+def remove_measurements(folder: Path) -> list[Path]:
+    """Remove what :func:`~.run.quantify_run` wrote beside a run's tables.
+
+    A resumed run rewrites ``organelles.csv`` and ``labels.tif``; a
+    ``classes.csv`` and plots measured on the old labels would then sit beside
+    them and describe another segmentation. Only the files quantify writes
+    (``classes.csv``, ``plots/*.png``) are removed.
+    """
+    folder = Path(folder)
+    found = [folder / CLASSES_CSV, *sorted((folder / PLOTS_DIR).glob("*.png"))]
+    found = [p for p in found if p.is_file()]
+    for path in found:
+        path.unlink()
+    plots = folder / PLOTS_DIR
+    if plots.is_dir() and not any(plots.iterdir()):
+        plots.rmdir()
+    return found
+
+
 # The mesh table the Blender add-on writes; its areas are merged as area_mesh_um2.
 QUANTIFICATION_CSV = "quantification.csv"
 
