@@ -139,3 +139,40 @@ def test_cancelled_detection_leaves_a_resumable_run(phantom_run, tmp_path):
     finished.join(60)
     assert finished.state == "done", finished.error
     assert (tmp_path / "run" / "labels.tif").is_file()
+
+
+def test_a_hyperstack_needs_the_panels_channel_and_the_plane_shows_it(addon, phantom_run, tmp_path):
+    import json
+
+    import numpy as np
+    import tifffile
+
+    phantom, _ = phantom_run
+    stack = tifffile.imread(phantom / "stack.tif")
+    both = np.stack([stack, 255 - stack], axis=1)  # ZCYX: the stack and its negative
+    hyper = tmp_path / "hyper.tif"
+    tifffile.imwrite(hyper, both, imagej=True, metadata={"axes": "ZCYX", "spacing": 0.01},
+                     resolution=(1 / 0.005, 1 / 0.005))  # fmt: skip
+    s = addon.context.scene.famous
+    s.stack, s.voxel_size = str(hyper), (10.0, 5.0, 5.0)
+    s.classes = str(phantom / "classes.toml")
+    s.source, s.boxes = "BOXES", str(phantom / "boxes")
+    s.output = str(tmp_path / "ui")
+    assert s.channel == -1
+    with pytest.raises(RuntimeError, match="hyperstack with 2 channels"):
+        addon.ops.famous.run_detection()
+    s.channel = 1
+    assert addon.ops.famous.run_detection() == {"FINISHED"}
+    run = json.loads((tmp_path / "ui" / "run" / "run.json").read_text())
+    assert run["input"]["channel"] == 1
+    assert addon.ops.famous.build_meshes() == {"FINISHED"}
+    plane = addon.data.objects["FAMOUS stack slice"]
+    assert plane["famous_channel"] == 1
+    # the plane shows channel 1, the negative: its pixels are 255 - the stack's
+    from famous_addon.blender import scene
+
+    assert scene.show_slice(3) == 3
+    pixels = np.empty(stack.shape[1] * stack.shape[2] * 4, np.float32)
+    addon.data.images[scene.PLANE].pixels.foreach_get(pixels)
+    grey = pixels.reshape(stack.shape[1], stack.shape[2], 4)[..., 0]
+    np.testing.assert_allclose(grey * 255, 255 - stack[3], atol=0.6)

@@ -239,23 +239,24 @@ def scene_organelles() -> list[bpy.types.Object]:
 _open_stacks: dict[str, object] = {}
 
 
-def _stack(path: str, voxel_size_nm):
-    key = f"{path}|{tuple(voxel_size_nm)}"
+def _stack(path: str, voxel_size_nm, channel: int | None = None):
+    key = f"{path}|{tuple(voxel_size_nm)}|{channel}"
     if key not in _open_stacks:
-        _open_stacks[key] = open_stack(path, voxel_size_nm=tuple(voxel_size_nm))
+        _open_stacks[key] = open_stack(path, tuple(voxel_size_nm), channel)
     return _open_stacks[key]
 
 
 def stack_plane(
-    stack_path: str | Path, voxel_size_nm, index: int | None = None
+    stack_path: str | Path, voxel_size_nm, index: int | None = None, channel: int | None = None
 ) -> bpy.types.Object:
     """A textured plane showing one slice of the stack at its height (1 unit = 1 µm).
 
     The plane covers x = 0..X * px_x, y = 0..Y * px_y, so pixel (row r, col c)
     sits at x = c * px_x, y = r * px_y as everywhere else. Use
-    :func:`show_slice` to move it through z.
+    :func:`show_slice` to move it through z. ``channel``: the one shown of a
+    multi-channel TIFF.
     """
-    stack = _stack(str(stack_path), voxel_size_nm)
+    stack = _stack(str(stack_path), voxel_size_nm, channel)
     nz, ny, nx = stack.shape
     dz, py, px = (v / 1000.0 for v in stack.voxel_size_nm)
     obj = bpy.data.objects.get(PLANE)
@@ -268,6 +269,7 @@ def stack_plane(
         obj.hide_select = True
     obj["famous_stack"] = str(stack_path)
     obj["famous_voxel_size_nm"] = list(stack.voxel_size_nm)
+    obj["famous_channel"] = -1 if channel is None else int(channel)
     obj["famous_slices"] = nz
     # The first slice by default: under the cell, it hides none of the organelles.
     show_slice(0 if index is None else index)
@@ -282,7 +284,9 @@ def plane_for_run(run: RunFolder, stack_path=None, voxel_size_nm=None) -> bpy.ty
     path = stack_path or run.info["input"]["path"]
     if not path or not Path(path).exists():
         return None
-    return stack_plane(path, voxel_size_nm or run.voxel_size_nm)
+    # the channel the run segmented (a multi-channel TIFF), recorded in run.json
+    channel = run.info["input"].get("channel")
+    return stack_plane(path, voxel_size_nm or run.voxel_size_nm, channel=channel)
 
 
 def _plane_material(nx: int, ny: int) -> bpy.types.Material:
@@ -311,7 +315,10 @@ def show_slice(index: int) -> int:
     obj = bpy.data.objects.get(PLANE)
     if obj is None:
         return index
-    stack = _stack(obj["famous_stack"], obj["famous_voxel_size_nm"])
+    channel = obj.get("famous_channel", -1)
+    stack = _stack(
+        obj["famous_stack"], obj["famous_voxel_size_nm"], None if channel < 0 else channel
+    )
     k = int(min(max(index, 0), len(stack) - 1))
     grey = stack.read(k).astype(np.float32) / 255.0
     rgba = np.empty(grey.shape + (4,), np.float32)

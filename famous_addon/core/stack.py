@@ -191,6 +191,7 @@ class Stack:
             "dtype": str(self.dtype),
             "voxel_size_nm": None if self.voxel_size_nm is None else list(self.voxel_size_nm),
             "voxel_size_source": self.voxel_source,
+            "channel": self.channel,
             "intensity_window": None if self.window is None else list(self.window),
             "intensity_window_percentiles": None
             if self.window is None

@@ -41,6 +41,7 @@ def _detect_work(settings):
         flip_views=None if settings.flip_views == "MODEL" else int(settings.flip_views),
         zoom_pass=settings.zoom_pass,
         voxel_size_nm=settings.voxel_size_nm(),
+        channel=settings.channel_index(),
     )
 
     def work(progress):

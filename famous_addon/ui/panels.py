@@ -28,6 +28,7 @@ class FAMOUS_PT_main(_SidebarTab, bpy.types.Panel):
         col = layout.column(align=True)
         col.prop(s, "stack")
         col.prop(s, "voxel_size")
+        col.prop(s, "channel")
         col.prop(s, "classes")
         col.prop(s, "output")
 

@@ -251,6 +251,13 @@ class FamousSettings(bpy.types.PropertyGroup):
         default=(0.0, 0.0, 0.0),
         description="z, y, x in nm; all zero: take it from the stack's metadata",
     )
+    channel: IntProperty(
+        name="Channel",
+        default=-1,
+        min=-1,
+        description="The channel of a multi-channel TIFF (hyperstack) to segment, from 0; "
+        "-1: the stack has one",
+    )
     classes: StringProperty(
         name="Classes",
         default="fibsem",
@@ -312,6 +319,10 @@ class FamousSettings(bpy.types.PropertyGroup):
     train: PointerProperty(type=FamousTrainSettings)
     compare: PointerProperty(type=FamousCompareSettings)
     quantify: PointerProperty(type=FamousQuantifySettings)
+
+    def channel_index(self):
+        """The channel to read, or None for a one-channel stack."""
+        return None if self.channel < 0 else int(self.channel)
 
     def voxel_size_nm(self):
         """The voxel size, or None to use the stack's metadata."""

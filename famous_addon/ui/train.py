@@ -48,7 +48,9 @@ class FAMOUS_OT_export_annotation_slices(BackgroundOperator, bpy.types.Operator)
 
         settings = context.scene.famous
         t = settings.train
-        stack = open_stack(settings.stack_path(), settings.voxel_size_nm())
+        stack = open_stack(
+            settings.stack_path(), settings.voxel_size_nm(), settings.channel_index()
+        )
         classes = load_classes(settings.classes_arg())
         out = _annotations(t)
 
@@ -102,8 +104,13 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
             )  # fmt: skip
 
         # read here, in Blender's thread: the work runs in another
-        stack = settings.stack_path() if t.self_train else None
         voxel = settings.voxel_size_nm()
+        stack = None
+        if t.self_train:
+            # the stack module (OpenCV) loads on first use, not at Blender's start-up
+            from ..core.stack import open_stack
+
+            stack = open_stack(settings.stack_path(), voxel, settings.channel_index())
 
         def work(progress):
             if stack is None:
