@@ -275,3 +275,30 @@ def test_overlap_resolution_drops_the_slivers_it_cuts_off(monkeypatch):
     monkeypatch.setattr(extract, "SLIVER_FRACTION", 0.0)
     flat, tall = resolved((0, 40, 60, 20), (50, 0, 8, 100))
     assert flat[0] == 2 * 20 and len(flat) == 2
+
+
+def test_adding_boxes_to_a_slice_gives_what_extracting_it_again_gives(tmp_path):
+    import tifffile
+
+    from famous_addon.core.boxes import boxes_from_array
+    from famous_addon.core.classes import load_classes
+    from famous_addon.core.extract import add_boxes
+    from famous_addon.core.phantom.write import write_phantom
+
+    write_phantom(tmp_path, shape=(4, 384, 384), seed=5, stl=False)
+    image = tifffile.imread(tmp_path / "stack.tif", key=2)
+    classes = load_classes(tmp_path / "classes.toml")
+    lines = (tmp_path / "boxes" / "slice_00002.txt").read_text().split("\n")
+    every = [
+        Box(int(c), (cx - w / 2) * 384, (cy - h / 2) * 384, w * 384, h * 384)
+        for c, cx, cy, w, h in (map(float, ln.split()) for ln in lines if ln.strip())
+    ]
+    # three boxes come later (as gap filling adds them), one overlapping its neighbours
+    late = every[:2] + [Box(every[2].cls, every[2].x + 3, every[2].y + 2, every[2].w, every[2].h)]
+    first = segment_slice(image, every[2:], classes, PIXEL_NM)
+    added = add_boxes(first, image, late, classes, PIXEL_NM)
+    whole = segment_slice(image, boxes_from_array(added.boxes), classes, PIXEL_NM)
+    assert len(added) == len(every) + 1 and (added.boxes == whole.boxes).all()
+    for i in range(len(added)):
+        assert tuple(added.bounds[i]) == tuple(whole.bounds[i])
+        np.testing.assert_array_equal(added.mask(i), whole.mask(i))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .boxes import Box, boxes_to_array
+from .boxes import Box, boxes_from_array, boxes_to_array
 from .classes import ClassConfig, ExtractRecipe
 from .learned import learned_recipe
 from .recipes import box_context, ellipse_recipe, otsu_recipe, paper_recipe, refined_recipe
@@ -236,6 +236,34 @@ def _slivers(mask: np.ndarray) -> np.ndarray:
     small = area < SLIVER_FRACTION * area[1:].max()
     small[0] = False  # the background
     return small[lab]
+
+
+def add_boxes(
+    result: SliceResult,
+    image: np.ndarray,
+    boxes: list[Box],
+    classes: ClassConfig,
+    pixel_nm: float,
+) -> SliceResult:
+    """A slice's result with ``boxes`` extracted and added, as :func:`segment_slice` would.
+
+    Only the new boxes are extracted; the slice's masks are reconciled with
+    them (:func:`resolve_overlaps`). The masks of ``result`` are already
+    reconciled with each other, and reconciling them again changes nothing,
+    so this gives what extracting the whole slice again gives (but for a
+    sliver dropped before, which stays dropped) for the new boxes' cost: gap
+    filling extracted some 250 boxes of a 2048 px slice to add one.
+    """
+    old = boxes_from_array(result.boxes)
+    bounds = [tuple(int(v) for v in result.bounds[i]) for i in range(len(result))]
+    masks = [result.mask(i).copy() for i in range(len(result))]
+    for b in boxes:
+        bnd, m = extract_box(image, b, classes[b.cls].extract, pixel_nm)
+        bounds.append(bnd)
+        masks.append(m)
+    every = old + list(boxes)
+    resolve_overlaps(every, bounds, masks)
+    return SliceResult.of(every, bounds, masks)
 
 
 def segment_slice(

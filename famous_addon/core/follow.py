@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from .boxes import Box, boxes_from_array
-from .extract import SliceResult, extract_box, segment_slice
+from .extract import SliceResult, add_boxes, extract_box
 from .link import merge_labels, overlap_pairs
 from .recipes import mask_iou
 from .slicecache import load_slice, with_slices
@@ -47,11 +47,12 @@ def fill_gaps(out, stack, classes, pixel_nm, det, det_labels, max_gap):
                 added.setdefault(int(k), []).append(
                     (int(o), Box(cls, x0, y0, x1 - x0, y1 - y0, 0.0))
                 )
-    # only the filled slices are read and extracted again; the others keep their rows
+    # only the filled slices are read, and only their new boxes extracted
     changed = {}
     for k, items in added.items():
-        boxes = boxes_from_array(load_slice(out, k).boxes)
-        result = segment_slice(stack.read(k), boxes + [b for _, b in items], classes, pixel_nm)
+        result = add_boxes(
+            load_slice(out, k), stack.read(k), [b for _, b in items], classes, pixel_nm
+        )
         rows = slice(det["start"][k], det["start"][k + 1])
         changed[k] = (result, np.concatenate([det_labels[rows], [o for o, _ in items]]))
     return with_slices(out, det, det_labels, changed)
