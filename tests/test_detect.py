@@ -166,19 +166,53 @@ def test_suppress_containment_and_nms():
     assert kept.tolist() == [0, 2, 3, 4, 6]
 
 
-def test_suppress_without_the_pairwise_matrix_keeps_the_same_boxes(monkeypatch):
-    # thousands of candidates (calibration's near-zero thresholds) are compared
-    # box by box instead of in one matrix: the result must not change
+def _suppress_transcribed(xyxy, scores, classes, nms_iou, containment, pieces):
+    """suppress() as first written: each box against every kept box of its class."""
+    keep_all = []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        box, s, piece = xyxy[idx], scores[idx], pieces[idx]
+        area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+        kept = []
+        for i in range(len(idx)):
+            k = np.array(kept, dtype=int)
+            iou, ios = (m[0] for m in boxops.iou_matrix(box[i : i + 1], box[k]))
+            smaller_piece = np.where(area[i] > area[k], piece[k], piece[i])
+            limit = np.where(smaller_piece, boxops.CONTAINMENT, np.inf)
+            if containment[c] is not None:
+                limit = np.minimum(limit, containment[c])
+            nested = ios >= limit
+            is_inside = nested & (area[k] < area[i])
+            if ((iou >= nms_iou) | nested)[~is_inside].any():
+                continue
+            inside = k[is_inside]
+            if not len(inside):
+                kept.append(i)
+            elif len(inside) == 1 and s[i] >= 0.5 * s[inside[0]]:
+                kept.remove(inside[0])
+                kept.append(i)
+        keep_all.extend(idx[kept].tolist())
+    return sorted(keep_all)
+
+
+@pytest.mark.parametrize("nms_iou", [0.45, 0.0])
+def test_suppress_compares_neighbours_only_and_keeps_the_same_boxes(nms_iou):
+    # thousands of candidates a slice are compared with their overlapping
+    # neighbours only: the result must be the first transcription's
     rng = np.random.default_rng(3)
     xy = rng.uniform(0, 1000, (600, 2))
     xyxy = np.hstack([xy, xy + rng.uniform(5, 120, (600, 2))])
+    xyxy[:20] = xyxy[20:40] + rng.uniform(-3, 3, (20, 4))  # near duplicates
+    xyxy[40:50, 2:] = xyxy[40:50, :2] + 2 * (xyxy[50:60, 2:] - xyxy[50:60, :2])  # nested
+    xyxy[40:50, :2] = xyxy[50:60, :2] - 1
     scores, classes = rng.uniform(0.1, 1.0, 600), rng.integers(0, 2, 600)
     pieces = rng.random(600) < 0.2
-    args = (xyxy, scores, classes, 0.45, [0.7, None], pieces)
-    with_matrix = suppress(*args)
-    monkeypatch.setattr(boxops, "FULL_MATRIX", 0)
-    assert 50 < len(with_matrix) < 550
-    assert suppress(*args).tolist() == with_matrix.tolist()
+    args = (xyxy, scores, classes, nms_iou, [0.7, None], pieces)
+    kept = suppress(*args).tolist()
+    assert kept == _suppress_transcribed(*args)
+    if nms_iou:
+        assert 50 < len(kept) < 550
 
 
 class _OracleDetector(Detector):

@@ -61,11 +61,6 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inter / np.maximum(union, 1e-9), inter / np.maximum(smaller, 1e-9)
 
 
-# Most same-class candidates whose pairwise overlaps suppress takes at once: the
-# matrix and its temporaries peak at 64 MB, while a 2048 px slice has a few hundred.
-FULL_MATRIX = 1000
-
-
 def suppress(
     xyxy: np.ndarray,
     scores: np.ndarray,
@@ -97,37 +92,80 @@ def suppress(
     for c in np.unique(classes):
         idx = np.flatnonzero(classes == c)
         idx = idx[np.argsort(-scores[idx], kind="stable")]
-        box, s, piece = xyxy[idx], scores[idx], pieces[idx]
-        area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-        # A slice's few hundred boxes get their pairwise overlaps at once (one
-        # matrix per box took a third of a 2048 px slice's time around its
-        # forwards); at the near-zero thresholds of calibration a slice has
-        # ~10,000 candidates, too many for a matrix, and each box is compared
-        # with the boxes kept so far only.
-        full = iou_matrix(box, box) if len(idx) <= FULL_MATRIX else None
-        kept: list[int] = []
-        for i in range(len(idx)):
-            k = np.array(kept, dtype=int)
-            if full is None:
-                iou, ios = (m[0] for m in iou_matrix(box[i : i + 1], box[k]))
-            else:
-                iou, ios = full[0][i, k], full[1][i, k]
-            smaller_piece = np.where(area[i] > area[k], piece[k], piece[i])
-            limit = np.where(smaller_piece, CONTAINMENT, np.inf)
-            if containment[c] is not None:
-                limit = np.minimum(limit, containment[c])
-            nested = ios >= limit
-            is_inside = nested & (area[k] < area[i])
-            if ((iou >= nms_iou) | nested)[~is_inside].any():
-                continue
-            inside = k[is_inside]
-            if not len(inside):
-                kept.append(i)
-            elif len(inside) == 1 and s[i] >= 0.5 * s[inside[0]]:
-                kept.remove(inside[0])
-                kept.append(i)
+        kept = _suppress_class(xyxy[idx], scores[idx], pieces[idx], nms_iou, containment[c])
         keep_all.extend(idx[kept].tolist())
     return np.array(sorted(keep_all), dtype=int)
+
+
+def _suppress_class(box, s, piece, nms_iou: float, contain: float | None) -> np.ndarray:
+    """:func:`suppress` for one class's boxes, sorted by decreasing score: the kept rows.
+
+    Only boxes that overlap can suppress each other (IoU and containment are
+    0 otherwise), so each box is compared with the kept boxes among its
+    overlapping neighbours: a 2048 px slice has a few thousand candidates a
+    class, and comparing each with every kept box took a third of its time
+    around the network's forwards.
+    """
+    n = len(box)
+    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+    ptr, nbr, iou_n, ios_n = _neighbours(box, everyone=nms_iou <= 0)
+    kept = np.zeros(n, bool)
+    for i in range(n):
+        lo, hi = ptr[i], ptr[i + 1]
+        on = kept[nbr[lo:hi]]
+        k, iou, ios = nbr[lo:hi][on], iou_n[lo:hi][on], ios_n[lo:hi][on]
+        smaller_piece = np.where(area[i] > area[k], piece[k], piece[i])
+        limit = np.where(smaller_piece, CONTAINMENT, np.inf)
+        if contain is not None:
+            limit = np.minimum(limit, contain)
+        nested = ios >= limit
+        is_inside = nested & (area[k] < area[i])
+        if ((iou >= nms_iou) | nested)[~is_inside].any():
+            continue
+        inside = k[is_inside]
+        if not len(inside):
+            kept[i] = True
+        elif len(inside) == 1 and s[i] >= 0.5 * s[inside[0]]:
+            kept[inside[0]] = False
+            kept[i] = True
+    return np.flatnonzero(kept)
+
+
+def _neighbours(box: np.ndarray, everyone: bool = False):
+    """Each box's overlapping boxes (all others with ``everyone``), as CSR lists.
+
+    Returns
+    -------
+    ptr : (n + 1,) int array
+        Box i's neighbours are ``nbr[ptr[i]:ptr[i + 1]]``.
+    nbr : int array
+    iou, ios : float arrays
+        IoU and intersection over the smaller box of each pair (:func:`iou_matrix`).
+    """
+    n = len(box)
+    if everyone:
+        a, b = np.nonzero(~np.eye(n, dtype=bool))
+    else:
+        # pairs whose x ranges overlap, found on the boxes sorted by their left edge
+        order = np.argsort(box[:, 0], kind="stable")
+        left = box[order, 0]
+        ends = np.searchsorted(left, box[order, 2], side="left")
+        count = np.maximum(ends - np.arange(n) - 1, 0)
+        first = np.repeat(np.arange(n), count)
+        step = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        a, b = order[first], order[first + 1 + step]
+        both = (box[a, 1] < box[b, 3]) & (box[b, 1] < box[a, 3])
+        a, b = np.concatenate([a[both], b[both]]), np.concatenate([b[both], a[both]])
+    iw = np.minimum(box[a, 2], box[b, 2]) - np.maximum(box[a, 0], box[b, 0])
+    ih = np.minimum(box[a, 3], box[b, 3]) - np.maximum(box[a, 1], box[b, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+    union = area[a] + area[b] - inter
+    iou = inter / np.maximum(union, 1e-9)
+    ios = inter / np.maximum(np.minimum(area[a], area[b]), 1e-9)
+    by = np.argsort(a, kind="stable")
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(a, minlength=n))])
+    return ptr, b[by], iou[by], ios[by]
 
 
 def fuse_views(views: list[tuple[np.ndarray, np.ndarray, np.ndarray]], iou: float = 0.55):
