@@ -111,7 +111,7 @@ def test_a_self_training_round_adds_pseudo_boxes_and_never_overrides_a_users_box
     )
 
     stack = open_stack(ph / "stack.tif")
-    assert user_slices(ann, stack) == [8, 16]
+    assert user_slices(ann, read_yolo_mark(ann, load_images=True)[0], stack) == [8, 16]
     pseudo = tmp_path / "m" / SELF_DIR / "round-1" / "pseudo"
     assert seen[1][0] == pseudo and seen[1][1].weight < 1
     picked = sorted(int(p.stem[6:]) for p in pseudo.glob("slice_*.png"))
@@ -156,5 +156,6 @@ def test_an_annotation_folder_of_another_stack_shares_no_slice_with_it(tmp_path)
             "--classes", str(tmp_path / "a" / "classes.toml"),
             "--label-classes", str(tmp_path / "a" / "truth.csv")]  # fmt: skip
     assert main(args) == 0
-    assert user_slices(ann, open_stack(tmp_path / "a" / "stack.tif")) == [3, 6]
-    assert user_slices(ann, open_stack(tmp_path / "b" / "stack.tif")) == []
+    images = read_yolo_mark(ann, load_images=True)[0]
+    assert user_slices(ann, images, open_stack(tmp_path / "a" / "stack.tif")) == [3, 6]
+    assert user_slices(ann, images, open_stack(tmp_path / "b" / "stack.tif")) == []

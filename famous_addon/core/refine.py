@@ -45,11 +45,12 @@ def merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
     return merge_labels(labels0, pairs[:, :2])
 
 
-def label_spans(labels: np.ndarray, slices: np.ndarray) -> np.ndarray:
-    """Slices each label (0..m-1) is found on; -1 labels are left out."""
+def label_spans(labels: np.ndarray, slices: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """Slices each label (0..m-1) is found on (at least ``minlength`` entries); -1 left out."""
     ok = labels >= 0
-    pairs = np.unique(np.column_stack([labels[ok], slices[ok]]), axis=0)
-    return np.bincount(pairs[:, 0], minlength=int(labels.max()) + 1 if labels.size else 0)
+    pairs = np.unique(np.column_stack([labels[ok], slices[ok]]), axis=0).reshape(-1, 2)
+    m = max(minlength, int(labels.max()) + 1 if labels.size else 0)
+    return np.bincount(pairs[:, 0], minlength=m)
 
 
 def bridge_pairs(pairs: np.ndarray, long: np.ndarray, holds: float = 0.5) -> np.ndarray:
@@ -120,8 +121,7 @@ def drop_small(det_labels: np.ndarray, det: dict, min_slices: int, n_slices: int
     total = np.bincount(det_labels, weights=det["area"])
     has_mask = det["area"] > 0
     lab, sl = det_labels[has_mask], det["slice"][has_mask]
-    pairs = np.unique(np.column_stack([lab, sl]), axis=0)
-    spans = np.bincount(pairs[:, 0], minlength=len(total))
+    spans = label_spans(lab, sl, len(total))
     at_edge = np.zeros(len(total), bool)
     at_edge[lab[(sl == 0) | (sl == n_slices - 1)]] = True
     keep = (total > 0) & ((spans >= min_slices) | at_edge)

@@ -40,7 +40,6 @@ pseudo-label, and stored in the model folder's ``classes.toml``, so
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import runfolder as rf
 from .annotations import (
     find_annotated,
     read_yolo_mark,
@@ -59,6 +59,15 @@ from .boxes import Box
 from .calibrate import calibrate
 from .classes import save_classes
 from .detector.config import PseudoShare
+from .detector.darknet import (
+    CFG_NAME,
+    CHECKSUM_SUFFIX,
+    CLASSES_NAME,
+    NAMES_NAME,
+    REPORT_NAME,
+    THRESHOLDS_NAME,
+    WEIGHTS_NAME,
+)
 from .fileio import atomic_path, read_csv, write_json
 from .progress import ProgressFn, silent, sub
 from .request import RunRequest, RunSettings
@@ -66,12 +75,12 @@ from .stack import Stack, open_stack
 
 SELF_DIR = "self-training"
 MODEL_FILES = (
-    "model.cfg",
-    "model.weights",
-    "model.weights.sha256",  # travels with the weights: loading compares the two
-    "obj.names",
-    "classes.toml",
-    "thresholds.json",
+    CFG_NAME,
+    WEIGHTS_NAME,
+    WEIGHTS_NAME + CHECKSUM_SUFFIX,  # travels with the weights: loading compares the two
+    NAMES_NAME,
+    CLASSES_NAME,
+    THRESHOLDS_NAME,
 )
 _SLICE_STEM = re.compile(r"slice_(\d+)$")
 
@@ -99,14 +108,14 @@ class SelfTrainConfig:
     weight: float = 0.5
 
 
-def user_slices(annotations: str | Path, stack: Stack) -> list[int]:
+def user_slices(annotations: str | Path, images: list[np.ndarray], stack: Stack) -> list[int]:
     """The stack's slices the user boxed: ``slice_NNNNN`` images that are that slice.
 
+    ``images`` are the folder's annotated images (:func:`~.annotations.read_yolo_mark`).
     An annotation folder made from another stack (same names, other pixels)
     shares no slice with this one.
     """
-    paths = find_annotated(annotations)[0]
-    images, _ = read_yolo_mark(annotations, load_images=True)
+    paths = find_annotated(annotations)[0]  # the images' files, in the same order
     found = []
     for path, image in zip(paths, images):
         m = _SLICE_STEM.match(path.stem)
@@ -149,12 +158,12 @@ def pseudo_boxes(
     run = Path(run)
     confirmed = {
         int(row["id"])
-        for row in read_csv(run / "organelles.csv")
+        for row in read_csv(run / rf.ORGANELLES_CSV)
         if int(row["n_slices"]) >= min_span
     }
     wanted = set(slices)
     out: dict[int, list[Box]] = {k: [] for k in slices}
-    for row in read_csv(run / "detections.csv"):
+    for row in read_csv(run / rf.DETECTIONS_CSV):
         k, oid = int(row["slice"]), row["organelle_id"]
         if k not in wanted or not oid or int(oid) not in confirmed:
             continue
@@ -214,9 +223,12 @@ def self_train(
     step = 1.0 / n_rounds
     report = train(where / "round-0", None, None, sub(progress, 0.0, step))
     rounds = [_round_facts(0, report, None)]
-    classes, extraction = _calibrated(annotations, classes, stack)
+    images, boxes = read_yolo_mark(annotations, len(classes), load_images=True)
+    vs = stack.require_voxel_size()
+    # each class's extraction recipe chosen on the user's boxes, as `famous run --annotations`
+    classes, extraction = calibrate(images, boxes, classes, float(np.sqrt(vs[1] * vs[2])))
     best, best_dir, best_round = report, where / "round-0", 0
-    boxed = user_slices(annotations, stack)
+    boxed = user_slices(annotations, images, stack)
     count = config.slices or min(40, max(10, 4 * max(1, len(boxed))))
     picks = pseudo_slices(stack.shape[0], boxed, count)
     for r in range(1, n_rounds):
@@ -232,18 +244,19 @@ def self_train(
         if _held_out(report) < _held_out(best):
             break
         best, best_dir, best_round = report, base / "model", r
-    best = {**best, "extraction_calibration": extraction}
-    report = _publish(best_dir, out, best, (rounds, best_round), config, boxed)
-    save_classes(classes, out / "classes.toml")  # the recipes chosen on the user's boxes
+    report = {
+        **best,
+        "extraction_calibration": extraction,
+        "self_training": {
+            "config": asdict(config),
+            "boxed_slices": boxed,
+            "kept_round": best_round,
+            "rounds": rounds,
+        },
+    }
+    _publish(best_dir, out, report)
+    save_classes(classes, out / CLASSES_NAME)  # the recipes chosen on the user's boxes
     return report
-
-
-def _calibrated(annotations, classes, stack: Stack):
-    """``classes`` with each class's extraction recipe chosen on the user's boxes
-    (:func:`~.calibrate.calibrate`, as ``famous run --annotations`` does), and its report."""
-    images, boxes = read_yolo_mark(annotations, len(classes), load_images=True)
-    vs = stack.require_voxel_size()
-    return calibrate(images, boxes, classes, float(np.sqrt(vs[1] * vs[2])))
 
 
 def _pseudo_label(stack: Stack, classes, model: Path, base: Path, picks, progress) -> Path:
@@ -252,9 +265,7 @@ def _pseudo_label(stack: Stack, classes, model: Path, base: Path, picks, progres
     from .pipeline import run_pipeline
 
     run = base / "run"
-    done = (run / "run.json").is_file() and json.loads((run / "run.json").read_text()).get(
-        "status"
-    ) == "complete"
+    done = (run / rf.RUN_JSON).is_file() and rf.read_run_json(run).get("status") == "complete"
     if not done:
         request = RunRequest(stack, classes, run, model=model, resume=run.exists())
         run_pipeline(request, progress)
@@ -291,25 +302,11 @@ def _round_facts(r: int, report: dict, pseudo: Path | None) -> dict:
     return facts
 
 
-def _publish(best_dir: Path, out: Path, best: dict, rounds, config, boxed) -> dict:
-    """Copy the kept round's detector into ``out`` and write its report there.
-
-    ``rounds``: every round's facts and the number of the one kept.
-    """
-    rounds, kept = rounds
+def _publish(best_dir: Path, out: Path, report: dict) -> None:
+    """Copy the kept round's detector into ``out`` and write ``report`` there."""
     for name in MODEL_FILES:
         src = best_dir / name
         if src.is_file():
             with atomic_path(out / name) as tmp:
                 shutil.copyfile(src, tmp)
-    report = {
-        **best,
-        "self_training": {
-            "config": asdict(config),
-            "boxed_slices": boxed,
-            "kept_round": kept,
-            "rounds": rounds,
-        },
-    }
-    write_json(out / "report.json", report)
-    return report
+    write_json(out / REPORT_NAME, report)
