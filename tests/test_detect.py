@@ -229,10 +229,11 @@ class _OracleDetector(Detector):
         return rows
 
 
-def _oracle(tmp_path, size=128, overlap=32):
+def _oracle(tmp_path, size=128, overlap=32, largest_tile=0):
     det = load_detector(make_model(tmp_path / "m", n_classes=1, size=size), backend="cpu")
     det.__class__ = _OracleDetector
     det.settings.tile_overlap = overlap
+    det.settings.largest_tile = largest_tile  # 0: tiles of the model's input size
     return det
 
 
@@ -258,6 +259,33 @@ def test_tiling_merges_objects_cut_by_tile_borders(tmp_path):
     assert len(boxes) == len(truth)
     for t in truth:
         assert max(_iou(t, b) for b in boxes) > 0.95
+
+
+def test_a_slice_that_fits_the_largest_tile_is_one_forward_with_the_same_boxes(tmp_path):
+    img = np.full((300, 250), 150, np.uint8)
+    for x, y, w, h in [(60, 70, 90, 40), (100, 200, 20, 20), (0, 150, 30, 40), (200, 10, 30, 150)]:
+        img[y : y + h, x : x + w] = 20
+    shapes = []
+    det = _oracle(tmp_path, largest_tile=2048)
+    forward = det.forward
+    det.forward = lambda tiles: shapes.append(tiles.shape) or forward(tiles)
+    assert det.tile_shape(300, 250) == (256, 320)  # width, height: multiples of 32
+    whole = det(0, img)
+    assert shapes == [(1, 320, 256)]
+    tiled = _oracle(tmp_path / "t")(0, img)
+    assert len(whole) == len(tiled) == 4
+    for t in tiled:
+        assert max(_iou(t, b) for b in whole) > 0.95
+    # a slice larger than the largest tile is cut into as few tiles as that
+    # size allows, each as small as covering the slice with the overlap allows
+    det.settings.largest_tile = 160
+    assert det.tile_shape(300, 250, 32) == (160, 128)  # 2 x 3 tiles (128: the input size)
+    shapes.clear()
+    assert len(det(0, img)) == 4
+    assert {s[1:] for s in shapes} == {(128, 160)}
+    assert sum(s[0] for s in shapes) == len(tile_origins(300, 128, 32)) * len(
+        tile_origins(250, 160, 32)
+    )
 
 
 def test_whole_slice_pass_for_large_classes(tmp_path):

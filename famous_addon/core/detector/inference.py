@@ -1,9 +1,10 @@
-"""YOLOv4 detection through OpenCV DNN, tiled over whole slices.
+"""YOLOv4 detection through OpenCV DNN on whole slices, or on large tiles of them.
 
 :func:`load_detector` checks a model folder (:mod:`.darknet`) and reads its
 settings (:mod:`.settings`); the :class:`Detector` it returns runs the network
-on overlapping tiles of each slice and merges, thresholds and suppresses the
-tiles' boxes over the whole slice (:mod:`.boxops`). The OpenCV network is
+on each slice whole where it fits ``largest_tile`` (the network is fully
+convolutional), otherwise on overlapping tiles, and merges, thresholds and
+suppresses the tiles' boxes over the whole slice (:mod:`.boxops`). The OpenCV network is
 loaded on first use, so a detector is cheap to make and to send to workers.
 """
 
@@ -321,27 +322,51 @@ class Detector:
         and edge score factor; ``whole`` False skips the whole-slice pass.
         """
         rows, cols = image.shape[:2]
-        tw, th = self.info.width, self.info.height
         st = self.settings
         overlap = st.tile_overlap if overlap is None else overlap
+        tw, th = self.tile_shape(rows, cols, overlap)
         edge_factor = st.edge_score_factor if edge_factor is None else edge_factor
         whole_cls = np.zeros(len(self.names), bool)
         if whole:
             whole_cls[st.whole_slice_classes] = True
-        padded, pad_value = self._padded(image)
+        padded, pad_value = self._padded(image, (tw, th))
         prow, pcol = padded.shape[:2]
         origins = [
             (x, y) for y in tile_origins(prow, th, overlap) for x in tile_origins(pcol, tw, overlap)
         ]
-        parts = self._tile_pass(padded, origins, ~whole_cls, thr, (rows, cols), edge_factor)
+        parts = self._tile_pass(
+            padded, origins, (tw, th), ~whole_cls, thr, (rows, cols), edge_factor
+        )
         if whole_cls.any():
             parts.append(self._whole_slice_pass(image, pad_value, whole_cls, thr, edge_factor))
         return self._merge_and_suppress(parts, len(origins), (rows, cols), thr, edge_factor)
 
-    def _padded(self, image: np.ndarray) -> tuple[np.ndarray, int]:
-        """The slice padded to at least one tile with its median grey, and that grey."""
+    def tile_shape(self, rows: int, cols: int, overlap: int = 0) -> tuple[int, int]:
+        """Width and height of the tiles a ``rows`` x ``cols`` slice is cut into.
+
+        A slice up to ``settings.largest_tile`` is one tile, its sides
+        rounded up to multiples of 32 (the network's stride). A longer side
+        takes as few tiles as that size allows, each cut as small as they can
+        be while still covering it with ``overlap``: an enlarged slice of
+        3,072 px is two 1,600-px tiles, not two of 2,048. Never below the
+        model's input size.
+        """
+        largest = self.settings.largest_tile
+
+        def side(length: int, trained: int) -> int:
+            top = max(largest, trained)
+            if length > top:
+                step = top - min(overlap, top // 2)
+                n = math.ceil((length - top) / step) + 1
+                length = math.ceil((length + (n - 1) * min(overlap, top // 2)) / n)
+            return min(max(-(-length // 32) * 32, trained), top)
+
+        return side(cols, self.info.width), side(rows, self.info.height)
+
+    def _padded(self, image: np.ndarray, tile: tuple[int, int]) -> tuple[np.ndarray, int]:
+        """The slice padded to a ``tile`` (width, height) or more with its median grey; the grey."""
         rows, cols = image.shape[:2]
-        tw, th = self.info.width, self.info.height
+        tw, th = tile
         middle = image[..., 1] if image.ndim == 3 else image
         pad_value = int(np.median(middle[:: max(1, rows // 64), :: max(1, cols // 64)]))
         if rows < th or cols < tw:
@@ -351,14 +376,14 @@ class Detector:
             padded = image
         return padded, pad_value
 
-    def _tile_pass(self, padded, origins, keep_cls, thr, shape, edge_factor) -> list[tuple]:
-        """Boxes of the tiles at ``origins`` of the padded slice, in batches.
+    def _tile_pass(self, padded, origins, tile, keep_cls, thr, shape, edge_factor) -> list[tuple]:
+        """Boxes of the ``tile`` (width, height) tiles at ``origins`` of the padded slice, batched.
 
         Returns one ``(xyxy, scores, classes, tile index, cut)`` per batch,
         ``cut`` (n, 4) saying which of the box's sides lies on a border of its
         tile inside the slice (see :func:`~.boxops.merge_cut_boxes`).
         """
-        tw, th = self.info.width, self.info.height
+        tw, th = tile
         prow, pcol = padded.shape[:2]
         batch_size = self.settings.batch
         margin = 2.0

@@ -99,6 +99,15 @@ class DetectSettings:
     zoom_overlap : int
         Tile overlap of the enlarged pass, in enlarged pixels: at least the
         largest enlarged object of its classes.
+    largest_tile : int
+        Longest side, in pixels, of the tiles the network runs on. Darknet
+        models are fully convolutional, so OpenCV runs them at any input
+        size divisible by 32 with the same weights: a slice up to this size
+        is one tile (each pixel seen once, no box cut by a tile border), a
+        larger one is cut into tiles this size. 416-px tiles, which overlap
+        so that every object lies whole in one, made the network compute a
+        2,048 x 1,792 slice 3.4 times over. 2,048 holds the network in about
+        0.5 GB; the model's input size (or 0) gives the tiles it was trained at.
     """
 
     score_thresholds: list[float]
@@ -116,6 +125,7 @@ class DetectSettings:
     zoom_factor: float = 1.5
     zoom_max_size: float = 20.0
     zoom_overlap: int = 96
+    largest_tile: int = 2048
 
     def confirm(self) -> list[float]:
         """Per-class confirmation scores, never below the box thresholds."""
@@ -138,6 +148,7 @@ class DetectSettings:
             "flip_views": self.flip_views,
             "neighbours": self.neighbours,
             "edge_score_factor": self.edge_score_factor,
+            "largest_tile": self.largest_tile,
             **(
                 {
                     "zoom_pass": {
@@ -215,6 +226,9 @@ class DetectSettings:
             flip_views=flip_views,
             neighbours=bool(data.get("neighbours", False)),
             edge_score_factor=float(edge),
+            largest_tile=int(
+                _number(data.get("largest_tile", 2048), "largest_tile", path, 0, 16384, whole=True)
+            ),
             **_zoom_pass(data.get("zoom_pass"), index, path),
         )
 
