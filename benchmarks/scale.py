@@ -2,13 +2,14 @@
 
 Writes a phantom of full-size slices (default 40 x 1792 x 2048, reused when
 there), runs ``famous run --labels`` on it with the bundled demo model (CPU
-backend), once without and once with the small-object pass, each in its own
-process, and prints per slice:
+backend), without and with the small-object pass, in one process and with
+``--workers auto`` (one process per core, at most 4), each run started in a
+process of its own, and prints per slice:
 
 - the whole run, and its stages from ``run.json`` (slices, linking, assembly);
 - inside the slice stage, detection (``Detector.__call__``) and the sum of
   the network's forwards (``Detector.forward``), timed by wrapping the two
-  methods in the measuring process;
+  methods in the measuring process (so not with worker processes);
 - the run over its forwards, peak resident memory, and the run extrapolated
   to 1,800 slices (the paper's stacks).
 
@@ -32,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(stack: Path, classes: Path, model: Path, out: Path, zoom: bool) -> dict:
-    """One run in this process, with the detector's calls and forwards timed."""
+def measure(stack: Path, classes: Path, model: Path, out: Path, zoom: bool, workers) -> dict:
+    """One run, with the detector's calls and forwards timed where they run in this process."""
     from famous_addon.core.detector.inference import Detector
     from famous_addon.core.pipeline import run_pipeline
     from famous_addon.core.request import RunRequest
@@ -57,37 +58,55 @@ def measure(stack: Path, classes: Path, model: Path, out: Path, zoom: bool) -> d
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     request = RunRequest(
-        stack, classes, out, model=model, backend="cpu", labels=True, zoom_pass=zoom
+        stack,
+        classes,
+        out,
+        model=model,
+        backend="cpu",
+        labels=True,
+        zoom_pass=zoom,
+        workers=workers,
     )
     run_pipeline(request)
     total = time.perf_counter() - t0
     timings = json.loads((out / "run.json").read_text())["timings_s"]
     return {
         "zoom": zoom,
+        "workers": workers,
         "total": total,
         "slices": timings["slices"],
         "linking": timings["linking"],
         "assemble": timings["assemble"],
         **spent,
-        # ru_maxrss is in KiB on Linux
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # ru_maxrss is in KiB on Linux; the largest of this process and its workers
+        "peak_mb": max(
+            resource.getrusage(who).ru_maxrss / 1024
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        ),
     }
 
 
 def table(rows: list[dict], n: int, extrapolate: int) -> str:
     """The printed table: per-slice seconds of each part, ratios, memory, 1,800-slice time."""
     head = (
-        "| small-object pass | run s | s/slice | slice stage | detection | DNN forwards "
-        "| linking | assembly | run / forwards | peak RSS MB | 1,800 slices (min) |"
+        "| small-object pass | processes | run s | s/slice | slice stage | detection "
+        "| DNN forwards | linking | assembly | run / forwards | peak RSS MB a process "
+        "| 1,800 slices (min) |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         per = {k: r[k] / n for k in ("total", "slices", "detect", "forward", "linking", "assemble")}
+        here = r["forwards"] > 0  # with worker processes the network runs in them, untimed
         lines.append(
-            f"| {'on' if r['zoom'] else 'off'} | {r['total']:.0f} | {per['total']:.2f} "
-            f"| {per['slices']:.2f} | {per['detect']:.2f} | {per['forward']:.2f} "
-            f"({r['forwards'] / n:.0f} a slice) | {per['linking']:.2f} | {per['assemble']:.2f} "
-            f"| {r['total'] / max(r['forward'], 1e-9):.2f} | {r['peak_mb']:.0f} "
+            f"| {'on' if r['zoom'] else 'off'} | {r['workers']} | {r['total']:.0f} "
+            f"| {per['total']:.2f} | {per['slices']:.2f} "
+            + (
+                f"| {per['detect']:.2f} | {per['forward']:.2f} ({r['forwards'] / n:.0f} a slice) "
+                if here
+                else "| - | - "
+            )
+            + f"| {per['linking']:.2f} | {per['assemble']:.2f} "
+            f"| {r['total'] / r['forward'] if here else float('nan'):.2f} | {r['peak_mb']:.0f} "
             f"| {per['total'] * extrapolate / 60:.0f} |"
         )
     return "\n".join(lines)
@@ -99,19 +118,20 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/famous_scale")
     ap.add_argument("--model", default=str(ROOT / "assets" / "demo_model"))
     ap.add_argument("--slices", type=int, default=1800, help="stack depth to extrapolate to")
-    ap.add_argument("--one", choices=["off", "on"], help=argparse.SUPPRESS)  # the child process
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # the child process: off|on, 1|auto
     args = ap.parse_args()
     z, y, x = args.shape
     work = Path(args.work)
     phantom = work / f"phantom_{z}x{y}x{x}"
     if args.one:
-        zoom = args.one == "on"
+        zoom, workers = args.one.split(",")
         row = measure(
             phantom / "stack.tif",
             phantom / "classes.toml",
             Path(args.model),
-            work / f"run_{z}x{y}x{x}_{args.one}",
-            zoom,
+            work / f"run_{z}x{y}x{x}_{zoom}_{workers}",
+            zoom == "on",
+            1 if workers == "1" else "auto",
         )
         print(json.dumps(row))
         return
@@ -122,7 +142,7 @@ def main() -> None:
         write_phantom(phantom, shape=(z, y, x), seed=0, stl=False)
         print(f"phantom written in {time.perf_counter() - t0:.0f} s")
     rows = []
-    for one in ("off", "on"):
+    for one in ("off,1", "on,1", "off,auto", "on,auto"):
         done = subprocess.run(
             [sys.executable, __file__, *sys.argv[1:], "--one", one],
             check=True,

@@ -42,6 +42,16 @@ def _channel(parser):
     )
 
 
+def _workers(text: str) -> int | str:
+    """``--workers``: a whole number (checked by the request: 1 or more) or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
+
+
 def cmd_info(args) -> int:
     from .core.stack import open_stack  # here, not on top: `famous --help` stays quick
 
@@ -59,16 +69,18 @@ def cmd_info(args) -> int:
         print("voxel size:  unknown: give it with --voxel-size Z Y X (nm)")
     for note in stack.notes:
         print(f"note:        {note}")
-    # Estimates from benchmarks/pipeline.py (2 cores, 300 x 2048 x 2048 phantom with its
-    # truth boxes: ~1.2 s per 4.2-megapixel slice for all stages, peak memory 166 MB)
-    # plus the detector's forward passes (~60 ms per 608 x 608 tile on 2 cores).
+    # Estimates on this project's 2-core machine: the demo model on a 40 x 1,792 x
+    # 2,048 phantom without the small-object pass, 0.48 s per megapixel of a slice
+    # in one process, 0.28 with two (benchmarks/scale.py, docs/results.md); a
+    # process holds ~110 MB per megapixel.
+    from .core.slices import auto_workers  # here, not on top: `famous --help` stays quick
+
     mpx = y * x / 1e6
-    tiles = max(1, round(y / 512)) * max(1, round(x / 512))
-    boxes_s = z * 0.3 * mpx
+    workers = auto_workers(z, y * x)
+    per_mpx = 0.28 if workers > 1 else 0.48
     print(
-        f"estimate:    ~{(boxes_s + z * 0.06 * tiles) / 60:.1f} min on 2 cores with the detector "
-        f"(~{boxes_s / 60:.1f} min with --boxes); memory ~{100 + 16 * mpx:.0f} MB "
-        "(one slice at a time)"
+        f"estimate:    ~{z * mpx * per_mpx / 60:.1f} min on 2 cores with the detector, "
+        f"{workers} process(es) (--workers auto), ~{120 + 110 * mpx:.0f} MB each"
     )
     return 0
 
@@ -181,7 +193,13 @@ def _add_run(subs) -> None:
         action="store_true",
         help="measure every organelle at the end (implies --labels; see famous quantify)",
     )
-    p.add_argument("--workers", type=int, default=1, help="local processes for the per-slice stage")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default="auto",
+        help="local processes for the per-slice stage (default auto: one per core, at most 4, "
+        "on stacks of 100 Mpx or more)",
+    )
     p.add_argument(
         "--dask-scheduler", metavar="ADDR", help="run slices on this dask.distributed scheduler"
     )

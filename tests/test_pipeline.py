@@ -150,6 +150,26 @@ def test_workers_and_dask_equal_one_process(phantom, tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "dask" / "labels.tif"), reference)
 
 
+def test_workers_auto_starts_processes_only_for_large_stacks():
+    from famous_addon.core.slices import AUTO_MAX_WORKERS, AUTO_MIN_PIXELS, auto_workers
+
+    assert auto_workers(64, 512 * 512, cores=2) == 1  # the demo phantom: not worth starting
+    assert auto_workers(165, 768 * 1024, cores=2) == 2  # lucchi: 130 Mpx
+    assert auto_workers(1800, 1792 * 2048, cores=64) == AUTO_MAX_WORKERS
+    assert auto_workers(3, AUTO_MIN_PIXELS, cores=8) == 3  # never more than slices
+    assert auto_workers(1800, 1792 * 2048, cores=1) == 1
+    args = build_parser().parse_args(
+        ["run", "s.tif", "--classes", "c", "--model", "m", "--out", "o"]
+    )
+    assert RunRequest.from_args(args).workers == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["run", "s.tif", "--classes", "c", "--model", "m", "--out", "o", "--workers", "x"]
+        )
+    with pytest.raises(FamousError, match="workers 'many'"):
+        RunRequest("s.tif", "c.toml", "o", model="m", workers="many")
+
+
 def test_organelles_on_too_few_slices_are_dropped(phantom, tmp_path):
     boxes = tmp_path / "boxes"
     boxes.mkdir()

@@ -113,8 +113,10 @@ class RunRequest:
         The channel of a multi-channel TIFF (hyperstack) to segment.
     labels : bool
         Also write ``labels.tif``.
-    workers : int
-        Local processes for the per-slice stage.
+    workers : int or "auto"
+        Local processes for the per-slice stage; "auto" (``famous run``'s
+        default): one per core, at most 4, where the stack is large enough
+        to repay starting them (:func:`~.slices.auto_workers`).
     dask_scheduler : str, optional
         Address of a running ``dask.distributed`` scheduler for the per-slice stage.
     resume : bool
@@ -138,7 +140,7 @@ class RunRequest:
     voxel_size_nm: tuple[float, float, float] | None = None
     channel: int | None = None
     labels: bool = False
-    workers: int = 1
+    workers: int | str = 1
     dask_scheduler: str | None = None
     resume: bool = False
     annotations: str | Path | None = None
@@ -152,10 +154,12 @@ class RunRequest:
                 fix="use --boxes DIR (YOLO txt per slice) or --model MODEL_DIR (trained "
                 "detector); in the panel: Boxes from.",
             )
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+        if self.workers != "auto" and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
+        ):
             raise FamousError(
                 f"workers {self.workers!r}: the per-slice stage needs at least 1 process.",
-                fix="give --workers 1 (this process) or more.",
+                fix="give --workers 1 (this process) or more, or auto.",
             )
         if self.channel is not None and (isinstance(self.channel, bool) or self.channel < 0):
             raise FamousError(
