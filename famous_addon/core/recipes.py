@@ -293,8 +293,13 @@ def refined_recipe(
     for step in ADAPTIVE_STEPS:
         t = otsu + max(recipe.threshold_offset + step, 0.0) * std
         m = _refined_mask(img, context.box, context.full_box, t, recipe, pixel_nm, cut)
+        fit = bbox_fit(m)
+        if fit <= best_score:
+            # the stability factor is at most 1: this offset cannot win, and the
+            # looser box's mask (half of this loop's time) is not needed
+            continue
         wide = _refined_mask(img, loose, loose_full, t, recipe, pixel_nm, cut)
-        score = bbox_fit(m) * mask_iou(m, context.box, wide, loose)
+        score = fit * mask_iou(m, context.box, wide, loose)
         if score > best_score:
             best, best_score = m, score
     return best
@@ -419,10 +424,17 @@ def _refine_edge(img, box, mask, level, fill, cut, pixel_nm) -> np.ndarray:
 
     Inside is the mask eroded by ~12 nm, outside a ring ~6-18 nm out of it.
     """
-    x0, y0, x1, y1 = box
+    r_in = max(1, int(round(6.0 / pixel_nm)))
+    # the box and the ring's reach around it: the morphology below sees nothing
+    # further out (the erosion treats the image border as foreground, and a crop
+    # edge 3 r + 1 px from the mask changes no eroded pixel)
+    reach = 3 * r_in + 1
+    bx0, by0, bx1, by1 = box
+    cy0, cx0 = max(by0 - reach, 0), max(bx0 - reach, 0)
+    img = img[cy0 : min(by1 + reach, img.shape[0]), cx0 : min(bx1 + reach, img.shape[1])]
+    x0, y0, x1, y1 = bx0 - cx0, by0 - cy0, bx1 - cx0, by1 - cy0
     big = np.zeros(img.shape, np.uint8)
     big[y0:y1, x0:x1] = mask
-    r_in = max(1, int(round(6.0 / pixel_nm)))
     core = cv2.erode(big, disk(2 * r_in)).astype(bool)
     if core.sum() < 5:
         core = big.astype(bool)
