@@ -285,7 +285,8 @@ def _add_linking(p) -> None:
         type=float,
         default=0.5,
         help="follow an organelle into slices where the detector missed it, while the mask "
-        "found there overlaps the one beside it by this IoU (default 0.5; 0: off)",
+        "found there overlaps the one beside it by this IoU (default 0.5; 0: off), and as "
+        "much as the class's masks overlap from slice to slice in this stack",
     )
     p.add_argument(
         "--confirm-boxes",

@@ -624,3 +624,50 @@ def test_a_neighbours_model_gets_each_slice_between_its_neighbours(tmp_path):
         assert boxes["neighbours"] is (name == "wide")
     assert labels["one"].max() > 0
     np.testing.assert_array_equal(labels["one"], labels["wide"])
+
+
+def test_following_on_thin_slices_stops_where_the_mask_beside_is_something_else(tmp_path):
+    import cv2
+
+    from famous_addon.core.boxes import Box, write_yolo_txt
+    from famous_addon.core.follow import CONTINUITY_CAP
+
+    # 10 nm voxels, three dark tubes along z: A ends on slice 9 and a blob of
+    # its size lies 6 px beside its end on slices 10-17 (IoU 0.57 with A's last
+    # mask); B is boxed everywhere; C goes on past its last box on slice 9.
+    # An organelle's masks overlap by ~0.95 from slice to slice here, so the
+    # blob is not A going on, and C is
+    n = 18
+    truth = np.zeros((n, 160, 200), np.int32)
+    for k in range(n):
+        cv2.circle(truth[k], (50, 60) if k < 10 else (56, 60), 14, 1 if k < 10 else 4, -1)
+        cv2.circle(truth[k], (150, 60), 14, 2, -1)
+        cv2.circle(truth[k], (100, 125), 14, 3, -1)
+    stack = np.where(truth > 0, 60, 200).astype(np.float32)
+    stack += np.random.default_rng(0).normal(0, 8, stack.shape)
+    tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack, 0, 255).astype(np.uint8))
+    (tmp_path / "obj.names").write_text("mitochondria\n")
+    for k in range(n):
+        boxes = []
+        for t in (1, 2, 3) if k < 10 else (2,):
+            yy, xx = np.nonzero(truth[k] == t)
+            boxes.append(Box(0, xx.min(), yy.min(), np.ptp(xx) + 1, np.ptp(yy) + 1, 0.9))
+        write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
+    run = tmp_path / "run"
+    request = RunRequest(
+        tmp_path / "stack.tif",
+        tmp_path / "obj.names",
+        run,
+        boxes=tmp_path / "boxes",
+        voxel_size_nm=(10.0, 10.0, 10.0),
+        labels=True,
+    )
+    run_pipeline(request)
+    labels = tifffile.imread(run / "labels.tif")
+    a, c = (np.bincount(labels[:10][truth[:10] == t]).argmax() for t in (1, 3))
+    assert a and c and a != c
+    assert not (labels[10:] == a).any()  # not carried into the blob
+    for k in range(10, n):
+        assert _iou(labels[k] == c, truth[k] == 3) > 0.8, k
+    followed = json.loads((run / "run.json").read_text())["follow_iou_by_class"]
+    assert followed == {"mitochondria": CONTINUITY_CAP}

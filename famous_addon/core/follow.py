@@ -14,7 +14,7 @@ from .boxes import Box, boxes_from_array
 from .extract import SliceResult, add_boxes, extract_box
 from .link import merge_labels, overlap_pairs
 from .recipes import mask_iou
-from .slicecache import load_slice, with_slices
+from .slicecache import iter_slices, load_slice, with_slices
 
 
 def fill_gaps(out, stack, classes, pixel_nm, det, det_labels, max_gap):
@@ -64,6 +64,14 @@ FOLLOW_GROW = 0.25
 # ... and a mask outside this range of areas relative to the one beside ends it:
 # a cap shrinks, and a box grown step by step must not take in a neighbour.
 FOLLOW_AREA = (0.5, 1.5)
+# ... and its IoU with the mask beside must reach this quantile of the IoUs of
+# the class's masks on consecutive slices where the detector found them
+# (with at least CONTINUITY_PAIRS of those; otherwise follow_iou alone), but
+# no more than CONTINUITY_CAP: a followed mask comes from a grown box and
+# differs from the detector's by its rim even where the organelle goes on unchanged
+CONTINUITY_QUANTILE = 0.1
+CONTINUITY_PAIRS = 10
+CONTINUITY_CAP = 0.8
 
 
 def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
@@ -77,12 +85,14 @@ def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
     looked for in its box from there, grown by :data:`FOLLOW_GROW`, with its
     class's recipe; the mask, less pixels another organelle has, is kept
     (as a box of score 0) when its IoU with the organelle's mask beside is at
-    least ``settings.follow_iou`` and its area within :data:`FOLLOW_AREA`
-    of it, and the sweep goes on from it. An organelle followed into another
-    is joined to it as a bridge is (``settings.merge_bridges``). Changed
+    least ``settings.follow_iou`` and at least the :data:`CONTINUITY_QUANTILE`
+    of how the class's masks overlap from slice to slice in this stack
+    (:func:`continuity`), and its area within :data:`FOLLOW_AREA` of it, and
+    the sweep goes on from it. An organelle followed into another is joined
+    to it as a bridge is (``settings.merge_bridges``). Changed
     slices are written as ``filled_NNNNN.npz`` (see :func:`fill_gaps`).
     Returns the detections and their organelle labels with the followed
-    boxes added.
+    boxes added, and the IoU each class was followed at.
     """
     n, shape = stack.shape[0], stack.shape[1:]
     cls_of = np.zeros(int(det_labels.max()) + 1, np.int64)
@@ -91,6 +101,12 @@ def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
     # only the slices that change are held, so memory does not grow with the stack
     changed: dict[int, tuple[SliceResult, np.ndarray]] = {}
     pairs = []
+    class_iou = np.full(len(classes), settings.follow_iou)
+    for c, ious in enumerate(continuity(out, det, det_labels, shape, cls_of, len(classes))):
+        if len(ious) >= CONTINUITY_PAIRS:
+            usual = min(float(np.quantile(ious, CONTINUITY_QUANTILE)), CONTINUITY_CAP)
+            class_iou[c] = max(class_iou[c], usual)
+    min_iou = class_iou[cls_of]
 
     def state(k):
         return changed.get(k) or (load_slice(out, k), det_labels[rows[k]])
@@ -105,7 +121,7 @@ def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
             result, labels = state(k)
             here = result.paint(shape, labels)
             extra, followed = _follow_into(
-                stack, k, beside, here, cls_of, classes, pixel_nm, settings.follow_iou
+                stack, k, beside, here, cls_of, classes, pixel_nm, min_iou
             )
             if extra:
                 changed[k] = (_appended(result, extra), np.append(labels, followed))
@@ -121,13 +137,43 @@ def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
         # not in place: with no slice changed, det_labels is still the caller's array
         joined = merge_labels(np.arange(len(cls_of)), np.concatenate(pairs))
         det_labels = np.where(det_labels >= 0, joined[det_labels], det_labels)
-    return det, det_labels
+    return det, det_labels, {classes.names[c]: round(float(v), 3) for c, v in enumerate(class_iou)}
+
+
+def continuity(out, det, det_labels, shape, cls_of, n_classes) -> list[np.ndarray]:
+    """Per class, the IoUs of its organelles' masks on each pair of consecutive slices
+    where the detector found both.
+
+    On slices about as thin as a pixel an organelle's masks overlap by
+    0.8-0.9 from slice to slice (real FIB-SEM, 5 nm: median 0.90, lowest
+    tenth 0.67), so a mask that overlaps the one beside by half is something
+    else past its end: following at 0.5 ran mitochondria 4-27 slices past
+    their labelled ends. On sections several pixels thick half is how an
+    organelle goes on (real SBEM, 40 x 5.9 nm: median 0.72, lowest tenth
+    0.51). The stack's own organelles say which.
+    """
+    m = len(cls_of)
+    ious: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
+    prev = None
+    for _, result, sel in iter_slices(out, det, len(det["start"]) - 1):
+        cur = result.paint(shape, det_labels[sel])
+        if prev is not None:
+            area_a = np.bincount(prev.ravel(), minlength=m + 1)
+            area_b = np.bincount(cur.ravel(), minlength=m + 1)
+            both = np.bincount(prev[(prev == cur) & (prev > 0)], minlength=m + 1)
+            on = np.flatnonzero((area_a[1:] > 0) & (area_b[1:] > 0)) + 1
+            iou = both[on] / (area_a[on] + area_b[on] - both[on])
+            for c in np.unique(cls_of[on - 1]):
+                ious[c].append(iou[cls_of[on - 1] == c])
+        prev = cur
+    return [np.concatenate(v) if v else np.zeros(0) for v in ious]
 
 
 def _follow_into(stack, k, beside, here, cls_of, classes, pixel_nm, min_iou):
     """The organelles on the slice beside (painted ``beside``) that slice ``k`` lacks, sought there.
 
-    ``here`` (slice k painted) gets each organelle found. Returns the found
+    ``here`` (slice k painted) gets each organelle found; ``min_iou`` is per
+    organelle (0-based). Returns the found
     (box, clipped bounds, mask) and their organelle labels (0-based).
     """
     # bincount, not np.unique: a sort per slice was most of this stage's time
@@ -148,7 +194,7 @@ def _follow_into(stack, k, beside, here, cls_of, classes, pixel_nm, min_iou):
             cls,
             classes[cls].extract,
             pixel_nm,
-            min_iou,
+            min_iou[o - 1],
         )
         if hit is None:
             continue

@@ -147,7 +147,8 @@ def _start(out: Path, request: RunRequest, inputs: _Inputs) -> dict:
 
 
 def _link(out: Path, request: RunRequest, inputs: _Inputs, progress: ProgressFn):
-    """Algorithm 4 and its refinements: the detections and their organelle labels (-1: none)."""
+    """Algorithm 4 and its refinements: the detections, their organelle labels (-1: none)
+    and the IoU each class was followed at (empty without following)."""
     stack, classes, pixel_nm = inputs.stack, inputs.classes, inputs.pixel_nm
     settings, n_slices = request.settings, stack.shape[0]
     clear_filled(out)
@@ -178,11 +179,12 @@ def _link(out: Path, request: RunRequest, inputs: _Inputs, progress: ProgressFn)
     gap = settings.gap_slices(stack.voxel_size_nm[0])
     if gap and len(det_labels):
         det, det_labels = fill_gaps(out, stack, classes, pixel_nm, det, det_labels, gap)
+    followed = {}
     if settings.follow_iou > 0 and len(det_labels):
-        det, det_labels = follow(
+        det, det_labels, followed = follow(
             out, stack, classes, pixel_nm, det, det_labels, settings, sub(progress, 0.6, 1.0)
         )
-    return det, det_labels
+    return det, det_labels, followed
 
 
 def run_pipeline(request: RunRequest, progress: ProgressFn | None = None) -> RunSummary:
@@ -254,7 +256,7 @@ def _run_stages(
     # 2. linking
     t0 = time.perf_counter()
     progress(0.7, "linking slices")
-    det, det_labels = _link(out, request, inputs, sub(progress, 0.7, 0.8))
+    det, det_labels, followed = _link(out, request, inputs, sub(progress, 0.7, 0.8))
     timings["linking"] = time.perf_counter() - t0
 
     # 3. point clouds, organelle table, labels
@@ -283,6 +285,7 @@ def _run_stages(
         counts=counts,
         n_detections=int(len(det_labels)),
         outliers=outliers,
+        follow_iou_by_class=followed,
         timings_s={**timings, "total": seconds},
     )
     info.pop("error", None)
