@@ -154,18 +154,20 @@ def continuity(out, det, det_labels, shape, cls_of, n_classes) -> list[np.ndarra
     """
     m = len(cls_of)
     ious: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
-    prev = None
+    prev, area_a = None, None
     for _, result, sel in iter_slices(out, det, len(det["start"]) - 1):
-        cur = result.paint(shape, det_labels[sel])
+        cur = result.paint(shape, det_labels[sel]).ravel()
+        # only the painted pixels: whole-slice passes were most of this pass's time
+        at = np.flatnonzero(cur)
+        here = cur[at]
+        area_b = np.bincount(here, minlength=m + 1)
         if prev is not None:
-            area_a = np.bincount(prev.ravel(), minlength=m + 1)
-            area_b = np.bincount(cur.ravel(), minlength=m + 1)
-            both = np.bincount(prev[(prev == cur) & (prev > 0)], minlength=m + 1)
+            both = np.bincount(here[prev[at] == here], minlength=m + 1)
             on = np.flatnonzero((area_a[1:] > 0) & (area_b[1:] > 0)) + 1
             iou = both[on] / (area_a[on] + area_b[on] - both[on])
             for c in np.unique(cls_of[on - 1]):
                 ious[c].append(iou[cls_of[on - 1] == c])
-        prev = cur
+        prev, area_a = cur, area_b
     return [np.concatenate(v) if v else np.zeros(0) for v in ious]
 
 
