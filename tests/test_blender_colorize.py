@@ -48,6 +48,7 @@ def _base_color(obj):
 
 def test_colour_follows_the_measurement_order(organelles):
     from famous_addon.blender import colorize
+    from famous_addon.blender.materials import srgb_to_linear
 
     legend = colorize.colorize("mitochondria", "volume_um3")
     assert (legend.vmin, legend.vmax) == pytest.approx((0.05, 0.90))
@@ -55,7 +56,7 @@ def test_colour_follows_the_measurement_order(organelles):
     by_value = sorted(VOLUMES, key=VOLUMES.get)
     lum = [_luminance(_base_color(organelles[i])) for i in by_value]
     assert lum == sorted(lum) and len(set(lum)) == 4  # viridis brightens with the value
-    ends = [colorize.srgb_to_linear(colorize.ramp_rgb(t)) for t in (0.0, 1.0)]
+    ends = [srgb_to_linear(colorize.ramp_rgb(t)) for t in (0.0, 1.0)]
     assert _base_color(organelles[by_value[0]]) == pytest.approx(ends[0], abs=1e-6)
     assert _base_color(organelles[by_value[-1]]) == pytest.approx(ends[1], abs=1e-6)
     # the mesh keeps its class material, and other classes are untouched
@@ -69,6 +70,7 @@ def test_colour_follows_the_measurement_order(organelles):
 
 def test_measurements_from_the_table_then_reset(organelles, tmp_path):
     from famous_addon.blender import colorize
+    from famous_addon.blender.materials import srgb_to_linear
     from famous_addon.core.fileio import write_csv
 
     table = tmp_path / "organelles.csv"
@@ -84,9 +86,7 @@ def test_measurements_from_the_table_then_reset(organelles, tmp_path):
     assert legend.coloured == 2 and legend.missing == 2
     lum1, lum2 = (_luminance(_base_color(organelles[i])) for i in (1, 2))
     assert lum1 > lum2  # longer mitochondrion is brighter
-    assert _base_color(organelles[3]) == pytest.approx(
-        colorize.srgb_to_linear(colorize.MISSING_RGB)
-    )
+    assert _base_color(organelles[3]) == pytest.approx(srgb_to_linear(colorize.MISSING_RGB))
 
     assert colorize.reset_colors("mitochondria") == 4
     assert all(organelles[i].material_slots[0].link == "DATA" for i in VOLUMES)

@@ -34,6 +34,7 @@ def stl_folder(tmp_path):
 
 def test_import_builds_a_coloured_collection_tree(blender, stl_folder):
     from famous_addon.blender import measure, stl_import
+    from famous_addon.blender.materials import srgb_to_linear
 
     res = stl_import.import_segmentation(stl_folder, "M1")
     assert res.objects == 3 and res.classes == {"lysosome": 1, "mitochondria": 2}
@@ -42,7 +43,9 @@ def test_import_builds_a_coloured_collection_tree(blender, stl_folder):
     subs = stl_import.class_collections("M1")
     assert set(subs) == {"mitochondria", "lysosome"}
     lyso = subs["lysosome"].objects[0]
-    assert tuple(lyso.active_material.diffuse_color)[:3] == pytest.approx((0.85, 0.12, 0.12))
+    assert tuple(lyso.active_material.diffuse_color)[:3] == pytest.approx(
+        srgb_to_linear((0.85, 0.12, 0.12))
+    )
     # µm in, µm (Blender units) out: the mesh encloses the sphere's volume
     vol = measure.mesh_stats(lyso).volume_um3
     assert vol == pytest.approx(4 / 3 * math.pi * 0.08**3, rel=0.03)
@@ -54,7 +57,9 @@ def test_import_builds_a_coloured_collection_tree(blender, stl_folder):
     assert sorted(stl_import.segmentations()) == ["M1", "M2"]
     assert len([o for o in blender.data.objects if o.get("famous_segmentation") == "M1"]) == 3
     m2 = stl_import.class_collections("M2")["lysosome"].objects[0]
-    assert tuple(m2.active_material.diffuse_color)[:3] == pytest.approx((0.12, 0.35, 0.9))
+    assert tuple(m2.active_material.diffuse_color)[:3] == pytest.approx(
+        srgb_to_linear((0.12, 0.35, 0.9))
+    )
 
 
 def test_visibility_per_segmentation_and_class(blender, stl_folder):

@@ -20,6 +20,7 @@ def by_class(rows):
 def test_one_collection_per_class(blender, phantom_run):
     """The paper's hull mesher on every organelle of the phantom."""
     from famous_addon.blender import scene
+    from famous_addon.blender.materials import colour_tag
 
     _, run_dir = phantom_run
     run = RunFolder(run_dir)
@@ -36,9 +37,13 @@ def test_one_collection_per_class(blender, phantom_run):
             assert obj["class"] == coll.name
             assert obj.active_material.name == f"FAMOUS {coll.name}"
     spec = run.classes()[0]
-    assert tuple(blender.data.materials[f"FAMOUS {spec.name}"].diffuse_color)[:3] == (
-        pytest.approx(spec.rgb)
-    )
+    # the class's hex colour as sRGB, stored scene-linear: #d62728 renders as #d62728
+    linear = tuple(blender.data.materials[f"FAMOUS {spec.name}"].diffuse_color)[:3]
+    srgb = [c * 12.92 if c <= 0.0031308 else 1.055 * c ** (1 / 2.4) - 0.055 for c in linear]
+    assert srgb == pytest.approx(spec.rgb, abs=1e-4)
+    assert {c.name: c.color_tag for c in root.children} == {
+        s.name: colour_tag(s.rgb) for s in run.classes()
+    }
     for o in organelles:
         assert o.stats.manifold and o.stats.zero_area_faces == 0
         assert o.obj["volume_um3"] == pytest.approx(o.stats.volume_um3)

@@ -10,7 +10,7 @@ along a ramp; the class material on the mesh is left untouched, so
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +54,6 @@ def ramp_rgb(t: float, ramp: str = "viridis") -> tuple[float, float, float]:
     x = np.linspace(0.0, 1.0, len(stops))
     t = float(np.clip(t, 0.0, 1.0))
     return tuple(float(np.interp(t, x, stops[:, i])) for i in range(3))
-
-
-def srgb_to_linear(rgb: Sequence[float]) -> tuple[float, float, float]:
-    """Blender material colours are scene-linear; ramps are written in sRGB."""
-    c = np.asarray(rgb, dtype=float)
-    return tuple(np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).tolist())
 
 
 def _number(text):
@@ -140,8 +134,8 @@ class Legend:
         ]
 
 
-def _object_material(obj, rgb_linear) -> bpy.types.Material:
-    mat = coloured_material(MATERIAL_PREFIX + obj.name, rgb_linear)
+def _object_material(obj, rgb) -> bpy.types.Material:
+    mat = coloured_material(MATERIAL_PREFIX + obj.name, rgb)
     if not obj.material_slots:
         obj.data.materials.append(None)
     for slot in obj.material_slots:
@@ -197,7 +191,7 @@ def colorize(cls: str, measurement: str, ramp: str = "viridis", objects=None) ->
             rgb = ramp_rgb(t, ramp)
         else:
             rgb = MISSING_RGB
-        _object_material(obj, srgb_to_linear(rgb))
+        _object_material(obj, rgb)
     legend = Legend(cls, measurement, vmin, vmax, ramp, len(have), len(mine) - len(have))
     bpy.context.scene[LEGEND_KEY] = {
         "class": cls,

@@ -22,7 +22,7 @@ from ..core.progress import ProgressFn
 from ..core.runfolder import RunFolder
 from ..core.stack import open_stack
 from . import meshing
-from .materials import class_material
+from .materials import class_material, colour_tag
 from .measure import MeshStats, mesh_stats
 
 ROOT = "FAMOUS"
@@ -139,6 +139,7 @@ class SceneBuilder:
             coll = bpy.data.collections.new(f"{spec.name} (building)")
             self._root.children.link(coll)
             coll["famous_class"] = spec.name
+            coll.color_tag = colour_tag(spec.rgb)
             colls[spec.name] = (coll, class_material(spec.name, spec.rgb))
         yield 0.0, f"meshing {len(rows)} organelles"
         for i, row in enumerate(rows):

@@ -33,7 +33,7 @@ from ..core.compare.stl import (
 from ..core.compare.tables import format_table
 from ..core.progress import ProgressFn, silent, sub
 from . import meshing
-from .materials import coloured_material
+from .materials import coloured_material, srgb_to_linear
 from .scene import remove_collection_tree
 
 ROOT = "FAMOUS segmentations"
@@ -169,7 +169,7 @@ def import_segmentation(
             coll.children.link(subs[cls])
         ob = meshing.new_mesh_object(f"{name} {obj.name}", obj.vertices, obj.faces, subs[cls])
         ob.data.materials.append(mat)
-        ob.color = (*rgb, 1.0)
+        ob.color = (*srgb_to_linear(rgb), 1.0)
         ob[SEG_KEY] = name
         ob[CLASS_KEY] = cls
         ob["famous_source"] = str(obj.source)

@@ -4,7 +4,7 @@ A project has one TOML file (see ``presets/fibsem.toml``)::
 
     [[class]]
     name = "mitochondria"
-    color = "#d62728"
+    color = "#d55e00"
     [class.extract]
     method = "otsu"
     polarity = "dark"
@@ -42,17 +42,19 @@ POLARITIES = ("light", "dark")
 MESHERS = ("hull", "volume")
 MESH_SHAPES = ("uniform", "project")
 
+# Okabe-Ito's colour-blind-safe colours (black left out), then three of Tol's
+# muted ones: apart from each other and from the grey of the EM slice
 _FALLBACK_COLORS = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
+    "#d55e00",
+    "#0072b2",
+    "#009e73",
+    "#e69f00",
+    "#cc79a7",
+    "#56b4e9",
+    "#f0e442",
+    "#882255",
+    "#44aa99",
+    "#999933",
 )
 
 
