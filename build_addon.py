@@ -59,6 +59,7 @@ NOT_BUNDLED = {
     "bpy": "Blender itself",
     "bmesh": "Blender itself",
     "mathutils": "Blender itself",
+    "bpy-extras": "Blender itself (bpy_extras)",
     "torch": "training runs outside Blender (famous train)",
     "dask": "cluster runs are started from the command line",
     "distributed": "cluster runs are started from the command line",

@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> dict:
             run_dir, args.mesher, args.stack, args.voxel_size, sub(bar, 0.5, 0.9)
         )
         bar(0.9, "writing meshes, table, render and .blend")
-        paths = export.write_outputs(Path(args.out), tuple(args.resolution))
+        title = Path(args.stack).name if args.stack else Path(run_dir).resolve().parent.name
+        paths = export.write_outputs(Path(args.out), tuple(args.resolution), title=title)
         if args.quantify:
             measured = quantify_run(
                 run_dir,

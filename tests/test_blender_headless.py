@@ -52,6 +52,12 @@ def test_outputs_match_each_other(blender, headless):
     image = cv2.imread(str(out / "render.png"))
     assert image.shape == (90, 160, 3)
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20
+    # the legend: a swatch in each meshed class's colour exactly as its hex code says
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).reshape(-1, 3).astype(int)
+    for spec in config:
+        if any(r["class"] == spec.name for r in rows):
+            hex_rgb = np.array([int(spec.color[i : i + 2], 16) for i in (1, 3, 5)])
+            assert (np.abs(rgb - hex_rgb).max(axis=1) <= 1).sum() >= 20, spec.name
 
 
 def test_never_overwrites_without_flag(headless, capsys):

@@ -10,8 +10,10 @@ import numpy as np
 from mathutils import Vector
 
 from ..core.errors import FamousError
+from ..core.figure import LegendEntry, annotate, length_label, nice_length
 from ..core.fileio import atomic_path
 from ..core.guard import inside
+from .materials import linear_to_srgb
 from .measure import MEASURE_CSV, measure_meshes, write_measurements
 from .scene import PLANE, scene_organelles
 
@@ -55,8 +57,13 @@ def export_stls(folder: Path) -> list[Path]:
     return written
 
 
-def render_png(path: Path, resolution=(1280, 720), scene=None) -> Path:
-    """Render the organelles (Workbench, class colours) with a camera framed on them."""
+def render_png(path: Path, resolution=(1280, 720), scene=None, title: str = "") -> Path:
+    """Render the organelles (Workbench, class colours) with a camera framed on them.
+
+    The picture gets ``title`` (top left), a legend of the classes with their
+    organelle counts (top right) and a scale bar in µm, true at the centre of
+    the organelles (the view is in perspective), bottom left.
+    """
     scene = scene or bpy.context.scene
     objs = scene_organelles()
     plane = bpy.data.objects.get(PLANE)
@@ -96,8 +103,45 @@ def render_png(path: Path, resolution=(1280, 720), scene=None) -> Path:
     tmp = path.with_name(f".{path.stem}.tmp.png")
     scene.render.filepath = str(tmp)
     bpy.ops.render.render(write_still=True)
+    # Pillow (bundled for matplotlib) loads only when a render is written
+    from PIL import Image
+
+    with Image.open(tmp) as img:
+        pixels = np.asarray(img)
+    length = nice_length(float(max(np.ptp(corners[:, 0]), np.ptp(corners[:, 1]))))
+    figure = annotate(
+        pixels, _legend(objs), _bar_px(scene, cam, centre, length), length_label(length), title
+    )
+    Image.fromarray(figure).save(tmp)
     os.replace(tmp, path)
     return path
+
+
+def _legend(objs) -> list[LegendEntry]:
+    """Each class's colour (its class material, as picked) and organelle count."""
+    counts: dict[str, int] = {}
+    for o in objs:
+        counts[o["class"]] = counts.get(o["class"], 0) + 1
+    entries = []
+    for cls, n in counts.items():
+        mat = bpy.data.materials.get(f"FAMOUS {cls}")
+        rgb = linear_to_srgb(mat.diffuse_color[:3]) if mat is not None else (0.5, 0.5, 0.5)
+        entries.append(LegendEntry(cls, rgb, n))
+    return entries
+
+
+def _bar_px(scene, cam, centre, length: float) -> float:
+    """Pixels that ``length`` (scene units, µm) spans across the view at ``centre``."""
+    # Blender's own helpers; imported here like the rest of this function's work
+    from bpy_extras.object_utils import world_to_camera_view
+
+    bpy.context.view_layer.update()  # the camera's matrix after it was moved
+    right = cam.matrix_world.to_3x3() @ Vector((1.0, 0.0, 0.0))
+    a = world_to_camera_view(scene, cam, centre - right * (length / 2))
+    b = world_to_camera_view(scene, cam, centre + right * (length / 2))
+    return float(
+        np.hypot((b.x - a.x) * scene.render.resolution_x, (b.y - a.y) * scene.render.resolution_y)
+    )
 
 
 def save_blend(path: Path) -> Path:
@@ -110,9 +154,12 @@ def save_blend(path: Path) -> Path:
     return path
 
 
-def write_outputs(out: Path, resolution=(1280, 720), render: bool = True) -> dict[str, Path]:
+def write_outputs(
+    out: Path, resolution=(1280, 720), render: bool = True, title: str = ""
+) -> dict[str, Path]:
     """Write ``famous.blend``, ``quantification.csv``, ``meshes/`` and ``render.png`` to ``out``.
 
+    ``title`` heads the render (see :func:`render_png`).
     The caller checks beforehand that an existing ``famous.blend`` may be replaced.
     """
     out = Path(out)
@@ -120,6 +167,6 @@ def write_outputs(out: Path, resolution=(1280, 720), render: bool = True) -> dic
     write_measurements(paths["csv"], measure_meshes(scene_organelles()))
     export_stls(paths["meshes"])
     if render:
-        paths["render"] = render_png(out / RENDER, resolution)
+        paths["render"] = render_png(out / RENDER, resolution, title=title)
     save_blend(paths["blend"])
     return paths

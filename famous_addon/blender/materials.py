@@ -34,6 +34,12 @@ def srgb_to_linear(rgb: Sequence[float]) -> tuple[float, float, float]:
     return tuple(np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).tolist())
 
 
+def linear_to_srgb(rgb: Sequence[float]) -> tuple[float, float, float]:
+    """The sRGB colour (0..1 each) of scene-linear values: a material's colour as picked."""
+    c = np.clip(np.asarray(rgb, dtype=float), 0.0, 1.0)
+    return tuple(np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055).tolist())
+
+
 def colour_tag(rgb: Sequence[float]) -> str:
     """The outliner colour tag nearest an sRGB colour (``COLOR_01`` .. ``COLOR_08``)."""
     c = np.asarray(rgb, dtype=float)
