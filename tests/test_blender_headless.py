@@ -119,3 +119,17 @@ def test_render_demo_from_the_saved_result(blender, headless, tmp_path, capsys):
     assert cv2.imread(str(png)).shape == (54, 96, 3)
     assert render_demo.main(["--blend", str(tmp_path / "none.blend"), "--out", str(png)]) == 2
     assert "none.blend" in capsys.readouterr().err
+
+
+def test_writing_outputs_leaves_the_terminal_to_the_progress_bar(
+    blender, headless, tmp_path, capfd
+):
+    from famous_addon.blender import export
+
+    blender.ops.wm.open_mainfile(filepath=str(headless[0] / "famous.blend"))
+    capfd.readouterr()
+    paths = export.write_outputs(tmp_path / "out", (64, 36), title="quiet")
+    assert paths["render"].is_file() and paths["blend"].is_file()
+    said = capfd.readouterr()
+    for noise in ("Info:", "Timer", "EGL", "Saved"):
+        assert noise not in said.out + said.err, noise

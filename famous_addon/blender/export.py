@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import sys
 from pathlib import Path
 
 import bpy
@@ -11,7 +14,7 @@ from mathutils import Vector
 
 from ..core.errors import FamousError
 from ..core.figure import LegendEntry, annotate, length_label, nice_length
-from ..core.fileio import atomic_path
+from ..core.fileio import atomic_path, atomic_write_bytes
 from ..core.guard import inside
 from .materials import linear_to_srgb
 from .measure import MEASURE_CSV, measure_meshes, write_measurements
@@ -26,31 +29,32 @@ CAMERA = "FAMOUS camera"
 def export_stls(folder: Path) -> list[Path]:
     """Write ``folder/<class>/<class>_<id>.stl`` (binary, µm) for every organelle.
 
+    Each is the organelle's evaluated mesh (modifiers applied) in world
+    coordinates, triangulated as Blender draws it. Written from the mesh data
+    rather than by Blender's STL operator, which logs two lines an organelle.
     STLs of an earlier result in ``folder`` that this one lacks are removed,
     so the folder always matches ``quantification.csv``.
     """
-    view_layer = bpy.context.view_layer
-    # Objects removed while building linger in the view layer until it is synced.
-    view_layer.update()
-    for obj in view_layer.objects:
-        obj.select_set(False)
+    import trimesh  # bundled; loaded when meshes are written, not with the add-on
+
+    depsgraph = bpy.context.evaluated_depsgraph_get()
     written = []
     for obj in scene_organelles():
         path = inside(folder, obj["class"], f"{obj['class']}_{obj['id']}.stl")
-        obj.select_set(True)
+        evaluated = obj.evaluated_get(depsgraph)
+        mesh = evaluated.to_mesh()
         try:
-            with atomic_path(path) as tmp:
-                bpy.ops.wm.stl_export(
-                    filepath=str(tmp),
-                    export_selected_objects=True,
-                    ascii_format=False,
-                    apply_modifiers=True,
-                    forward_axis="Y",
-                    up_axis="Z",
-                    global_scale=1.0,
-                )
+            mesh.calc_loop_triangles()
+            verts = np.empty(len(mesh.vertices) * 3)
+            mesh.vertices.foreach_get("co", verts)
+            tris = np.empty(len(mesh.loop_triangles) * 3, np.int64)
+            mesh.loop_triangles.foreach_get("vertices", tris)
         finally:
-            obj.select_set(False)
+            evaluated.to_mesh_clear()
+        world = np.array(obj.matrix_world)
+        verts = verts.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
+        surface = trimesh.Trimesh(verts, tris.reshape(-1, 3), process=False)
+        atomic_write_bytes(path, trimesh.exchange.stl.export_stl(surface))
         written.append(path)
     for stale in set(Path(folder).glob("*/*.stl")) - set(written):
         stale.unlink()
@@ -102,7 +106,8 @@ def render_png(path: Path, resolution=(1280, 720), scene=None, title: str = "") 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     scene.render.filepath = str(tmp)
-    bpy.ops.render.render(write_still=True)
+    with _quiet():
+        bpy.ops.render.render(write_still=True)
     # Pillow (bundled for matplotlib) loads only when a render is written
     from PIL import Image
 
@@ -144,13 +149,51 @@ def _bar_px(scene, cam, centre, length: float) -> float:
     )
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Blender's own lines on the terminal silenced while it renders or saves.
+
+    Rendering without a display prints EGL errors that change nothing in the
+    picture, and rendering and saving each print where they wrote a temporary
+    file: noise between the progress bar's lines. A failure still raises.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        # its reports go through Python's sys.stdout, which need not be fd 1
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            with contextlib.redirect_stderr(sink):
+                yield
+    finally:
+        # Blender prints through C's and Python's buffers: out before the fds return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _flush_c_stdio()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
+def _flush_c_stdio() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):
+        pass  # no C library to reach (Windows): its lines may then show
+
+
 def save_blend(path: Path) -> Path:
     """Save the current file as ``path`` atomically (never half-written)."""
     path = Path(path)
     with atomic_path(path, suffix=".blend") as tmp:
         # Saving over an existing file makes Blender keep it as a .blend1 backup.
         tmp.unlink()
-        bpy.ops.wm.save_as_mainfile(filepath=str(tmp), copy=True, compress=True)
+        with _quiet():
+            bpy.ops.wm.save_as_mainfile(filepath=str(tmp), copy=True, compress=True)
     return path
 
 
