@@ -123,16 +123,28 @@ class ModalTimer:
         settings = context.scene.famous
         settings.running, settings.progress, settings.status = True, 0.0, status
         settings.cancel = False
+        self.add_handler(context)
+
+    def stop_modal(self, context, status: str) -> None:
+        """Stop the timer and leave ``status`` in the panel."""
+        self.remove_handler(context)
+        settings = context.scene.famous
+        settings.running, settings.status = False, status
+        redraw_view3d(context)
+
+    def add_handler(self, context) -> None:
+        """Blender's side: a timer event every TIMER_S and this operator's ``modal`` for it.
+
+        Apart from these two methods, the modal path is plain Python: a test
+        drives it with its own TIMER and ESC events, since a background
+        Blender runs no event loop (and calls ``execute`` for ``invoke``).
+        """
         wm = context.window_manager
         self._timer = wm.event_timer_add(TIMER_S, window=context.window)
         wm.modal_handler_add(self)
 
-    def stop_modal(self, context, status: str) -> None:
-        """Stop the timer and leave ``status`` in the panel."""
+    def remove_handler(self, context) -> None:
         context.window_manager.event_timer_remove(self._timer)
-        settings = context.scene.famous
-        settings.running, settings.status = False, status
-        redraw_view3d(context)
 
     @staticmethod
     def cancel_requested(context, event) -> bool:
