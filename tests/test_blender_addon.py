@@ -176,3 +176,48 @@ def test_a_hyperstack_needs_the_panels_channel_and_the_plane_shows_it(addon, pha
     addon.data.images[scene.PLANE].pixels.foreach_get(pixels)
     grey = pixels.reshape(stack.shape[1], stack.shape[2], 4)[..., 0]
     np.testing.assert_allclose(grey * 255, 255 - stack[3], atol=0.6)
+
+
+def test_panel_errors_name_panel_fields_and_overwrite_replaces_the_run(
+    addon, phantom_run, tmp_path
+):
+    import json
+    from pathlib import Path
+
+    phantom, _ = phantom_run
+    s = addon.context.scene.famous
+    s.stack = str(phantom / "stack.tif")
+    s.classes = str(phantom / "classes.toml")
+    s.source = "BOXES"
+    s.boxes = str(phantom / "boxes")
+    s.output = str(tmp_path / "ui")
+    assert addon.ops.famous.run_detection() == {"FINISHED"}
+    # other settings into the same Output: the run there cannot be resumed
+    s.source = "MODEL"
+    s.model = str(Path(__file__).resolve().parents[1] / "assets" / "demo_model")
+    s.backend = "cpu"
+    with pytest.raises(RuntimeError) as refused:
+        addon.ops.famous.run_detection()
+    message = str(refused.value)
+    assert "Overwrite" in message and "Output" in message and "--" not in message
+    run = json.loads((tmp_path / "ui" / "run" / "run.json").read_text())
+    assert run["boxes"]["kind"] != "yolo_darknet_opencv", "the earlier run is untouched"
+    s.overwrite = True
+    assert addon.ops.famous.run_detection() == {"FINISHED"}
+    run = json.loads((tmp_path / "ui" / "run" / "run.json").read_text())
+    assert run["boxes"]["kind"] == "yolo_darknet_opencv" and run["status"] == "complete"
+
+
+def test_every_core_fix_the_panel_shows_is_in_panel_words():
+    from famous_addon.ui.jobs import for_panel
+
+    fixes = [
+        "choose another --out folder for this input.",
+        "add --resume to continue it, or choose another --out folder.",
+        "choose a new or empty --out folder.",
+        "wait for it to finish (or stop it), or choose another --out folder.",
+        "add --overwrite, or choose another output folder.",
+        "run the pipeline again with --labels, or mesh with --mesher hull.",
+    ]
+    for fix in fixes:
+        assert "--" not in for_panel(fix), fix

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from ..core.errors import FamousError
+from ..core.guard import FolderLock
 from ..core.pipeline import run_pipeline
 from ..core.progress import ProgressFn
 from ..core.request import RunRequest
@@ -21,13 +23,21 @@ def run_dir(out: str | Path) -> Path:
     return Path(out) / RUN_DIR
 
 
-def detect(request: RunRequest, progress: ProgressFn | None = None) -> Path:
+def detect(
+    request: RunRequest, progress: ProgressFn | None = None, overwrite: bool = False
+) -> Path:
     """Run the bpy-free pipeline into ``OUT/run`` (resuming a run that is there).
 
     ``request.out`` is the output folder. Labels are always written: the
-    volume mesher reads them.
+    volume mesher reads them. With ``overwrite``, a run folder that is there
+    (a FAMOUS run: it has ``run.json``) is removed first and the run starts
+    afresh; one that another run is writing is refused.
     """
     target = run_dir(request.out)
+    if overwrite and (target / RUN_JSON).is_file():
+        with FolderLock(target):
+            pass  # refused while another run writes it
+        shutil.rmtree(target)
     resume = (target / RUN_JSON).is_file()
     run_pipeline(replace(request, out=target, labels=True, resume=resume), progress=progress)
     return target

@@ -16,6 +16,23 @@ from collections.abc import Callable
 from ..core.errors import Cancelled, FamousError
 
 TIMER_S = 0.1
+# The core words its fixes for the command line; the panel names its own fields.
+PANEL_WORDS = (
+    ("choose another --out folder for this input", "tick Overwrite, or choose another Output"),
+    ("add --resume to continue it", "Run detection again continues it"),
+    ("run the pipeline again with --labels, or mesh with --mesher hull", "set Mesher to Hull"),
+    ("a new or empty --out folder", "another Output folder"),
+    ("another --out folder", "another Output folder"),
+    ("--out folder", "Output folder"),
+    ("add --overwrite", "tick Overwrite"),
+)
+
+
+def for_panel(message: str) -> str:
+    """A core error message with the command line's option names put as the panel's."""
+    for cli, panel in PANEL_WORDS:
+        message = message.replace(cli, panel)
+    return message
 
 
 class BackgroundJob:
@@ -60,7 +77,7 @@ class BackgroundJob:
         except Cancelled:
             self.state = "cancelled"
         except FamousError as exc:
-            self.error, self.state = exc.message, "failed"
+            self.error, self.state = for_panel(exc.message), "failed"
         except Exception as exc:  # shown in the UI; the traceback goes to the console
             traceback.print_exc()
             self.error, self.state = f"unexpected error: {exc}", "failed"
@@ -77,7 +94,7 @@ def report_exception(op, exc: BaseException) -> None:
         A FamousError (its message), a Cancelled (a warning) or a bug.
     """
     if isinstance(exc, FamousError):
-        op.report({"ERROR"}, exc.message)
+        op.report({"ERROR"}, for_panel(exc.message))
     elif isinstance(exc, Cancelled):
         op.report({"WARNING"}, "cancelled")
     else:

@@ -44,8 +44,10 @@ def _detect_work(settings):
         channel=settings.channel_index(),
     )
 
+    overwrite = settings.overwrite
+
     def work(progress):
-        return workflow.detect(request, progress=progress)
+        return workflow.detect(request, progress=progress, overwrite=overwrite)
 
     return work
 

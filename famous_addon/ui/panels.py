@@ -30,7 +30,9 @@ class FAMOUS_PT_main(_SidebarTab, bpy.types.Panel):
         col.prop(s, "voxel_size")
         col.prop(s, "channel")
         col.prop(s, "classes")
-        col.prop(s, "output")
+        row = col.row(align=True)
+        row.prop(s, "output")
+        row.prop(s, "overwrite", toggle=True)
 
         box = layout.box()
         box.label(text="Detection", icon="VIEWZOOM")

@@ -299,6 +299,12 @@ class FamousSettings(bpy.types.PropertyGroup):
     output: StringProperty(
         name="Output", subtype="DIR_PATH", description="Folder for the run folder and results"
     )
+    overwrite: BoolProperty(
+        name="Overwrite",
+        description="Run detection replaces the run folder in Output (off: it continues the "
+        "run there, and refuses one made with other settings)",
+        default=False,
+    )
     mesher: EnumProperty(
         name="Mesher",
         items=[
