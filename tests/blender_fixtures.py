@@ -93,3 +93,14 @@ def ellipsoid_voxels(radii_vox, shape) -> np.ndarray:
     centre = (np.asarray(shape) - 1) / 2
     inside = (((grid - centre) / np.asarray(radii_vox)) ** 2).sum(axis=1) <= 1.0
     return grid[inside]
+
+
+def panel_on_phantom(addon, phantom, out):
+    """The panel's settings for the phantom with its truth boxes, writing to ``out``."""
+    s = addon.context.scene.famous
+    s.stack = str(phantom / "stack.tif")
+    s.classes = str(phantom / "classes.toml")
+    s.source = "BOXES"
+    s.boxes = str(phantom / "boxes")
+    s.output = str(out)
+    return s

@@ -1,6 +1,7 @@
 """The add-on: registration, and its operators against the headless script."""
 
 import pytest
+from blender_fixtures import panel_on_phantom
 
 from famous_addon.core.errors import Cancelled
 from famous_addon.core.fileio import read_csv
@@ -31,13 +32,7 @@ def test_register_and_unregister(blender):
 
 
 def test_operators_match_the_headless_script(addon, phantom_run, headless, tmp_path):
-    phantom, _ = phantom_run
-    s = addon.context.scene.famous
-    s.stack = str(phantom / "stack.tif")
-    s.classes = str(phantom / "classes.toml")
-    s.source = "BOXES"
-    s.boxes = str(phantom / "boxes")
-    s.output = str(tmp_path / "ui")
+    s = panel_on_phantom(addon, phantom_run[0], tmp_path / "ui")
     assert addon.ops.famous.run_detection() == {"FINISHED"}
     assert addon.ops.famous.build_meshes() == {"FINISHED"}
     assert addon.ops.famous.measure_meshes() == {"FINISHED"}
@@ -184,13 +179,7 @@ def test_panel_errors_name_panel_fields_and_overwrite_replaces_the_run(
     import json
     from pathlib import Path
 
-    phantom, _ = phantom_run
-    s = addon.context.scene.famous
-    s.stack = str(phantom / "stack.tif")
-    s.classes = str(phantom / "classes.toml")
-    s.source = "BOXES"
-    s.boxes = str(phantom / "boxes")
-    s.output = str(tmp_path / "ui")
+    s = panel_on_phantom(addon, phantom_run[0], tmp_path / "ui")
     assert addon.ops.famous.run_detection() == {"FINISHED"}
     # other settings into the same Output: the run there cannot be resumed
     s.source = "MODEL"

@@ -10,6 +10,7 @@ calls ``invoke``, so these tests drive the operators' own ``invoke`` and
 import time
 
 import pytest
+from blender_fixtures import panel_on_phantom
 
 pytestmark = pytest.mark.blender
 
@@ -63,22 +64,12 @@ def drive(op, context, first=None, timeout=120.0):
     raise AssertionError("the job never ended")
 
 
-def settings_for(addon, phantom, out):
-    s = addon.context.scene.famous
-    s.stack = str(phantom / "stack.tif")
-    s.classes = str(phantom / "classes.toml")
-    s.source = "BOXES"
-    s.boxes = str(phantom / "boxes")
-    s.output = str(out)
-    return s
-
-
 def test_detection_from_a_click_shows_progress_and_finishes(addon, phantom_run, tmp_path):
     import json
 
     from famous_addon.ui.operators import FAMOUS_OT_run_detection
 
-    s = settings_for(addon, phantom_run[0], tmp_path / "ui")
+    s = panel_on_phantom(addon, phantom_run[0], tmp_path / "ui")
     op = probe(FAMOUS_OT_run_detection)
     assert op.invoke(addon.context, Event("LEFTMOUSE")) == {"RUNNING_MODAL"}
     assert s.running and s.status == "detection starting"
@@ -97,7 +88,7 @@ def test_detection_from_a_click_shows_progress_and_finishes(addon, phantom_run, 
 def test_cancel_stops_the_job_and_says_how_to_resume(addon, phantom_run, tmp_path, how):
     from famous_addon.ui.operators import FAMOUS_OT_run_detection
 
-    s = settings_for(addon, phantom_run[0], tmp_path / "ui")
+    s = panel_on_phantom(addon, phantom_run[0], tmp_path / "ui")
     op = probe(FAMOUS_OT_run_detection)
     assert op.invoke(addon.context, Event("LEFTMOUSE")) == {"RUNNING_MODAL"}
     if how == "panel":
@@ -113,7 +104,7 @@ def test_an_error_in_the_job_is_a_report_not_a_traceback(addon, phantom_run, tmp
 
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"not a tiff")
-    s = settings_for(addon, phantom_run[0], tmp_path / "ui")
+    s = panel_on_phantom(addon, phantom_run[0], tmp_path / "ui")
     s.stack = str(bad)
     op = probe(FAMOUS_OT_run_detection)
     assert op.invoke(addon.context, Event("LEFTMOUSE")) == {"RUNNING_MODAL"}
@@ -131,7 +122,7 @@ def test_meshing_from_a_click_builds_on_timer_events_and_cancel_keeps_nothing(
     from famous_addon.ui.operators import FAMOUS_OT_build_meshes
 
     shutil.copytree(phantom_run[1], tmp_path / "ui" / "run")
-    s = settings_for(addon, phantom_run[0], tmp_path / "ui")
+    s = panel_on_phantom(addon, phantom_run[0], tmp_path / "ui")
     op = probe(FAMOUS_OT_build_meshes)
     assert op.invoke(addon.context, Event("LEFTMOUSE")) == {"RUNNING_MODAL"}
     op.modal(addon.context, Event("TIMER"))  # one organelle meshed

@@ -42,6 +42,27 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return (a & b).sum() / (a | b).sum()
 
 
+def _mask_box(mask: np.ndarray, score: float = 1.0):
+    """The box around a 2-D mask, as a detector would draw it."""
+    from famous_addon.core.boxes import Box
+
+    yy, xx = np.nonzero(mask)
+    return Box(0, xx.min(), yy.min(), np.ptp(xx) + 1, np.ptp(yy) + 1, score)
+
+
+def _synthetic_request(folder, run, voxel_size_nm=(10.0, 10.0, 10.0), **settings) -> RunRequest:
+    """A run of ``folder``'s stack.tif with its boxes/ (labels written)."""
+    return RunRequest(
+        folder / "stack.tif",
+        folder / "obj.names",
+        run,
+        boxes=folder / "boxes",
+        voxel_size_nm=voxel_size_nm,
+        labels=True,
+        settings=RunSettings(**settings),
+    )
+
+
 def _classes_of(run):
     return {o["id"]: o["class"] for o in rf.RunFolder(run).organelles()}
 
@@ -277,7 +298,7 @@ def test_slices_an_organelle_skips_are_filled(phantom, tmp_path):
 def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
     import cv2
 
-    from famous_addon.core.boxes import Box, write_yolo_txt
+    from famous_addon.core.boxes import write_yolo_txt
 
     # three dark mitochondria on 12 slices: A runs through the stack and turns
     # (its box grows), B ends on slice 5; both are boxed on slices 0-5 only.
@@ -298,23 +319,12 @@ def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
     for k in range(12):
         boxes = []
         for t in (t for t, ks in boxed.items() if k in ks):
-            yy, xx = np.nonzero(truth[k] == t)
-            boxes.append(Box(0, xx.min(), yy.min(), np.ptp(xx) + 1, np.ptp(yy) + 1))
+            boxes.append(_mask_box(truth[k] == t))
         write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
     got = {}
     for follow in (0.0, 0.5):
         run = tmp_path / f"follow{follow:g}"
-        run_pipeline(
-            RunRequest(
-                tmp_path / "stack.tif",
-                tmp_path / "obj.names",
-                run,
-                boxes=tmp_path / "boxes",
-                voxel_size_nm=(40.0, 10.0, 10.0),
-                labels=True,
-                settings=RunSettings(follow_iou=follow),
-            )
-        )
+        run_pipeline(_synthetic_request(tmp_path, run, (40.0, 10.0, 10.0), follow_iou=follow))
         got[follow] = tifffile.imread(run / "labels.tif")
     for follow, labels in got.items():
         a, b = (np.bincount(labels[:6][truth[:6] == t]).argmax() for t in (1, 2))
@@ -339,7 +349,7 @@ def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
 def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
     import cv2
 
-    from famous_addon.core.boxes import Box, write_yolo_txt
+    from famous_addon.core.boxes import write_yolo_txt
 
     # two dark tubes along z, one pixel apart, blurred as EM blurs them; a
     # detector boxes them together on slices 8-13, as it does touching mitochondria
@@ -357,23 +367,12 @@ def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
     for k in range(n):
         pieces = [truth[k] > 0] if 8 <= k < 14 else [truth[k] == 1, truth[k] == 2]
         boxes = []
-        for piece in pieces:
-            yy, xx = np.nonzero(piece)
-            boxes.append(Box(0, xx.min(), yy.min(), np.ptp(xx) + 1, np.ptp(yy) + 1, 0.9))
+        boxes = [_mask_box(piece, 0.9) for piece in pieces]
         write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
     owners = {}
     for separation in (0.0, RunSettings().separation):
         run = tmp_path / f"sep{separation:g}"
-        request = RunRequest(
-            tmp_path / "stack.tif",
-            tmp_path / "obj.names",
-            run,
-            boxes=tmp_path / "boxes",
-            voxel_size_nm=(10.0, 10.0, 10.0),
-            labels=True,
-            settings=RunSettings(separation=separation),
-        )
-        run_pipeline(request)
+        run_pipeline(_synthetic_request(tmp_path, run, separation=separation))
         labels = tifffile.imread(run / "labels.tif")
         owners[separation] = [np.bincount(labels[truth == t]).argmax() for t in (1, 2)]
         if separation:
@@ -629,7 +628,7 @@ def test_a_neighbours_model_gets_each_slice_between_its_neighbours(tmp_path):
 def test_following_on_thin_slices_stops_where_the_mask_beside_is_something_else(tmp_path):
     import cv2
 
-    from famous_addon.core.boxes import Box, write_yolo_txt
+    from famous_addon.core.boxes import write_yolo_txt
     from famous_addon.core.follow import CONTINUITY_CAP
 
     # 10 nm voxels, three dark tubes along z: A ends on slice 9 and a blob of
@@ -648,21 +647,10 @@ def test_following_on_thin_slices_stops_where_the_mask_beside_is_something_else(
     tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack, 0, 255).astype(np.uint8))
     (tmp_path / "obj.names").write_text("mitochondria\n")
     for k in range(n):
-        boxes = []
-        for t in (1, 2, 3) if k < 10 else (2,):
-            yy, xx = np.nonzero(truth[k] == t)
-            boxes.append(Box(0, xx.min(), yy.min(), np.ptp(xx) + 1, np.ptp(yy) + 1, 0.9))
+        boxes = [_mask_box(truth[k] == t, 0.9) for t in ((1, 2, 3) if k < 10 else (2,))]
         write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
     run = tmp_path / "run"
-    request = RunRequest(
-        tmp_path / "stack.tif",
-        tmp_path / "obj.names",
-        run,
-        boxes=tmp_path / "boxes",
-        voxel_size_nm=(10.0, 10.0, 10.0),
-        labels=True,
-    )
-    run_pipeline(request)
+    run_pipeline(_synthetic_request(tmp_path, run))
     labels = tifffile.imread(run / "labels.tif")
     a, c = (np.bincount(labels[:10][truth[:10] == t]).argmax() for t in (1, 3))
     assert a and c and a != c
