@@ -209,7 +209,9 @@ def _follow_into(stack, k, beside, here, cls_of, classes, pixel_nm, min_iou):
 
 def _present(painted: np.ndarray, m: int) -> np.ndarray:
     """Which of organelles 1..m a painted slice holds: bool, index 0 (background) False."""
-    counts = np.bincount(painted.ravel(), minlength=m + 1) > 0
+    flat = painted.ravel()
+    # the labelled pixels only: a whole-slice bincount was this function's time
+    counts = np.bincount(flat[np.flatnonzero(flat)], minlength=m + 1) > 0
     counts[0] = False
     return counts
 
