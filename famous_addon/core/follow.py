@@ -115,13 +115,12 @@ def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
         if n > 1:
             result, labels = state(order.start - order.step)
             beside = result.paint(shape, labels)
-        else:
-            beside = None
+            beside_on = _present(beside, len(cls_of))
         for k in order:
             result, labels = state(k)
             here = result.paint(shape, labels)
-            extra, followed = _follow_into(
-                stack, k, beside, here, cls_of, classes, pixel_nm, min_iou
+            extra, followed, here_on = _follow_into(
+                stack, k, (beside, beside_on), here, cls_of, classes, pixel_nm, min_iou
             )
             if extra:
                 changed[k] = (_appended(result, extra), np.append(labels, followed))
@@ -129,7 +128,7 @@ def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
                 # the down sweep meets each slice pair after both have their last additions
                 p = overlap_pairs(beside, here, settings.merge_min_overlap)
                 pairs.append(p[cls_of[p[:, 0]] == cls_of[p[:, 1]]])
-            beside = here
+            beside, beside_on = here, here_on
             done = k if order.step == 1 else 2 * n - 2 - k
             progress(done / max(2 * n - 2, 1), "following organelles past missed slices")
     det, det_labels = with_slices(out, det, det_labels, changed)
@@ -172,16 +171,19 @@ def continuity(out, det, det_labels, shape, cls_of, n_classes) -> list[np.ndarra
 
 
 def _follow_into(stack, k, beside, here, cls_of, classes, pixel_nm, min_iou):
-    """The organelles on the slice beside (painted ``beside``) that slice ``k`` lacks, sought there.
+    """The organelles on the slice beside that slice ``k`` lacks, sought there.
 
-    ``here`` (slice k painted) gets each organelle found; ``min_iou`` is per
-    organelle (0-based). Returns the found
-    (box, clipped bounds, mask) and their organelle labels (0-based).
+    ``beside`` is the slice beside, painted, and which organelles it holds
+    (:func:`_present`); ``here`` (slice k painted) gets each organelle found;
+    ``min_iou`` is per organelle (0-based). Returns the found (box, clipped
+    bounds, mask), their organelle labels (0-based) and which organelles
+    ``here`` now holds: the next slice's ``beside``, not counted again.
     """
-    # bincount, not np.unique: a sort per slice was most of this stage's time
-    missing = np.flatnonzero(_present(beside, len(cls_of)) & ~_present(here, len(cls_of)))
+    beside, beside_on = beside
+    here_on = _present(here, len(cls_of))
+    missing = np.flatnonzero(beside_on & ~here_on)
     if not len(missing):
-        return [], []
+        return [], [], here_on
     image = stack.read(k)
     where = ndimage.find_objects(beside, len(cls_of))
     extra, followed = [], []
@@ -202,15 +204,17 @@ def _follow_into(stack, k, beside, here, cls_of, classes, pixel_nm, min_iou):
             continue
         _, (bx0, by0, bx1, by1), mask = hit
         here[by0:by1, bx0:bx1][mask] = o
+        here_on[o] = True
         extra.append(hit)
         followed.append(o - 1)
-    return extra, followed
+    return extra, followed, here_on
 
 
 def _present(painted: np.ndarray, m: int) -> np.ndarray:
     """Which of organelles 1..m a painted slice holds: bool, index 0 (background) False."""
     flat = painted.ravel()
-    # the labelled pixels only: a whole-slice bincount was this function's time
+    # bincount, not np.unique (a sort per slice was most of following's time),
+    # and on the labelled pixels only
     counts = np.bincount(flat[np.flatnonzero(flat)], minlength=m + 1) > 0
     counts[0] = False
     return counts

@@ -73,8 +73,9 @@ AUTO_MAX_WORKERS = 4
 def auto_workers(n_slices: int, slice_pixels: int, cores: int | None = None) -> int:
     """Local processes for ``workers="auto"``: one per core, or 1 for little work.
 
-    On this project's 2-core machine two processes ran a 40 x 1,792 x 2,048
-    phantom's slices in 25 s instead of 51 s (``benchmarks/scale.py``).
+    On this project's 2-core machine two processes ran the slice stage of a
+    40 x 1,792 x 2,048 phantom at 0.64 s a slice instead of 1.08
+    (``benchmarks/scale.py``, docs/results.md).
     """
     cores = cores or os.cpu_count() or 1
     if n_slices * slice_pixels < AUTO_MIN_PIXELS:
