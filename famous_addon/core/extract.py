@@ -13,7 +13,7 @@ annotated boxes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -77,6 +77,7 @@ class SliceResult:
     bounds: np.ndarray  # (n, 4) int32
     offsets: np.ndarray  # (n + 1,) int64
     masks: np.ndarray  # packed bool
+    _areas: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -87,11 +88,15 @@ class SliceResult:
         return flat.reshape(y1 - y0, x1 - x0)
 
     def areas(self) -> np.ndarray:
-        """Mask pixel counts per detection."""
-        # a cumulative sum, not np.add.reduceat: that fails on an empty last mask and gives
-        # an empty mask in the middle the next mask's first pixel
-        total = np.concatenate([[0], np.cumsum(self.masks, dtype=np.int64)])
-        return total[self.offsets[1:]] - total[self.offsets[:-1]]
+        """Mask pixel counts per detection (computed once: the masks do not change)."""
+        if self._areas is None:
+            # a count per mask, not np.add.reduceat (it fails on an empty last mask) nor a
+            # cumulative sum of all masks (an int64 copy of them, on every call)
+            o, flat = self.offsets, self.masks
+            self._areas = np.array(
+                [np.count_nonzero(flat[o[i] : o[i + 1]]) for i in range(len(o) - 1)], np.int64
+            )
+        return self._areas
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {

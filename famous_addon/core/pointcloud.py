@@ -41,36 +41,36 @@ def mask_points(
         return pts, np.zeros_like(pts)
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     contours, _ = cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    pts_all, nrm_all = [], []
-    for c in contours:
-        p = c[:, 0, :].astype(np.float64)
-        if len(p) >= 3:
-            t = np.roll(p, -1, 0) - np.roll(p, 1, 0)
-            n = np.column_stack([t[:, 1], -t[:, 0]])
-            # Point normals away from the mask: a step along them must leave it.
-            probe = np.round(
-                p + 0.75 * n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
-            ).astype(int)
-            inside = (
-                (probe[:, 0] >= 0)
-                & (probe[:, 1] >= 0)
-                & (probe[:, 0] < m.shape[1])
-                & (probe[:, 1] < m.shape[0])
-            )
-            inside[inside] = m[probe[inside, 1], probe[inside, 0]] > 0
-            if inside.mean() > 0.5:
-                n = -n
-        else:
-            n = np.zeros_like(p)
-        norm = np.linalg.norm(n, axis=1, keepdims=True)
-        pts_all.append(p)
-        nrm_all.append(np.divide(n, norm, out=np.zeros_like(n), where=norm > 0))
-    if not pts_all:
+    if not contours:
         return np.zeros((0, 2)), np.zeros((0, 2))
-    pts = np.concatenate(pts_all)
-    pts[:, 0] += x0
-    pts[:, 1] += y0
-    return pts, np.concatenate(nrm_all)
+    # all contours at once (a mask has several: holes, specks), each point's tangent
+    # from its two neighbours along its own closed contour
+    lens = np.array([len(c) for c in contours])
+    p = np.concatenate([c[:, 0, :] for c in contours]).astype(np.float64)
+    cid = np.repeat(np.arange(len(lens)), lens)
+    start = (np.cumsum(lens) - lens)[cid]
+    pos, length = np.arange(len(p)) - start, lens[cid]
+    t = p[start + (pos + 1) % length] - p[start + (pos - 1) % length]
+    n = np.column_stack([t[:, 1], -t[:, 0]])
+    # Point normals away from the mask: a step along them must leave it.
+    probe = np.round(
+        p + 0.75 * n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+    ).astype(int)
+    inside = (
+        (probe[:, 0] >= 0)
+        & (probe[:, 1] >= 0)
+        & (probe[:, 0] < m.shape[1])
+        & (probe[:, 1] < m.shape[0])
+    )
+    inside[inside] = m[probe[inside, 1], probe[inside, 0]] > 0
+    flip = np.bincount(cid, weights=inside, minlength=len(lens)) > 0.5 * lens
+    n[flip[cid]] *= -1
+    n[(lens < 3)[cid]] = 0.0  # too short to have a direction
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    normals = np.divide(n, norm, out=np.zeros_like(n), where=norm > 0)
+    p[:, 0] += x0
+    p[:, 1] += y0
+    return p, normals
 
 
 def to_world(pixels: np.ndarray, slice_index: int, voxel_size_nm) -> np.ndarray:
