@@ -1,14 +1,20 @@
 """Build the installable Blender extension zips, with the wheels the add-on needs.
 
 One zip per platform and Blender Python: ``dist/famous-<version>-<platform>-<py>.zip``,
-``py311`` for Blender 4.2-5.0 and ``py313`` for Blender 5.1 and later. Each holds
+``py311`` for Blender 4.2-5.0 and ``py313`` for Blender 5.1 and later, for Linux
+x64, Windows x64, macOS arm64 (13 or later) and macOS x64 (13 or later; Blender
+4.2-4.5 only, the last for Intel Macs, so ``py311`` only). Windows on Arm gets
+none: OpenCV 4.11 has no wheel for it (:data:`NOT_BUILT`). Each holds
 ``blender_manifest.toml`` (with ``platforms``, ``wheels`` and the Blender
 version range filled in), the ``famous_addon`` package and ``wheels/*.whl``.
 
 Wheels come from PyPI through ``pip download`` (``--only-binary=:all:``), in
 the versions installed in the environment that runs this script (the versions
 the tests ran with), or from a folder given with ``--wheels-from``.
-NumPy is never bundled: Blender ships its own.
+NumPy is never bundled: Blender ships its own. A platform that fails (a wheel
+missing) does not stop the others; the run ends with what was not built and
+why, and exits 1 if anything was not. Each zip is checked with Blender's own
+extension validator (:func:`validate`).
 
 Usage::
 
@@ -21,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import tomli_w
 from packaging.requirements import Requirement
-from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 ROOT = Path(__file__).resolve().parent
@@ -92,18 +99,63 @@ MARKERS = {
         "platform_system": "Darwin",
         "platform_machine": "arm64",
     },
+    "macos-x64": {
+        "sys_platform": "darwin",
+        "platform_system": "Darwin",
+        "platform_machine": "x86_64",
+    },
 }
-# Extension platform -> wheel platform tags, most specific first.
-PLATFORMS = {
+# The oldest macOS the zips run on: OpenCV 4.11.0.86's only macOS wheels are built
+# for 13 (Ventura), which is also what Blender 4.5 needs on Intel Macs.
+MACOS = (13, 0)
+# Extension platform -> the platform tags ``pip download`` is given; pip also takes
+# the tags compatible with them (older manylinux and macOS versions, universal2).
+PIP_PLATFORMS = {
     "linux-x64": ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"],
     "windows-x64": ["win_amd64"],
-    "macos-arm64": ["macosx_12_0_arm64", "macosx_11_0_arm64"],
+    "macos-arm64": [f"macosx_{MACOS[0]}_{MACOS[1]}_arm64"],
+    "macos-x64": [f"macosx_{MACOS[0]}_{MACOS[1]}_x86_64"],
+}
+# Extension platform -> every wheel platform tag its zip accepts, most specific first:
+# the same set pip accepts for PIP_PLATFORMS (a test compares them with `pip debug`).
+PLATFORMS = {
+    # pip adds the two manylinux tags older than manylinux2014 (same glibc range or older)
+    "linux-x64": [*PIP_PLATFORMS["linux-x64"], "manylinux2010_x86_64", "manylinux1_x86_64"],
+    "windows-x64": PIP_PLATFORMS["windows-x64"],
+    "macos-arm64": list(mac_platforms(MACOS, "arm64")),
+    "macos-x64": list(mac_platforms(MACOS, "x86_64")),
 }
 # Blender's Python -> the Blender versions that use it.
 PYTHONS = {
     "311": {"blender_version_min": "4.2.0", "blender_version_max": "5.1.0"},
     "313": {"blender_version_min": "5.1.0"},
 }
+# Platforms Blender runs on only up to some version: Blender 4.5 LTS is the last
+# for Intel Macs, so their zip is the cp311 one, for 4.2-4.5.
+LAST_BLENDER = {"macos-x64": "5.0.0"}
+# Platforms Blender supports that get no zip, and why (printed by every build).
+NOT_BUILT = {
+    "windows-arm64": "OpenCV 4.11.0.86 has no Windows-on-Arm wheel (only OpenCV 5 has, "
+    "which cannot read Darknet models)",
+}
+
+
+def pythons_of(platform: str) -> list[str]:
+    """The Blender Pythons a platform's Blenders use."""
+    last = LAST_BLENDER.get(platform)
+    return [
+        py
+        for py, versions in PYTHONS.items()
+        if last is None or _version(versions["blender_version_min"]) < _version(last)
+    ]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split("."))
+
+
+class BuildError(Exception):
+    """One zip could not be built; the message says why."""
 
 
 def requirements(platform: str, python: str) -> dict[str, str | None]:
@@ -147,7 +199,7 @@ def supported_tags(platform: str, python: str) -> list[Tag]:
 def select_wheels(pool: list[Path], platform: str, python: str, wanted: dict) -> list[Path]:
     """One wheel per wanted distribution, the best match for the platform and Python.
 
-    Raises SystemExit naming what is missing.
+    Raises BuildError naming what is missing.
     """
     rank = {tag: i for i, tag in enumerate(supported_tags(platform, python))}
     best: dict[str, tuple[int, Path]] = {}
@@ -164,8 +216,8 @@ def select_wheels(pool: list[Path], platform: str, python: str, wanted: dict) ->
             best[name] = (key, path)
     missing = sorted(set(wanted) - set(best))
     if missing:
-        sys.exit(
-            f"build_addon.py: no {platform} cp{python} wheel for "
+        raise BuildError(
+            f"no {platform} cp{python} wheel for "
             + ", ".join(m if wanted[m] is None else f"{m}=={wanted[m]}" for m in missing)
         )
     return sorted(p for _, p in best.values())
@@ -176,10 +228,13 @@ def download(cache: Path, platform: str, python: str, wanted: dict) -> None:
     cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps"]
     cmd += ["--dest", str(cache), "--python-version", python[0] + "." + python[1:]]
     cmd += ["--implementation", "cp", "--abi", f"cp{python}", "--abi", "abi3", "--abi", "none"]
-    for tag in PLATFORMS[platform]:
+    for tag in PIP_PLATFORMS[platform]:
         cmd += ["--platform", tag]
     cmd += [name if version is None else f"{name}=={version}" for name, version in wanted.items()]
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise BuildError(
+            f"pip could not download the {platform} cp{python} wheels (its error above)"
+        )
 
 
 def package_files() -> list[Path]:
@@ -196,6 +251,8 @@ def manifest(platform: str, python: str, wheels: list[Path]) -> dict:
     with open(PACKAGE / "blender_manifest.toml", "rb") as fh:
         data = tomllib.load(fh)
     data.update(PYTHONS[python])
+    if platform in LAST_BLENDER:
+        data["blender_version_max"] = LAST_BLENDER[platform]
     data["platforms"] = [platform]
     if wheels:
         data["wheels"] = [f"./wheels/{w.name}" for w in wheels]
@@ -222,10 +279,49 @@ def build_zip(out: Path, platform: str, python: str, wheels: list[Path]) -> Path
 
 
 def validate(path: Path) -> None:
-    """``blender --command extension validate`` when a Blender is on PATH."""
+    """Check a zip as Blender does; raises BuildError.
+
+    With Blender's own extension tool (``blender_ext.py`` of its ``bl_pkg``
+    add-on, from the ``bpy`` wheel, as ``make`` installs it): the manifest is
+    validated strictly, and every wheel's platform tag must fit each platform
+    the manifest names, as Blender reads it when it installs the zip. Else
+    ``blender --command extension validate`` where a Blender is on PATH.
+    """
+    ext = blender_ext()
+    if ext is not None:
+        found = ext.pkg_manifest_from_archive_and_validate(str(path), strict=True)
+        if isinstance(found, str):
+            raise BuildError(f"{path.name}: Blender's validator: {found}")
+        for wheel in found.wheels or []:
+            for platform in found.platforms or []:
+                if not ext.blender_platform_compatible_with_wheel_platform_from_filepath(
+                    platform, wheel
+                ):
+                    raise BuildError(f"{path.name}: {wheel} is not for {platform}")
+        return
     blender = shutil.which("blender")
     if blender:
-        subprocess.run([blender, "--command", "extension", "validate", str(path)], check=True)
+        cmd = [blender, "--command", "extension", "validate", str(path)]
+        if subprocess.run(cmd).returncode != 0:
+            raise BuildError(f"{path.name}: Blender's validator rejected it (its error above)")
+
+
+def blender_ext():
+    """Blender's extension tool module from the installed ``bpy`` wheel, or None.
+
+    Loaded from its file, without importing ``bpy`` (which starts Blender).
+    """
+    spec = importlib.util.find_spec("bpy")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(base.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    if not found:
+        return None
+    loader = importlib.util.spec_from_file_location("blender_ext", found[-1])
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,22 +335,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=ROOT / "build" / "wheels", help="download cache")
     args = p.parse_args(argv)
     out = Path(args.out)
-    built = []
+    built, failed = [], []
     for platform in args.platform or sorted(PLATFORMS):
-        for python in args.python or sorted(PYTHONS):
-            wheels = []
-            if not args.no_wheels:
-                wanted = requirements(platform, python)
-                folder = args.wheels_from or args.cache
-                if args.wheels_from is None:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    download(folder, platform, python, wanted)
-                wheels = select_wheels(sorted(folder.glob("*.whl")), platform, python, wanted)
-            path = build_zip(out, platform, python, wheels)
-            validate(path)
+        for python in [py for py in args.python or sorted(PYTHONS) if py in pythons_of(platform)]:
+            try:
+                path, n = _build_one(out, platform, python, args)
+            except BuildError as e:
+                # go on: one platform's missing wheel must not cost the others their zips
+                failed.append(f"{platform} py{python}: {e}")
+                print(f"build_addon.py: {platform} py{python} not built: {e}", file=sys.stderr)
+                continue
             built.append(path)
-            print(f"{path}  ({len(wheels)} wheels)")
-    return 0
+            print(f"{path}  ({n} wheels)")
+    print(f"built {len(built)} zip(s) in {out}")
+    for line in failed:
+        print(f"NOT BUILT  {line}")
+    if not args.platform:
+        for platform, why in NOT_BUILT.items():
+            print(f"no zip for {platform}: {why}")
+    return 1 if failed else 0
+
+
+def _build_one(out: Path, platform: str, python: str, args) -> tuple[Path, int]:
+    """One zip (its path and number of wheels); raises BuildError."""
+    wheels = []
+    if not args.no_wheels:
+        wanted = requirements(platform, python)
+        folder = args.wheels_from or args.cache
+        if args.wheels_from is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            download(folder, platform, python, wanted)
+        wheels = select_wheels(sorted(folder.glob("*.whl")), platform, python, wanted)
+    path = build_zip(out, platform, python, wheels)
+    validate(path)
+    return path, len(wheels)
 
 
 if __name__ == "__main__":

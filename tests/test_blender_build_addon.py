@@ -1,6 +1,7 @@
 """build_addon.py: zips with the right manifest and wheels, built offline."""
 
 import ast
+import subprocess
 import sys
 import tomllib
 import zipfile
@@ -24,7 +25,9 @@ BINARY = {"scipy", "pillow", "kiwisolver", "contourpy", "fonttools", "matplotlib
 PLATFORM_TAGS = {
     "linux-x64": "manylinux_2_17_x86_64.manylinux2014_x86_64",
     "windows-x64": "win_amd64",
-    "macos-arm64": "macosx_12_0_arm64",
+    # OpenCV 4.11.0.86's only macOS wheels are built for macOS 13
+    "macos-arm64": "macosx_13_0_arm64",
+    "macos-x64": "macosx_13_0_x86_64",
 }
 
 
@@ -34,7 +37,7 @@ def wheel_pool(tmp_path):
     pool = tmp_path / "pool"
     pool.mkdir()
     for platform, plat_tag in PLATFORM_TAGS.items():
-        for py in build_addon.PYTHONS:
+        for py in build_addon.pythons_of(platform):
             for name, version in build_addon.requirements(platform, py).items():
                 version = version or "1.0"
                 if name == "opencv-python-headless":
@@ -77,22 +80,68 @@ def test_zip_has_manifest_package_and_wheels(wheel_pool, tmp_path, platform, pyt
         assert "wheels/colorama-1.0-py3-none-any.whl" in wheels
 
 
-def test_missing_wheel_is_named(wheel_pool, tmp_path):
-    for w in wheel_pool.glob("scipy-*macosx*"):
+def test_every_platform_is_built_and_passes_blenders_validator(wheel_pool, tmp_path, capsys):
+    out = tmp_path / "dist"
+    assert build_addon.main(["--out", str(out), "--wheels-from", str(wheel_pool)]) == 0
+    names = sorted(p.name for p in out.glob("*.zip"))
+    assert names == [
+        "famous-0.1.0-linux-x64-py311.zip",
+        "famous-0.1.0-linux-x64-py313.zip",
+        "famous-0.1.0-macos-arm64-py311.zip",
+        "famous-0.1.0-macos-arm64-py313.zip",
+        "famous-0.1.0-macos-x64-py311.zip",  # Blender 4.5 is the last for Intel Macs
+        "famous-0.1.0-windows-x64-py311.zip",
+        "famous-0.1.0-windows-x64-py313.zip",
+    ]
+    assert "no zip for windows-arm64" in capsys.readouterr().out
+    ext = build_addon.blender_ext()
+    assert ext is not None, "Blender's extension tool comes with the bpy wheel"
+    for zpath in out.glob("*.zip"):
+        manifest = ext.pkg_manifest_from_archive_and_validate(str(zpath), strict=True)
+        assert not isinstance(manifest, str), manifest
+        (platform,) = manifest.platforms
+        assert zpath.name.split("-")[2] == platform.split("-")[0]
+        for wheel in manifest.wheels:
+            # Blender's reading of the wheel's tag: the zip's platform, or any
+            assert ext.blender_platform_compatible_with_wheel_platform_from_filepath(
+                platform, wheel
+            )
+        if platform == "macos-x64":
+            assert manifest.blender_version_max == "5.0.0"
+
+
+def test_a_wheel_of_another_platform_fails_validation(wheel_pool, tmp_path):
+    wheels = [next(wheel_pool.glob("scipy-*win_amd64.whl"))]
+    path = build_addon.build_zip(tmp_path, "linux-x64", "311", wheels)
+    with pytest.raises(build_addon.BuildError, match="not for linux-x64"):
+        build_addon.validate(path)
+
+
+def test_a_platform_that_fails_is_named_and_the_others_are_built(wheel_pool, tmp_path, capsys):
+    for w in wheel_pool.glob("scipy-*macosx*arm64*"):
         w.unlink()
-    with pytest.raises(SystemExit, match="macos-arm64 cp311 wheel for scipy"):
-        build_addon.main(
-            [
-                "--out",
-                str(tmp_path),
-                "--platform",
-                "macos-arm64",
-                "--python",
-                "311",
-                "--wheels-from",
-                str(wheel_pool),
-            ]
-        )
+    argv = ["--out", str(tmp_path), "--python", "311", "--wheels-from", str(wheel_pool)]
+    assert build_addon.main(argv) == 1
+    printed = capsys.readouterr()
+    assert "NOT BUILT  macos-arm64 py311: no macos-arm64 cp311 wheel for scipy" in printed.out
+    built = sorted(
+        p.name.split("-")[2] + "-" + p.name.split("-")[3] for p in tmp_path.glob("*.zip")
+    )
+    assert built == ["linux-x64", "macos-x64", "windows-x64"]
+
+
+@pytest.mark.parametrize("platform", sorted(build_addon.PLATFORMS))
+def test_platform_tags_are_the_ones_pip_downloads_for(platform):
+    """The tags a zip accepts are exactly those pip takes for the tags it is given
+    (the macOS build once asked for macOS 12 wheels and OpenCV has only 13's)."""
+    cmd = [sys.executable, "-m", "pip", "debug", "--verbose", "--python-version", "3.11"]
+    cmd += ["--implementation", "cp", "--abi", "cp311"]
+    for tag in build_addon.PIP_PLATFORMS[platform]:
+        cmd += ["--platform", tag]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    tags = text.split("Compatible tags:", 1)[1].splitlines()[1:]
+    pips = {t.strip().split("-")[2] for t in tags if t.strip()} - {"any"}
+    assert pips == set(build_addon.PLATFORMS[platform])
 
 
 def test_without_wheels(tmp_path):
