@@ -46,10 +46,10 @@ PACKAGE = ROOT / "famous_addon"
 
 # What the add-on imports that Blender does not ship. Their own dependencies
 # are added from the installed packages' metadata (wheels in an extension are
-# installed without a resolver). OpenCV is pinned: 4.12+ needs NumPy 2, and
-# Blender 4.2-5.0 ship NumPy 1.26.
+# installed without a resolver). OpenCV's version depends on Blender's NumPy
+# (:data:`OPENCV`).
 BUNDLED = {
-    "opencv-python-headless": "4.11.0.86",
+    "opencv-python-headless": None,
     "scipy": None,
     "tifffile": None,
     "scikit-image": None,
@@ -60,6 +60,12 @@ BUNDLED = {
     "trimesh": None,
     "matplotlib": None,
 }
+# Blender's Python -> the OpenCV for its NumPy. Both read Darknet models (OpenCV 5
+# does not). Blender 4.2-5.0 ship NumPy 1.26, and 4.11 is the last OpenCV built for
+# NumPy 1; Blender 5.1 and later ship NumPy 2 (bpy 5.3 needs >= 2.2), which 4.11
+# cannot run beside. `make test-blender-newest` runs the tests on bpy 5.3, NumPy 2
+# and OpenCV 4.14.
+OPENCV = {"311": "4.11.0.86", "313": "4.14.0.94"}
 # Imported by the add-on but not bundled, with the reason (checked by a test).
 NOT_BUNDLED = {
     "numpy": "Blender ships it",
@@ -135,8 +141,8 @@ PYTHONS = {
 LAST_BLENDER = {"macos-x64": "5.0.0"}
 # Platforms Blender supports that get no zip, and why (printed by every build).
 NOT_BUILT = {
-    "windows-arm64": "OpenCV 4.11.0.86 has no Windows-on-Arm wheel (only OpenCV 5 has, "
-    "which cannot read Darknet models)",
+    "windows-arm64": "no OpenCV 4 wheel for Windows on Arm (4.11 and 4.14 have none; "
+    "OpenCV 5 cannot read Darknet models)",
 }
 
 
@@ -168,7 +174,8 @@ def requirements(platform: str, python: str) -> dict[str, str | None]:
     """
     env = {**MARKERS[platform], "python_version": f"{python[0]}.{python[1:]}", "extra": ""}
     wanted: dict[str, str | None] = {}
-    todo = [(canonicalize_name(n), v) for n, v in BUNDLED.items()]
+    pins = {**BUNDLED, "opencv-python-headless": OPENCV[python]}
+    todo = [(canonicalize_name(n), v) for n, v in pins.items()]
     while todo:
         name, version = todo.pop()
         if name in wanted or name in SHIPPED_BY_BLENDER:

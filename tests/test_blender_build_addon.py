@@ -74,7 +74,9 @@ def test_zip_has_manifest_package_and_wheels(wheel_pool, tmp_path, platform, pyt
     for w in wheels:
         assert "numpy" not in w
         assert "none-any" in w or "abi3" in w or (f"cp{python}-cp{python}" in w and plat in w)
-    assert any(w.startswith("wheels/opencv_python_headless-4.11.0.86-cp37-abi3") for w in wheels)
+    # OpenCV for the NumPy of that Blender: 1.26 up to 5.0, 2 from 5.1 on
+    opencv = "4.11.0.86" if python == "311" else "4.14.0.94"
+    assert any(w.startswith(f"wheels/opencv_python_headless-{opencv}-cp37-abi3") for w in wheels)
     if platform == "windows-x64":
         # tqdm needs colorama on Windows only; unpinned, the newest wheel is taken.
         assert "wheels/colorama-1.0-py3-none-any.whl" in wheels
@@ -132,8 +134,8 @@ def test_a_platform_that_fails_is_named_and_the_others_are_built(wheel_pool, tmp
 
 @pytest.mark.parametrize("platform", sorted(build_addon.PLATFORMS))
 def test_platform_tags_are_the_ones_pip_downloads_for(platform):
-    """The tags a zip accepts are exactly those pip takes for the tags it is given
-    (the macOS build once asked for macOS 12 wheels and OpenCV has only 13's)."""
+    """A zip accepts every tag pip takes for the tags it is given (the macOS build once
+    asked pip for macOS 12 wheels, and OpenCV has only macOS 13's)."""
     cmd = [sys.executable, "-m", "pip", "debug", "--verbose", "--python-version", "3.11"]
     cmd += ["--implementation", "cp", "--abi", "cp311"]
     for tag in build_addon.PIP_PLATFORMS[platform]:
@@ -141,7 +143,10 @@ def test_platform_tags_are_the_ones_pip_downloads_for(platform):
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     tags = text.split("Compatible tags:", 1)[1].splitlines()[1:]
     pips = {t.strip().split("-")[2] for t in tags if t.strip()} - {"any"}
-    assert pips == set(build_addon.PLATFORMS[platform])
+    # Blender's installer reads only these machine names from a wheel's tag (older pips
+    # also list fat32 and such for Intel Macs; no wheel we need is built so)
+    machines = ("_x86_64", "_arm64", "_universal2", "win_amd64")
+    assert {t for t in pips if t.endswith(machines)} <= set(build_addon.PLATFORMS[platform])
 
 
 def test_without_wheels(tmp_path):

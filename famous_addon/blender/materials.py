@@ -66,7 +66,10 @@ def coloured_material(name: str, rgb: Sequence[float]) -> bpy.types.Material:
     linear = (*srgb_to_linear(rgb), 1.0)
     mat = bpy.data.materials.get(name) or bpy.data.materials.new(name)
     mat.diffuse_color = linear
-    # Blender 5 gives every new material a node tree with a Principled BSDF.
+    if mat.node_tree is None:
+        # Blender 4.2-4.5 give a new material its Principled BSDF only when asked;
+        # Blender 5 gives every material one
+        mat.use_nodes = True
     if mat.node_tree is not None:
         bsdf = mat.node_tree.nodes.get("Principled BSDF")
         if bsdf is not None:
