@@ -4,7 +4,9 @@ Blender is started in a process of its own (the bpy wheel) with its user
 folders in a temporary directory, installs the zip with its own installer
 (``extensions.package_install_files``, as *Install from Disk* does), and the
 panel's operators run from the installed copy: detection with the demo model,
-meshes, measurements, exporting slices to box and a one-epoch training. The
+meshes, measurements, exporting slices to box and a one-epoch training, in
+Blender and, with PyTorch blocked there as in a real Blender, in the Python
+the add-on's preferences name. The
 zip is built without wheels: the test environment already holds what they
 install, and nothing may be downloaded here (``test_blender_build_addon.py``
 checks the wheels).
@@ -60,6 +62,19 @@ SCRIPT = textwrap.dedent(
     t.epochs = 1
     done["train"] = list(bpy.ops.famous.train())
     done["status"] = s.status
+
+    # a Blender without PyTorch (as Blender ships): Train says what to set, then
+    # trains in the Python the add-on's preferences name
+    sys.modules["torch"] = None  # import torch now fails, as in Blender
+    t.model_out = str(out / "model_elsewhere")
+    try:
+        bpy.ops.famous.train()
+    except RuntimeError as e:
+        done["no_torch"] = str(e)
+    prefs = bpy.context.preferences.addons["bl_ext.user_default.famous"].preferences
+    prefs.train_python = sys.argv[5]
+    done["train_elsewhere"] = list(bpy.ops.famous.train())
+    done["status_elsewhere"] = s.status
     print("RESULT " + json.dumps(done))
     """
 )
@@ -96,7 +111,8 @@ def test_installed_zip_detects_meshes_measures_and_trains_from_the_panel(phantom
     script.write_text(SCRIPT)
     model = ROOT / "assets" / "demo_model"
     proc = subprocess.run(
-        [sys.executable, str(script), str(zip_path), str(phantom), str(tmp_path), str(model)],
+        [sys.executable, str(script), str(zip_path), str(phantom), str(tmp_path), str(model)]
+        + [sys.executable],  # the Python for training: this one has FAMOUS and PyTorch
         env=env,
         cwd=tmp_path,  # not the repository: the installed copy must be the one that runs
         capture_output=True,
@@ -115,3 +131,9 @@ def test_installed_zip_detects_meshes_measures_and_trains_from_the_panel(phantom
     assert (tmp_path / "model" / "model.weights").is_file()
     # the trained model is the panel's detector now, as after a training in Blender
     assert "model: " in done["status"]
+    assert "needs PyTorch" in done["no_torch"] and "Python for training" in done["no_torch"]
+    assert done["train_elsewhere"] == ["FINISHED"]
+    assert done["status_elsewhere"].startswith(f"model: {tmp_path / 'model_elsewhere'}")
+    assert (tmp_path / "model_elsewhere" / "model.weights").is_file()
+    report = json.loads((tmp_path / "model_elsewhere" / "report.json").read_text())
+    assert report["command"].startswith("famous train ")

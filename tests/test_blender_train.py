@@ -60,3 +60,35 @@ def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
     assert [r["round"] for r in report["self_training"]["rounds"]] == [0, 1]
     assert list((tmp_path / "model2" / "self-training" / "round-1" / "pseudo").glob("*.png"))
     assert s.model == str(tmp_path / "model2")
+
+
+def test_training_in_another_python_reports_its_error_and_stops_on_cancel(addon, tmp_path):
+    """A Blender without PyTorch trains in the preferences' Python (famous train there)."""
+    import sys
+
+    from famous_addon.core.errors import Cancelled, FamousError
+    from famous_addon.ui.train import train_elsewhere
+
+    with pytest.raises(FamousError, match="needs PyTorch.*Python for training"):
+        train_elsewhere("", [], str(tmp_path))
+    with pytest.raises(FamousError, match="no such Python"):
+        train_elsewhere(str(tmp_path / "python"), [], str(tmp_path))
+    # famous train's own error, as its last line
+    args = [str(tmp_path / "none"), "--classes", "fibsem", "--out", str(tmp_path / "m")]
+    work = train_elsewhere(sys.executable, args, str(tmp_path / "m"))
+    with pytest.raises(FamousError, match=r"failed: .*none"):
+        work(None)
+    # cancelled at the first progress report: the process is stopped, nothing is trained
+    (tmp_path / "ann").mkdir()
+    args = [str(tmp_path / "ann"), "--classes", "fibsem", "--out", str(tmp_path / "m2")]
+    work = train_elsewhere(sys.executable, args, str(tmp_path / "m2"))
+    calls = []
+
+    def progress(done, text):
+        calls.append((done, text))
+        raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        work(progress)
+    assert calls and "training in" in calls[0][1]
+    assert not (tmp_path / "m2" / "model.weights").exists()

@@ -1,10 +1,10 @@
 """The add-on's user interface: settings, operators and the sidebar panel."""
 
-from . import compare, operators, panels, properties, quantify, train
+from . import compare, operators, panels, preferences, properties, quantify, train
 
 # train's, compare's and quantify's panels are sub-panels of panels' main panel, so they
 # register after it.
-MODULES = (properties, operators, panels, train, compare, quantify)
+MODULES = (preferences, properties, operators, panels, train, compare, quantify)
 
 
 def register():

@@ -6,11 +6,19 @@ functions as ``famous annotate-pick`` and ``famous train``
 :func:`~famous_addon.core.detector.train.train_model`, with *Self-train on the
 stack* :func:`~famous_addon.core.selftrain.self_train`) in a background thread, with
 progress (epoch, loss, ETA) and cancel; a cancelled training resumes from its
-checkpoint when Train is pressed again.
+checkpoint when Train is pressed again. In a Blender without PyTorch, Train
+runs ``famous train`` in the Python the add-on's preferences name
+(:func:`train_elsewhere`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import bpy
@@ -20,6 +28,7 @@ from ..core.detector.config import TrainConfig, require_torch
 from ..core.errors import FamousError
 from .jobs import BackgroundOperator
 from .panels import SubPanel
+from .preferences import train_python
 from .properties import abspath
 
 
@@ -80,16 +89,19 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
     def work_for(self, context):
         settings = context.scene.famous
         t = settings.train
-        require_torch()
-        # torch: the optional train extra, loaded only when training (after the check above)
-        from ..core.detector.train import train_model
-
         classes = load_classes(settings.classes_arg())
         annotations = _annotations(t)
         out = abspath(t.model_out)
         if not out:
             raise FamousError("no model folder is set.", fix="choose the Model folder under Train.")
         epochs, width = t.epochs, t.width
+        try:
+            require_torch()
+        except FamousError:
+            return train_elsewhere(train_python(context), _train_args(settings), out)
+        # torch: the optional train extra, loaded only when training (after the check above)
+        from ..core.detector.train import train_model
+
         config = TrainConfig(neighbours=t.neighbours)
         command = (
             f"famous train {annotations} --classes {settings.classes} --out {out} "
@@ -127,6 +139,85 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
         settings = context.scene.famous
         settings.model, settings.source = str(out), "MODEL"
         return f"model: {out} (held-out mAP@0.5 {report['metrics']['mAP50']:.2f})"
+
+
+def _train_args(settings) -> list[str]:
+    """``famous train``'s arguments for the panel's settings."""
+    t = settings.train
+    args = [
+        str(_annotations(t)),
+        "--classes",
+        settings.classes_arg(),
+        "--out",
+        abspath(t.model_out),
+    ]
+    args += ["--epochs", str(t.epochs), "--width", t.width]
+    args += ["--neighbours"] if t.neighbours else []
+    if t.self_train:
+        args += ["--stack", settings.stack_path()]
+        voxel = settings.voxel_size_nm()
+        args += ["--voxel-size", *(str(v) for v in voxel)] if voxel else []
+    return args
+
+
+# a progress bar's percentage in famous train's output
+_PERCENT = re.compile(rb"(\d+)%\|")
+
+
+def train_elsewhere(python: str, args: list[str], out: str):
+    """Work that runs ``famous train ARGS`` in ``python`` and returns ``(out, report)``.
+
+    For a Blender without PyTorch (see :mod:`.preferences`). Its progress bar's
+    percentage is the job's progress; cancelling stops the process, and
+    training again resumes from its checkpoint, as in Blender.
+    """
+    if not python:
+        raise FamousError(
+            "training needs PyTorch, which this Blender does not have.",
+            fix="set 'Python for training' in Preferences > Add-ons > FAMOUS to a Python with "
+            "FAMOUS and PyTorch (e.g. the .venv/bin/python `make` builds), or run `famous train`.",
+        )
+    if not Path(python).is_file():
+        raise FamousError(
+            f"{python}: no such Python.",
+            fix="set 'Python for training' in Preferences > Add-ons > FAMOUS to a Python file.",
+        )
+    # its own environment, not Blender's Python paths
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    argv = [python, "-m", "famous_addon.cli", "train", *args]
+
+    def work(progress):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        output = bytearray()
+        reader = threading.Thread(target=_read_into, args=(proc.stdout, output), daemon=True)
+        reader.start()
+        try:
+            while proc.poll() is None:
+                if progress is not None:  # None: run from a script (execute)
+                    found = _PERCENT.findall(bytes(output[-4096:]))
+                    done = int(found[-1]) / 100 if found else 0.0
+                    progress(done, f"training in {python}")
+                time.sleep(0.25)
+        except BaseException:
+            proc.terminate()  # cancelled (or Blender is closing): the checkpoint stays
+            proc.wait()
+            raise
+        reader.join(timeout=10)
+        if proc.returncode != 0:
+            lines = bytes(output).decode(errors="replace").replace("\r", "\n").splitlines()
+            last = next((ln for ln in reversed(lines) if ln.strip()), f"exit {proc.returncode}")
+            raise FamousError(
+                f"training in {python} failed: {last.strip()}",
+                fix="fix what it says, or check that this Python has FAMOUS and PyTorch.",
+            )
+        return out, json.loads((Path(out) / "report.json").read_text())
+
+    return work
+
+
+def _read_into(stream, output: bytearray) -> None:
+    for chunk in iter(lambda: stream.read1(4096), b""):
+        output.extend(chunk)
 
 
 class FAMOUS_PT_train(SubPanel, bpy.types.Panel):
