@@ -215,9 +215,13 @@ def train_elsewhere(python: str, args: list[str], out: str):
     return work
 
 
-def _read_into(stream, output: bytearray) -> None:
+def _read_into(stream, output: bytearray, keep: int = 1 << 16) -> None:
+    """Append a process's output to ``output``, keeping its last ``keep`` bytes (a
+    progress bar redraws itself for hours)."""
     for chunk in iter(lambda: stream.read1(4096), b""):
         output.extend(chunk)
+        if len(output) > 2 * keep:
+            del output[:-keep]
 
 
 class FAMOUS_PT_train(SubPanel, bpy.types.Panel):
