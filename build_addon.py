@@ -123,7 +123,7 @@ PIP_PLATFORMS = {
     "macos-x64": [f"macosx_{MACOS[0]}_{MACOS[1]}_x86_64"],
 }
 # Extension platform -> every wheel platform tag its zip accepts, most specific first:
-# the same set pip accepts for PIP_PLATFORMS (a test compares them with `pip debug`).
+# at least every tag pip accepts for PIP_PLATFORMS (a test checks with `pip debug`).
 PLATFORMS = {
     # pip adds the two manylinux tags older than manylinux2014 (same glibc range or older)
     "linux-x64": [*PIP_PLATFORMS["linux-x64"], "manylinux2010_x86_64", "manylinux1_x86_64"],

@@ -191,15 +191,9 @@ def surface_distances(obj, stl: Path, n: int = 20000) -> np.ndarray:
     """Distances (µm) from points sampled on each surface to the other surface's samples."""
     import trimesh
 
-    mesh = obj.data
-    mesh.calc_loop_triangles()
-    verts = np.empty(len(mesh.vertices) * 3)
-    mesh.vertices.foreach_get("co", verts)
-    tris = np.empty(len(mesh.loop_triangles) * 3, np.int64)
-    mesh.loop_triangles.foreach_get("vertices", tris)
-    world = np.array(obj.matrix_world)
-    verts = verts.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
-    ours = trimesh.Trimesh(verts, tris.reshape(-1, 3), process=False)
+    from famous_addon.blender.export import world_triangles
+
+    ours = trimesh.Trimesh(*world_triangles(obj), process=False)
     truth = trimesh.load(stl)
     rng = np.random.default_rng(0)
     a = trimesh.sample.sample_surface(ours, n, seed=rng)[0]

@@ -37,28 +37,32 @@ def export_stls(folder: Path) -> list[Path]:
     """
     import trimesh  # bundled; loaded when meshes are written, not with the add-on
 
-    depsgraph = bpy.context.evaluated_depsgraph_get()
     written = []
     for obj in scene_organelles():
         path = inside(folder, obj["class"], f"{obj['class']}_{obj['id']}.stl")
-        evaluated = obj.evaluated_get(depsgraph)
-        mesh = evaluated.to_mesh()
-        try:
-            mesh.calc_loop_triangles()
-            verts = np.empty(len(mesh.vertices) * 3)
-            mesh.vertices.foreach_get("co", verts)
-            tris = np.empty(len(mesh.loop_triangles) * 3, np.int64)
-            mesh.loop_triangles.foreach_get("vertices", tris)
-        finally:
-            evaluated.to_mesh_clear()
-        world = np.array(obj.matrix_world)
-        verts = verts.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
-        surface = trimesh.Trimesh(verts, tris.reshape(-1, 3), process=False)
+        surface = trimesh.Trimesh(*world_triangles(obj), process=False)
         atomic_write_bytes(path, trimesh.exchange.stl.export_stl(surface))
         written.append(path)
     for stale in set(Path(folder).glob("*/*.stl")) - set(written):
         stale.unlink()
     return written
+
+
+def world_triangles(obj) -> tuple[np.ndarray, np.ndarray]:
+    """An object's evaluated mesh (modifiers applied) as world vertices (n, 3) and
+    triangles (m, 3), as Blender draws it."""
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    mesh = evaluated.to_mesh()
+    try:
+        mesh.calc_loop_triangles()
+        verts = np.empty(len(mesh.vertices) * 3)
+        mesh.vertices.foreach_get("co", verts)
+        tris = np.empty(len(mesh.loop_triangles) * 3, np.int64)
+        mesh.loop_triangles.foreach_get("vertices", tris)
+    finally:
+        evaluated.to_mesh_clear()
+    world = np.array(obj.matrix_world)
+    return verts.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3], tris.reshape(-1, 3)
 
 
 def render_png(path: Path, resolution=(1280, 720), scene=None, title: str = "") -> Path:

@@ -513,6 +513,7 @@ def volume_node_group() -> bpy.types.NodeTree:
 
     Works in voxel units (grid spacing 1, points on integer positions); the
     caller scales the result to µm, which also handles anisotropic voxels.
+    Blender 5 and later only (see :func:`_marching_cubes_object`).
     """
     group = bpy.data.node_groups.get(VOLUME_GROUP)
     if group is not None:
@@ -524,10 +525,7 @@ def volume_node_group() -> bpy.types.NodeTree:
     gin, gout = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
     to_volume = nodes.new("GeometryNodePointsToVolume")
     to_mesh = nodes.new("GeometryNodeVolumeToMesh")
-    if "Resolution Mode" in to_volume.inputs:
-        to_volume.inputs["Resolution Mode"].default_value = "Size"
-    else:  # Blender 4.2-4.5: a setting of the node, not an input
-        to_volume.resolution_mode = "VOXEL_SIZE"
+    to_volume.inputs["Resolution Mode"].default_value = "Size"
     to_volume.inputs["Voxel Size"].default_value = 1.0
     to_volume.inputs["Radius"].default_value = VOLUME_RADIUS
     to_mesh.inputs["Threshold"].default_value = VOLUME_THRESHOLD

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import threading
 import time
@@ -95,19 +96,16 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
         if not out:
             raise FamousError("no model folder is set.", fix="choose the Model folder under Train.")
         epochs, width = t.epochs, t.width
+        args = _train_args(settings)
         try:
             require_torch()
         except FamousError:
-            return train_elsewhere(train_python(context), _train_args(settings), out)
+            return train_elsewhere(train_python(context), args, out)
         # torch: the optional train extra, loaded only when training (after the check above)
         from ..core.detector.train import train_model
 
         config = TrainConfig(neighbours=t.neighbours)
-        command = (
-            f"famous train {annotations} --classes {settings.classes} --out {out} "
-            f"--epochs {epochs} --width {width}{' --neighbours' if t.neighbours else ''}"
-            f"{f' --stack {settings.stack}' if t.self_train else ''}  # from Blender"
-        )
+        command = f"famous train {shlex.join(args)}  # from Blender"
 
         def train(folder, pseudo=None, mix=None, progress=None):
             return train_model(
