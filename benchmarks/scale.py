@@ -106,7 +106,8 @@ def table(rows: list[dict], n: int, extrapolate: int) -> str:
                 else "| - | - "
             )
             + f"| {per['linking']:.2f} | {per['assemble']:.2f} "
-            f"| {r['total'] / r['forward'] if here else float('nan'):.2f} | {r['peak_mb']:.0f} "
+            + (f"| {r['total'] / r['forward']:.2f} " if here else "| - ")
+            + f"| {r['peak_mb']:.0f} "
             f"| {per['total'] * extrapolate / 60:.0f} |"
         )
     return "\n".join(lines)
