@@ -20,7 +20,7 @@ import time
 from .core.errors import Cancelled, FamousError
 from .core.progress import TqdmProgress
 
-COMMAND_MODULES = ("detector", "compare", "quantify")
+COMMAND_MODULES = ("detector", "suggest", "compare", "quantify")
 
 
 def _voxel_size(parser):

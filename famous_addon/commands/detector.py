@@ -9,6 +9,8 @@ from pathlib import Path
 
 from ..core.errors import FamousError
 
+MERGED_DIR = "annotations"  # in the model folder: the folders given to `famous train`, as one
+
 
 def cmd_annotate_pick(args) -> int:
     """Export evenly spread slices as 8-bit PNGs for YOLO_mark, with ``obj.names``."""
@@ -120,6 +122,12 @@ def cmd_train(args) -> int:
     from ..core.detector.config import TrainConfig, require_torch
     from ..core.progress import TqdmProgress
 
+    if len(args.annotations) > 1:
+        from ..core.annotations import merge_folders
+
+        args.annotations = str(merge_folders(args.annotations, Path(args.out) / MERGED_DIR))
+    else:
+        args.annotations = args.annotations[0]
     classes = load_classes(args.classes, annotations=args.annotations)
     config = TrainConfig(
         heads=args.heads,
@@ -302,7 +310,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "thresholds.json and report.json; `famous run --model MODEL_DIR` needs nothing else. "
         "An interrupted training resumes from MODEL_DIR/checkpoint.pt.",
     )
-    p.add_argument("annotations", help="YOLO_mark folder (images + .txt boxes)")
+    p.add_argument(
+        "annotations",
+        nargs="+",
+        help="YOLO_mark folder(s) (images + .txt boxes): e.g. the first slices and the "
+        "corrected ones from famous suggest",
+    )
     p.add_argument("--classes", required=True, help="class TOML, obj.names, or fibsem/yeast")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--epochs", type=int, default=60)

@@ -428,3 +428,61 @@ def split_at_necks(mask: np.ndarray, depth: float) -> np.ndarray:
     if seeds.max() < 2:
         return mask.astype(int)
     return watershed(-dist, seeds, mask=mask)
+
+
+MERGED_MARK = ".famous-merged"
+
+
+def merge_folders(folders: list[str | Path], out: str | Path) -> Path:
+    """Copy several YOLO_mark folders into one, for a training on all of them.
+
+    The user's first slices and the ones corrected later (``famous suggest``)
+    live in separate folders; training reads one. Images, ``.txt`` files and
+    ``neighbours/`` are copied; two folders holding the same slice name, or
+    naming different classes in ``obj.names``, are an error. ``out`` is
+    FAMOUS's own (marked by :data:`MERGED_MARK`) and rebuilt on every call; an
+    existing folder without the mark is never touched.
+    """
+    import shutil
+
+    out = Path(out)
+    if out.exists():
+        if not (out / MERGED_MARK).is_file():
+            raise FamousError(
+                "exists and is not a folder FAMOUS merged.",
+                out,
+                "move it, or choose another --out.",
+            )
+        shutil.rmtree(out)
+    names, seen = None, {}
+    for folder in folders:
+        here = read_names_file(folder)
+        if here is not None and names is not None and here != names:
+            raise FamousError(
+                f"names classes {here}, another folder {names}.",
+                Path(folder) / NAMES_FILE,
+                "box every folder with the same obj.names.",
+            )
+        names = names if here is None else here
+        with_txt, _, _ = find_annotated(folder)
+        for path in with_txt:
+            if path.stem in seen:
+                raise FamousError(
+                    f"holds {path.stem} as {seen[path.stem]} does.",
+                    folder,
+                    "keep each slice in one annotation folder.",
+                )
+            seen[path.stem] = Path(folder)
+    (out / NEIGHBOURS_DIR).mkdir(parents=True)
+    # the mark first: a copy cut short is still known as FAMOUS's own
+    (out / MERGED_MARK).write_text("written by famous train from: " + ", ".join(map(str, folders)))
+    for stem, folder in seen.items():
+        image = next(p for p in find_annotated(folder)[0] if p.stem == stem)
+        shutil.copy2(image, out / image.name)
+        shutil.copy2(image.with_suffix(".txt"), out / f"{stem}.txt")
+        near = image.parent / NEIGHBOURS_DIR / f"{stem}.png"
+        if near.is_file():
+            shutil.copy2(near, out / NEIGHBOURS_DIR / near.name)
+    if names is not None:
+        atomic_write_bytes(out / NAMES_FILE, "".join(n + "\n" for n in names).encode())
+    return out

@@ -10,7 +10,7 @@ an external darknet run or the phantom writes them) and the YOLOv4 detector in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -140,8 +140,19 @@ def parse_yolo_lines(
 
 
 def write_yolo_txt(path: str | Path, boxes: list[Box], shape: tuple[int, int]) -> None:
-    """Write boxes as a YOLO text file (normalised by ``shape``), atomically."""
-    text = "".join(b.to_yolo(shape) + "\n" for b in boxes)
+    """Write boxes as a YOLO text file (normalised by ``shape``), atomically.
+
+    Boxes are clipped to the image first (a detected or filled-in box may
+    reach past the slice; YOLO coordinates lie in [0, 1]); a box with nothing
+    inside the image is left out.
+    """
+    rows, cols = shape[:2]
+    text = ""
+    for b in boxes:
+        x0, y0 = max(b.x, 0.0), max(b.y, 0.0)
+        x1, y1 = min(b.x + b.w, float(cols)), min(b.y + b.h, float(rows))
+        if x1 > x0 and y1 > y0:
+            text += replace(b, x=x0, y=y0, w=x1 - x0, h=y1 - y0).to_yolo(shape) + "\n"
     atomic_write_bytes(Path(path), text.encode())
 
 
