@@ -123,6 +123,7 @@ def cmd_train(args) -> int:
     from ..core.progress import TqdmProgress
 
     if len(args.annotations) > 1:
+        # imported when the command runs, so that `famous --help` stays quick
         from ..core.annotations import merge_folders
 
         args.annotations = str(merge_folders(args.annotations, Path(args.out) / MERGED_DIR))

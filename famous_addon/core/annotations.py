@@ -21,6 +21,7 @@ empty ``.txt`` means "annotated, nothing there".
 from __future__ import annotations
 
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -443,8 +444,6 @@ def merge_folders(folders: list[str | Path], out: str | Path) -> Path:
     FAMOUS's own (marked by :data:`MERGED_MARK`) and rebuilt on every call; an
     existing folder without the mark is never touched.
     """
-    import shutil
-
     out = Path(out)
     if out.exists():
         if not (out / MERGED_MARK).is_file():

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from . import runfolder as rf
-from .annotations import write_neighbours, write_yolo_mark
+from .annotations import read_yolo_mark, write_neighbours, write_yolo_mark
 from .boxes import Box
+from .classes import load_classes
 from .detector.darknet import CLASSES_NAME, NAMES_NAME, REPORT_NAME, THRESHOLDS_NAME
 from .fileio import read_csv, write_csv
 from .progress import ProgressFn, silent, sub
 from .request import RunSettings
+from .selftrain import user_slices
 
 REASONS = ("broken_tracks", "filled_boxes", "weak_boxes", "dropped_boxes", "suspected_merges")
 #: How much one instance of each kind counts. A suspected merge is the error
@@ -231,9 +233,6 @@ def export_suggestions(
 
 def boxed_slices(folders: list[str | Path], stack, n_classes: int) -> list[int]:
     """The stack's slices boxed in ``folders`` (``slice_NNNNN`` images that are that slice)."""
-    from .annotations import read_yolo_mark
-    from .selftrain import user_slices
-
     found: set[int] = set()
     for folder in folders:
         images, _ = read_yolo_mark(folder, n_classes, load_images=True)
@@ -249,6 +248,12 @@ def model_annotations(model: str | Path) -> list[Path]:
     named = json.loads(report.read_text()).get("annotations") or []
     named = [named] if isinstance(named, str) else named
     return [Path(p) for p in named if Path(p).is_dir()]
+
+
+def model_classes(model: str | Path):
+    """A model folder's classes, in its detector's order (``classes.toml``, else ``obj.names``)."""
+    toml = Path(model) / CLASSES_NAME
+    return load_classes(toml if toml.is_file() else Path(model) / NAMES_NAME)
 
 
 def suggest(
@@ -284,12 +289,9 @@ def suggest(
     -------
     list of Suggestion
     """
-    from .classes import load_classes
-
     progress = progress or silent
     model, out = Path(model), Path(out)
-    names_file = model / CLASSES_NAME
-    classes = load_classes(names_file if names_file.is_file() else model / NAMES_NAME)
+    classes = model_classes(model)
     if run is None:
         # imported here: the pipeline pulls in linking and assembly
         from .pipeline import run_pipeline

@@ -100,6 +100,19 @@ class FamousTrainSettings(bpy.types.PropertyGroup):
         subtype="DIR_PATH",
         description="Where the trained model goes (cfg, weights, names, thresholds, report)",
     )
+    suggest_n: IntProperty(
+        name="Slices",
+        default=5,
+        min=1,
+        max=100,
+        description="How many slices to suggest for correcting",
+    )
+    suggest_out: StringProperty(
+        name="Suggested",
+        subtype="DIR_PATH",
+        description="Where the suggested slices go, pre-filled with the model's boxes; once "
+        "corrected, Train learns from them with the Annotations, continuing the model",
+    )
 
 
 # ---------------------------------------------------------------------------

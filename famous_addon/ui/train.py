@@ -27,7 +27,7 @@ import bpy
 from ..core.classes import load_classes
 from ..core.detector.config import TrainConfig, require_torch
 from ..core.errors import FamousError
-from .jobs import BackgroundOperator
+from .jobs import BackgroundOperator, report_errors
 from .panels import SubPanel
 from .preferences import train_python
 from .properties import abspath
@@ -104,8 +104,14 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
         # torch: the optional train extra, loaded only when training (after the check above)
         from ..core.detector.train import train_model
 
-        config = TrainConfig(neighbours=t.neighbours)
+        folders, init = _training_folders(settings)
+        config = TrainConfig(neighbours=t.neighbours, init=init)
         command = f"famous train {shlex.join(args)}  # from Blender"
+        if len(folders) > 1:
+            # OpenCV (the annotations module): loaded on first use, not at Blender's start-up
+            from ..core.annotations import merge_folders
+
+            annotations = merge_folders(folders, Path(out) / "annotations")
 
         def train(folder, pseudo=None, mix=None, progress=None):
             return train_model(
@@ -139,16 +145,39 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
         return f"model: {out} (held-out mAP@0.5 {report['metrics']['mAP50']:.2f})"
 
 
+def _suggested(t) -> Path | None:
+    """The suggested slices' folder, where it holds boxed (pre-filled or corrected) slices."""
+    folder = abspath(t.suggest_out)
+    if not folder or not Path(folder).is_dir():
+        return None
+    return Path(folder) if any(Path(folder).glob("slice_*.txt")) else None
+
+
+def _training_folders(settings) -> tuple[list[Path], str]:
+    """The folders Train learns from, and the model it continues ("" for a fresh one).
+
+    With corrected suggested slices, training continues the model that
+    suggested them (``famous train ANNOTATIONS SUGGESTED --init MODEL``).
+    """
+    t = settings.train
+    suggested = _suggested(t)
+    if suggested is None:
+        return [_annotations(t)], ""
+    return [_annotations(t), suggested], abspath(settings.model) or ""
+
+
 def _train_args(settings) -> list[str]:
     """``famous train``'s arguments for the panel's settings."""
     t = settings.train
+    folders, init = _training_folders(settings)
     args = [
-        str(_annotations(t)),
+        *(str(f) for f in folders),
         "--classes",
         settings.classes_arg(),
         "--out",
         abspath(t.model_out),
     ]
+    args += ["--init", init] if init else []
     args += ["--epochs", str(t.epochs), "--width", t.width]
     args += ["--neighbours"] if t.neighbours else []
     if t.self_train:
@@ -222,6 +251,88 @@ def _read_into(stream, output: bytearray, keep: int = 1 << 16) -> None:
             del output[:-keep]
 
 
+class FAMOUS_OT_suggest_slices(BackgroundOperator, bpy.types.Operator):
+    """Find the slices where the model's 3-D result is least sure, show them with the model's
+    boxes and export them pre-filled, to correct instead of boxing from scratch"""
+
+    bl_idname = "famous.suggest_slices"
+    bl_label = "Suggest slices"
+
+    starting = "suggesting slices"
+    noun = "suggestion"
+
+    def work_for(self, context):
+        # OpenCV and the pipeline: loaded on first use, not at Blender's start-up
+        from ..core.stack import open_stack
+        from ..core.suggest import model_classes, suggest
+
+        settings = context.scene.famous
+        t = settings.train
+        model = abspath(settings.model)
+        if not model:
+            raise FamousError(
+                "no model is set.", fix="train one, or choose the Model under Detect."
+            )
+        out = abspath(t.suggest_out)
+        if not out:
+            raise FamousError(
+                "no folder for the suggested slices is set.", fix="choose Suggested under Train."
+            )
+        stack = open_stack(
+            settings.stack_path(), settings.voxel_size_nm(), settings.channel_index()
+        )
+        voxel = stack.require_voxel_size()
+        classes = model_classes(model)
+        folder = abspath(t.annotations)
+        boxed = [Path(folder)] if folder and Path(folder).is_dir() else []
+        n = t.suggest_n
+
+        def work(progress):
+            picks = suggest(model, stack, out, n, None, boxed, progress)
+            return out, picks, classes, stack.shape[1:], voxel
+
+        return work
+
+    def done(self, context, result):
+        # the scene modules pull in OpenCV: loaded on first use, not at Blender's start-up
+        from ..blender.scene import stack_plane
+        from ..blender.suggestions import draw_suggestions
+
+        out, picks, classes, shape, voxel = result
+        settings = context.scene.famous
+        draw_suggestions(out, [p.slice for p in picks], classes, shape, voxel)
+        if picks:
+            plane = stack_plane(
+                settings.stack_path(), voxel, picks[0].slice, settings.channel_index()
+            )
+            settings["slice"] = plane["famous_slice"]
+        where = ", ".join(str(p.slice) for p in picks)
+        return (
+            f"slices {where} pre-filled in {out}: fix their boxes here or in YOLO_mark, "
+            "Save corrections, then Train"
+        )
+
+
+class FAMOUS_OT_save_box_corrections(bpy.types.Operator):
+    """Write the suggested slices' boxes as they are now in the scene (moved, scaled,
+    deleted, duplicated) into their YOLO files, for training"""
+
+    bl_idname = "famous.save_box_corrections"
+    bl_label = "Save corrections"
+
+    def execute(self, context):
+        # the scene modules pull in OpenCV: loaded on first use, not at Blender's start-up
+        from ..blender.suggestions import save_corrections
+
+        written = report_errors(self, save_corrections)
+        if written is None:
+            return {"CANCELLED"}
+        n = sum(written.values())
+        context.scene.famous.status = f"{n} boxes saved on {len(written)} suggested slices"
+        self.report({"INFO"}, context.scene.famous.status)
+        return {"FINISHED"}
+
+
 class FAMOUS_PT_train(SubPanel, bpy.types.Panel):
     bl_label = "Train"
     bl_idname = "FAMOUS_PT_train"
@@ -240,9 +351,22 @@ class FAMOUS_PT_train(SubPanel, bpy.types.Panel):
         col.prop(t, "epochs")
         col.prop(t, "model_out")
         layout.operator("famous.train", icon="OUTLINER_OB_ARMATURE")
+        box = layout.box()
+        box.label(text="Correct, don't draw")
+        box.prop(t, "suggest_out")
+        row = box.row(align=True)
+        row.prop(t, "suggest_n")
+        row.operator("famous.suggest_slices", icon="VIEWZOOM")
+        box.operator("famous.save_box_corrections", icon="FILE_TICK")
 
 
-CLASSES = (FAMOUS_OT_export_annotation_slices, FAMOUS_OT_train, FAMOUS_PT_train)
+CLASSES = (
+    FAMOUS_OT_export_annotation_slices,
+    FAMOUS_OT_train,
+    FAMOUS_OT_suggest_slices,
+    FAMOUS_OT_save_box_corrections,
+    FAMOUS_PT_train,
+)
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

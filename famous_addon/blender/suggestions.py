@@ -1,0 +1,114 @@
+"""Suggested slices in the scene: the pre-filled boxes as wire rectangles, corrected in Blender.
+
+``famous suggest`` (:mod:`famous_addon.core.suggest`) writes the slices to
+correct, each with a YOLO ``.txt`` of the model's boxes. Here each box becomes
+its own object, a wire rectangle in its class's colour at its slice's height
+over the stack plane (1 unit = 1 µm, pixel (row r, col c) at x = c * px,
+y = r * py, as the plane and the organelles). A box is corrected as any object
+is: deleted (X), moved or scaled in x and y (G, S), added by duplicating one
+of its class (Shift+D). :func:`save_corrections` writes the boxes back into
+the slices' ``.txt`` files, ready for training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from ..core.annotations import read_names_file
+from ..core.boxes import Box, parse_yolo_lines, write_yolo_txt
+from ..core.classes import ClassConfig
+from ..core.errors import FamousError
+from .materials import srgb_to_linear
+from .scene import remove_collection_tree
+
+COLLECTION = "FAMOUS suggested slices"
+
+
+def _rectangle(name: str, x0: float, y0: float, x1: float, y1: float, z: float):
+    """A closed wire rectangle object (four vertices, four edges, no face)."""
+    mesh = bpy.data.meshes.new(name)
+    mesh.from_pydata(
+        [(x0, y0, z), (x1, y0, z), (x1, y1, z), (x0, y1, z)], [(0, 1), (1, 2), (2, 3), (3, 0)], []
+    )
+    return bpy.data.objects.new(name, mesh)
+
+
+def draw_suggestions(
+    folder: str | Path,
+    slices: list[int],
+    classes: ClassConfig,
+    shape: tuple[int, int],
+    voxel_size_nm: tuple[float, float, float],
+) -> bpy.types.Collection:
+    """The pre-filled boxes of ``slices`` in ``folder`` as wire rectangles, one object a box.
+
+    The collection replaces the one a previous suggestion drew. Each object
+    records its slice, class and folder (``famous_slice``, ``famous_class``,
+    ``famous_suggestions``), which a duplicate keeps.
+    """
+    old = bpy.data.collections.get(COLLECTION)
+    if old is not None:
+        remove_collection_tree(old)
+    coll = bpy.data.collections.new(COLLECTION)
+    bpy.context.scene.collection.children.link(coll)
+    dz, py, px = (v / 1000.0 for v in voxel_size_nm)
+    folder = Path(folder)
+    for k in slices:
+        txt = folder / f"slice_{k:05d}.txt"
+        boxes = parse_yolo_lines(txt.read_bytes(), shape, len(classes), txt)
+        for i, b in enumerate(boxes):
+            spec = classes[b.cls]
+            name = f"slice {k} {spec.name} {i + 1}"
+            obj = _rectangle(name, b.x * px, b.y * py, (b.x + b.w) * px, (b.y + b.h) * py, k * dz)
+            obj.color = (*srgb_to_linear(spec.rgb), 1.0)
+            obj.show_in_front = True
+            obj.hide_render = True
+            obj["famous_slice"] = int(k)
+            obj["famous_class"] = spec.name
+            obj["famous_suggestions"] = str(folder)
+            coll.objects.link(obj)
+    coll["famous_suggestions"] = str(folder)
+    coll["famous_slices"] = [int(k) for k in slices]
+    coll["famous_shape"] = [int(shape[0]), int(shape[1])]
+    coll["famous_voxel_size_nm"] = [float(v) for v in voxel_size_nm]
+    return coll
+
+
+def save_corrections() -> dict[int, int]:
+    """Write the boxes as they are now in the scene into their slices' ``.txt`` files.
+
+    A box's extent is its object's extent in x and y (moved, scaled or
+    duplicated as the user left it), clipped to the slice; a slice whose boxes
+    were all deleted gets an empty file ("boxed, nothing there"). Returns
+    {slice: boxes written}.
+    """
+    coll = bpy.data.collections.get(COLLECTION)
+    if coll is None or "famous_suggestions" not in coll:
+        raise FamousError("there are no suggested slices in the scene.", fix="press Suggest first.")
+    folder = Path(coll["famous_suggestions"])
+    shape = tuple(coll["famous_shape"])
+    _, py, px = (v / 1000.0 for v in coll["famous_voxel_size_nm"])
+    names = read_names_file(folder) or []
+    boxes: dict[int, list[Box]] = {int(k): [] for k in coll["famous_slices"]}
+    for obj in coll.all_objects:
+        k, name = obj.get("famous_slice"), obj.get("famous_class")
+        if k not in boxes or name not in names or obj.type != "MESH" or not len(obj.data.vertices):
+            continue
+        xyz = _world_vertices(obj)
+        x0, y0 = xyz[:, 0].min() / px, xyz[:, 1].min() / py
+        x1, y1 = xyz[:, 0].max() / px, xyz[:, 1].max() / py
+        boxes[k].append(Box(names.index(name), x0, y0, x1 - x0, y1 - y0))
+    for k, bs in boxes.items():
+        write_yolo_txt(folder / f"slice_{k:05d}.txt", bs, shape)
+    return {k: len(bs) for k, bs in boxes.items()}
+
+
+def _world_vertices(obj) -> np.ndarray:
+    """An object's mesh vertices in world coordinates, (n, 3)."""
+    co = np.empty(len(obj.data.vertices) * 3)
+    obj.data.vertices.foreach_get("co", co)
+    m = np.array(obj.matrix_world)
+    return co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
