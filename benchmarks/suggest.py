@@ -5,7 +5,8 @@ the user's boxes and corrections), two comparisons, each a fresh training:
 
 - 3 evenly spaced slices, then 2 that ``famous suggest`` picks (pre-filled,
   corrected to the labels' boxes, ``famous train FIRST SUGGESTED --init
-  MODEL``), against 5 evenly spaced slices;
+  MODEL``, and the same from scratch: ``--init`` adds the first training's
+  epochs), against 5 evenly spaced slices;
 - 5 evenly spaced plus 5 suggested, against 10 evenly spaced.
 
 Printed per arm: object F1 (and voxel IoU, merges) of ``famous run`` with the
@@ -14,6 +15,9 @@ user makes to the pre-filled boxes (add, delete, move: a pre-filled box with
 IoU < 0.7 against the label's box) against drawing every box.
 
     python benchmarks/suggest.py lucchi|cdeep3m [--work DIR]
+
+With ``--work``, what a previous call left there (models, suggestions) is
+reused, so a stopped benchmark goes on where it stopped.
 
 The data may be used for development and benchmarks only: nothing trained on
 them goes into the project.
@@ -99,14 +103,17 @@ def suggested_arm(ds, first: list[int], n: int, work: Path, tag: str) -> tuple[d
     if not (model / "model.weights").is_file():
         train([first_dir], model, work)
     sug = work / f"suggested-{tag}"
-    shutil.rmtree(sug, ignore_errors=True)
-    extra = ["--voxel-size", *ds.voxel_size] if ds.voxel_size else []
-    famous(
-        "suggest", model, ds.train_stack, "--n", n, "--out", sug, "--annotations", first_dir,
-        *extra, log=work / f"{sug.name}.log",
-    )  # fmt: skip
+    if not (sug / "suggestions.csv").is_file():
+        shutil.rmtree(sug, ignore_errors=True)
+        extra = ["--voxel-size", *ds.voxel_size] if ds.voxel_size else []
+        famous(
+            "suggest", model, ds.train_stack, "--n", n, "--out", sug, "--annotations", first_dir,
+            *extra, log=work / f"{sug.name}.log",
+        )  # fmt: skip
     picks = sorted(int(p.stem.split("_")[1]) for p in sug.glob("slice_*.png"))
-    fixed = boxes_of(work / f"corrected-{tag}", ds, picks, work)
+    fixed = work / f"corrected-{tag}"
+    if not fixed.exists():
+        boxes_of(fixed, ds, picks, work)
     cost = {"add": 0, "delete": 0, "move": 0, "draw": 0}
     for k in picks:
         stem = f"slice_{k:05d}.txt"
@@ -115,10 +122,13 @@ def suggested_arm(ds, first: list[int], n: int, work: Path, tag: str) -> tuple[d
         truth = parse_yolo_lines((fixed / stem).read_bytes(), shape, None, fixed / stem)
         for key, v in edits(pre, truth).items():
             cost[key] += v
-    both = work / f"model-{tag}"
-    shutil.rmtree(both, ignore_errors=True)
-    train([first_dir, fixed], both, work, init=model)
-    return {**score(ds, both, work), "slices": picks}, cost
+    both, scratch = work / f"model-{tag}", work / f"model-{tag}-scratch"
+    if not (both / "model.weights").is_file():
+        train([first_dir, fixed], both, work, init=model)
+    if not (scratch / "model.weights").is_file():
+        train([first_dir, fixed], scratch, work)
+    res = {**score(ds, both, work), "slices": picks}
+    return res, {**score(ds, scratch, work), "slices": picks}, cost
 
 
 def even_arm(ds, k: int, n_slices: int, work: Path) -> dict:
@@ -151,8 +161,9 @@ def main() -> int:
         for first, extra in ((3, 2), (5, 5)):
             tag = f"{first}+{extra}"
             spread = spread_indices(n_slices, first / n_slices, minimum=first)
-            res, cost = suggested_arm(ds, spread, extra, work, tag)
-            rows.append((f"{first} even + {extra} suggested", res, cost))
+            res, fresh, cost = suggested_arm(ds, spread, extra, work, tag)
+            rows.append((f"{first} even + {extra} suggested, `--init`", res, cost))
+            rows.append((f"{first} even + {extra} suggested, from scratch", fresh, cost))
             rows.append(
                 (f"{first + extra} even", even_arm(ds, first + extra, n_slices, work), None)
             )
