@@ -16,7 +16,8 @@ from famous_addon.core.detector.boxops import iou_matrix
 from famous_addon.core.errors import FamousError
 from famous_addon.core.fileio import read_csv
 from famous_addon.core.phantom.write import write_phantom
-from famous_addon.core.suggest import REASONS, SUGGESTIONS_CSV, pick_slices, slice_doubts
+from famous_addon.core.stack import open_stack
+from famous_addon.core.suggest import REASONS, SUGGESTIONS_CSV, pick_slices, slice_doubts, suggest
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 
@@ -111,6 +112,10 @@ def test_suggest_finds_the_region_a_model_missed_and_prefills_its_boxes(tmp_path
         assert (iou_matrix(b, a)[0].max(axis=1) > 0.99).all()
     # a second export into the same folder never overwrites the user's corrections
     assert main(args + ["--annotations", str(first)]) != 0
+    with pytest.raises(FamousError, match="no slices to suggest"):
+        suggest(DEMO, open_stack(stack), tmp_path / "x", n=0, run=run)
+    with pytest.raises(FamousError, match="not a model folder"):
+        suggest(tmp_path, open_stack(stack), tmp_path / "x", run=run)
 
 
 def test_merge_folders_joins_annotation_folders_and_refuses_clashes(tmp_path):

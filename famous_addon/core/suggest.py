@@ -27,7 +27,8 @@ from . import runfolder as rf
 from .annotations import read_yolo_mark, write_neighbours, write_yolo_mark
 from .boxes import Box
 from .classes import load_classes
-from .detector.darknet import CLASSES_NAME, NAMES_NAME, REPORT_NAME, THRESHOLDS_NAME
+from .detector.darknet import CFG_NAME, CLASSES_NAME, NAMES_NAME, REPORT_NAME, THRESHOLDS_NAME
+from .errors import FamousError
 from .fileio import read_csv, write_csv
 from .progress import ProgressFn, silent, sub
 from .request import RunSettings
@@ -291,6 +292,12 @@ def suggest(
     """
     progress = progress or silent
     model, out = Path(model), Path(out)
+    if n < 1:
+        raise FamousError(f"--n {n}: no slices to suggest.", fix="ask for 1 or more, e.g. --n 5.")
+    if not (model / CFG_NAME).is_file():
+        raise FamousError(
+            "is not a model folder (no model.cfg).", model, "give the folder famous train wrote."
+        )
     classes = model_classes(model)
     if run is None:
         # imported here: the pipeline pulls in linking and assembly
