@@ -77,11 +77,18 @@ def test_suggest_draws_the_prefilled_boxes_and_saves_corrections(addon, phantom_
     copy.data = mine[-1].data.copy()
     copy.location.y += 30 * py
     coll.objects.link(copy)
+    # a box of the other suggested slice duplicated and moved to this one's height
+    other = next(o for o in coll.objects if o["famous_slice"] != k)
+    lifted = other.copy()
+    lifted.data = other.data.copy()
+    lifted.location.z += (k - other["famous_slice"]) * dz
+    coll.objects.link(lifted)
     assert bpy.ops.famous.save_box_corrections() == {"FINISHED"}
     got = _boxes(sug, k, shape)
     # the top-left corners as the scene has them: mine[0] gone, mine[1] moved, a copy added
-    corners = [tuple(_corner(o, px, py)) for o in coll.objects if o["famous_slice"] == k]
-    assert len(got) == len(corners) == len(want[k])
+    here = [o for o in coll.objects if o["famous_slice"] == k] + [lifted]
+    corners = [tuple(_corner(o, px, py)) for o in here]
+    assert len(got) == len(corners) == len(want[k]) + 1
     assert np.allclose(sorted(map(tuple, got[:, 1:3])), sorted(corners), atol=0.01)
     if len(mine) > 1:
         moved = _corner(mine[1], px, py)

@@ -6,7 +6,8 @@ its own object, a wire rectangle in its class's colour at its slice's height
 over the stack plane (1 unit = 1 µm, pixel (row r, col c) at x = c * px,
 y = r * py, as the plane and the organelles). A box is corrected as any object
 is: deleted (X), moved or scaled in x and y (G, S), added by duplicating one
-of its class (Shift+D). :func:`save_corrections` writes the boxes back into
+of its class (Shift+D), also from another suggested slice and moved to this
+one's height (G Z). :func:`save_corrections` writes the boxes back into
 the slices' ``.txt`` files, ready for training.
 """
 
@@ -81,7 +82,8 @@ def save_corrections() -> dict[int, int]:
     """Write the boxes as they are now in the scene into their slices' ``.txt`` files.
 
     A box's extent is its object's extent in x and y (moved, scaled or
-    duplicated as the user left it), clipped to the slice; a slice whose boxes
+    duplicated as the user left it), clipped to the slice; its slice is the
+    suggested slice nearest its height; a slice whose boxes
     were all deleted gets an empty file ("boxed, nothing there"). Returns
     {slice: boxes written}.
     """
@@ -90,14 +92,18 @@ def save_corrections() -> dict[int, int]:
         raise FamousError("there are no suggested slices in the scene.", fix="press Suggest first.")
     folder = Path(coll["famous_suggestions"])
     shape = tuple(coll["famous_shape"])
-    _, py, px = (v / 1000.0 for v in coll["famous_voxel_size_nm"])
+    dz, py, px = (v / 1000.0 for v in coll["famous_voxel_size_nm"])
     names = read_names_file(folder) or []
-    boxes: dict[int, list[Box]] = {int(k): [] for k in coll["famous_slices"]}
+    slices = np.array([int(k) for k in coll["famous_slices"]])
+    boxes: dict[int, list[Box]] = {int(k): [] for k in slices}
     for obj in coll.all_objects:
-        k, name = obj.get("famous_slice"), obj.get("famous_class")
-        if k not in boxes or name not in names or obj.type != "MESH" or not len(obj.data.vertices):
+        name = obj.get("famous_class")
+        if name not in names or obj.type != "MESH" or not len(obj.data.vertices):
             continue
         xyz = _world_vertices(obj)
+        # the suggested slice at the box's height: a box duplicated from another
+        # suggested slice and moved up or down belongs where it now lies
+        k = int(slices[np.argmin(np.abs(slices * dz - xyz[:, 2].mean()))])
         x0, y0 = xyz[:, 0].min() / px, xyz[:, 1].min() / py
         x1, y1 = xyz[:, 0].max() / px, xyz[:, 1].max() / py
         boxes[k].append(Box(names.index(name), x0, y0, x1 - x0, y1 - y0))
