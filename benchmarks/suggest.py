@@ -14,7 +14,7 @@ model, scored as ``real_em.py`` scores; for the suggested slices, the edits a
 user makes to the pre-filled boxes (add, delete, move: a pre-filled box with
 IoU < 0.7 against the label's box) against drawing every box.
 
-    python benchmarks/suggest.py lucchi|cdeep3m [--work DIR]
+    python benchmarks/suggest.py lucchi|cdeep3m [--work DIR] [--seed N]
 
 With ``--work``, what a previous call left there (models, suggestions) is
 reused, so a stopped benchmark goes on where it stopped.
@@ -40,6 +40,7 @@ from famous_addon.core.boxes import parse_yolo_lines
 from famous_addon.core.detector.boxops import iou_matrix
 
 MOVE_IOU = 0.7  # a pre-filled box below this IoU with the label's box must be moved
+SEED = 0  # every training's seed (--seed)
 
 
 def boxes_of(folder: Path, ds, slices: list[int], work: Path) -> Path:
@@ -56,6 +57,7 @@ def boxes_of(folder: Path, ds, slices: list[int], work: Path) -> Path:
 def train(folders: list[Path], model: Path, work: Path, init: Path | None = None) -> float:
     """``famous train`` on ``folders`` (continuing from ``init``); its seconds."""
     args = ["train", *folders, "--classes", work / "obj.names", "--out", model, "--neighbours"]
+    args += ["--seed", SEED]
     return famous(*args, *(["--init", init] if init else []), log=work / f"{model.name}.log")
 
 
@@ -147,7 +149,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", choices=sorted(DATASETS))
     ap.add_argument("--work", help="keep the work folder here (default: a temporary one)")
+    ap.add_argument("--seed", type=int, default=0, help="the trainings' seed (default 0)")
     args = ap.parse_args()
+    global SEED
+    SEED = args.seed
     ds = DATASETS[args.dataset]
     if not ds.train_stack.is_file():
         print(f"{ds.train_stack} not found: the {ds.name} data are not on this machine.")
@@ -170,7 +175,7 @@ def main() -> int:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{ds.name}: suggested against evenly spaced slices (one training each, seed 0)")
+    print(f"{ds.name}: suggested against evenly spaced slices (one training each, seed {SEED})")
     print(
         "| boxed slices | slices | object F1 | voxel IoU | merges "
         "| edits: add / delete / move (of boxes drawn) |"
