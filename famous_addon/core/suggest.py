@@ -2,21 +2,22 @@
 
 After a first training, most of a model's boxes are right, and the 3-D
 result shows where they are not: an organelle that skips slices, or whose
-track stops and starts again a few slices later at the same place, boxes that gap filling or
-following had to put in, boxes scored just above the threshold, boxes the 3-D
-result did not keep, and one organelle holding two cross-sections on a slice
-or a box much larger than its organelle's boxes beside it (a box around two
-neighbours). Each slice gets a count of each kind (:func:`slice_doubts`); the
-slices with most doubt, spread over the stack and away from the slices
-already boxed (:func:`pick_slices`), are exported as ``annotate-pick`` does,
-each with a **pre-filled** YOLO ``.txt`` of the model's boxes there
-(:func:`export_suggestions`): the user corrects them in YOLO_mark instead of
-drawing every box, and ``famous train --init MODEL FIRST_DIR THIS_DIR``
-continues from the model.
+track stops and starts again a few slices later at the same place; boxes
+that gap filling or following had to put in; boxes scored just above the
+threshold; boxes the 3-D result did not keep; one organelle holding two
+cross-sections on a slice, or a box much larger than its organelle's boxes
+beside it (a box around two neighbours). Each slice gets a count of each
+kind (:func:`slice_doubts`); the slices with most doubt, spread over the
+stack and away from the slices already boxed (:func:`pick_slices`), are
+exported as ``annotate-pick`` does, each with a **pre-filled** YOLO ``.txt``
+of the model's boxes there (:func:`export_suggestions`): the user corrects
+them in YOLO_mark instead of drawing every box, and ``famous train FIRST_DIR
+THIS_DIR --init MODEL`` continues from the model.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,20 +141,25 @@ def _count_merges(tracks: dict, merges: np.ndarray) -> None:
 
 def _count_breaks(tracks: dict, max_gap: int, broken: np.ndarray) -> None:
     """Slices an organelle skips, and between a track's end and one that starts again there."""
+    starts: dict[str, list[tuple[int, int, tuple]]] = {}
     ends = []
     for oid, boxes in tracks.items():
         present = np.zeros(len(broken), bool)
         present[[k for k, _, _ in boxes]] = True
         first_k, last_k = np.flatnonzero(present)[[0, -1]]
         broken[first_k:last_k] += ~present[first_k:last_k]
-        first = min(boxes, key=lambda t: t[0])
-        last = max(boxes, key=lambda t: t[0])
-        ends.append((oid, first, last))
-    for oid, _, (z_end, box_end, cls) in ends:
-        for other, (z_start, box_start, cls2), _ in ends:
-            if other == oid or cls2 != cls or not 0 < z_start - z_end <= max_gap + 1:
-                continue
-            if _overlap(box_end, box_start):
+        z0, box0, cls = min(boxes, key=lambda t: t[0])
+        starts.setdefault(cls, []).append((z0, oid, box0))
+        ends.append((oid, max(boxes, key=lambda t: t[0])))
+    for found in starts.values():
+        found.sort(key=lambda t: t[0])
+    first_z = {cls: [t[0] for t in found] for cls, found in starts.items()}
+    for oid, (z_end, box_end, cls) in ends:
+        # only the tracks of its class that start within max_gap slices after it ends
+        lo_i = bisect.bisect_right(first_z[cls], z_end)
+        hi_i = bisect.bisect_right(first_z[cls], z_end + max_gap + 1)
+        for z_start, other, box_start in starts[cls][lo_i:hi_i]:
+            if other != oid and _overlap(box_end, box_start):
                 lo, hi = (z_end + 1, z_start) if z_start - z_end > 1 else (z_end, z_start + 1)
                 broken[lo:hi] += 1
 
@@ -176,11 +182,9 @@ def pick_slices(
     picks = []
     for _ in range(min(n, n_slices)):
         z = np.arange(n_slices)
-        far = (
-            np.min(np.abs(z[:, None] - np.array(taken)[None, :]), axis=1)
-            if taken
-            else z * 0 + n_slices
-        )
+        far = np.full(n_slices, n_slices)
+        if taken:
+            far = np.min(np.abs(z[:, None] - np.array(taken)[None, :]), axis=1)
         free = far >= spacing
         if not free.any():
             free = far > 0
