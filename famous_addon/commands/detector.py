@@ -122,14 +122,13 @@ def cmd_train(args) -> int:
     from ..core.detector.config import TrainConfig, require_torch
     from ..core.progress import TqdmProgress
 
+    annotations = args.annotations[0]
     if len(args.annotations) > 1:
         # imported when the command runs, so that `famous --help` stays quick
         from ..core.annotations import merge_folders
 
-        args.annotations = str(merge_folders(args.annotations, Path(args.out) / MERGED_DIR))
-    else:
-        args.annotations = args.annotations[0]
-    classes = load_classes(args.classes, annotations=args.annotations)
+        annotations = str(merge_folders(args.annotations, Path(args.out) / MERGED_DIR))
+    classes = load_classes(args.classes, annotations=annotations)
     config = TrainConfig(
         heads=args.heads,
         input_size=args.input_size,
@@ -159,7 +158,7 @@ def cmd_train(args) -> int:
 
     def train(out, pseudo=None, mix=None, progress=bar):
         return train_model(
-            args.annotations,
+            annotations,
             classes,
             out,
             epochs=args.epochs,
@@ -173,7 +172,9 @@ def cmd_train(args) -> int:
         )
 
     try:
-        report = _self_train(args, classes, train, bar) if args.stack else train(args.out)
+        report = (
+            _self_train(args, annotations, classes, train, bar) if args.stack else train(args.out)
+        )
     finally:
         bar.close()
     print(f"trained in {report['train_seconds'] / 60:.1f} min")
@@ -188,14 +189,14 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _self_train(args, classes, train, bar) -> dict:
+def _self_train(args, annotations, classes, train, bar) -> dict:
     """``famous train --stack``: the first training, then rounds on the stack's other slices."""
     # imported when the command runs, so that `famous --help` stays quick
     from ..core.selftrain import SelfTrainConfig, self_train
 
     config = SelfTrainConfig(rounds=args.rounds, slices=args.pseudo_slices)
     voxel = tuple(args.voxel_size) if args.voxel_size else None
-    return self_train(args.annotations, args.stack, classes, args.out, train, config, bar, voxel)
+    return self_train(annotations, args.stack, classes, args.out, train, config, bar, voxel)
 
 
 def _zoom_pass_option(items: list[str]) -> dict[str, float]:
