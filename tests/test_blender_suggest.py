@@ -46,7 +46,7 @@ def test_suggest_draws_the_prefilled_boxes_and_saves_corrections(addon, phantom_
     assert len(picks) == 2 and not {3, 12} & set(picks)
     assert s.status.startswith("slices ") and "Save corrections" in s.status
 
-    # one wire rectangle a pre-filled box, at its slice's height, in its class's colour
+    # one outline a pre-filled box, at its slice's height, in its class's colour
     coll = bpy.data.collections[COLLECTION]
     shape = (160, 160)
     want = {k: _boxes(sug, k, shape) for k in picks}
@@ -55,17 +55,25 @@ def test_suggest_draws_the_prefilled_boxes_and_saves_corrections(addon, phantom_
     dz, py, px = (v / 1000 for v in (10.0, 10.0, 10.0))
     obj = next(o for o in coll.objects if o["famous_slice"] == picks[0])
     xyz = np.array([obj.matrix_world @ v.co for v in obj.data.vertices])
-    assert np.allclose(xyz[:, 2], picks[0] * dz)
+    assert np.allclose(xyz[:, 2], (picks[0] + 0.1) * dz)  # just above the slice
     corner = np.array([xyz[:, 0].min() / px, xyz[:, 1].min() / py])
     rows = want[picks[0]]
     row = rows[np.argmin(np.abs(rows[:, 1:3] - corner).sum(axis=1))]
     assert np.abs(row[1:3] - corner).max() < 0.01
     spec = classes[int(row[0])]
-    assert obj["famous_class"] == spec.name and len(obj.data.edges) == 4
+    assert obj["famous_class"] == spec.name and len(obj.data.polygons) == 4  # a frame
+    assert obj.active_material.name == f"FAMOUS {spec.name}"
     assert obj.color[0] == pytest.approx(srgb(spec.rgb[0]), abs=1e-4)
     # the plane shows the slice of most doubt, the first in suggestions.csv
     first_pick = int(read_csv(sug / "suggestions.csv")[0]["slice"])
     assert bpy.data.objects[PLANE]["famous_slice"] == first_pick == s.slice
+
+    # only the shown slice's boxes are visible; moving the slider shows the other's
+    assert all(o.hide_viewport == (o["famous_slice"] != first_pick) for o in coll.objects)
+    s.slice = picks[0] if picks[0] != first_pick else picks[1]
+    assert all(o.hide_viewport == (o["famous_slice"] != s.slice) for o in coll.objects)
+    s.slice = 15 if 15 not in picks else 14  # not a suggested slice: all shown
+    assert not any(o.hide_viewport for o in coll.objects)
 
     # corrections: one box deleted, one moved 10 px right, one duplicated 30 px down
     k = picks[0]

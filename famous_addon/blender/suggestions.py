@@ -1,8 +1,8 @@
-"""Suggested slices in the scene: the pre-filled boxes as wire rectangles, corrected in Blender.
+"""Suggested slices in the scene: the pre-filled boxes as outlines, corrected in Blender.
 
 ``famous suggest`` (:mod:`famous_addon.core.suggest`) writes the slices to
 correct, each with a YOLO ``.txt`` of the model's boxes. Here each box becomes
-its own object, a wire rectangle in its class's colour at its slice's height
+its own object, an outline (a flat frame) in its class's colour at its slice's height
 over the stack plane (1 unit = 1 µm, pixel (row r, col c) at x = c * px,
 y = r * py, as the plane and the organelles). A box is corrected as any object
 is: deleted (X), moved or scaled in x and y (G, S), added by duplicating one
@@ -22,19 +22,33 @@ from ..core.annotations import read_names_file
 from ..core.boxes import Box, parse_yolo_lines, write_yolo_txt
 from ..core.classes import ClassConfig
 from ..core.errors import FamousError
-from .materials import srgb_to_linear
+from .materials import class_material, srgb_to_linear
 from .scene import remove_collection_tree
 
 COLLECTION = "FAMOUS suggested slices"
 
 
-def _rectangle(name: str, x0: float, y0: float, x1: float, y1: float, z: float):
-    """A closed wire rectangle object (four vertices, four edges, no face)."""
+def _frame(name: str, box: tuple[float, float, float, float], z: float, width: float):
+    """A box outline as a flat frame of four quads (``width`` wide, inside the box).
+
+    Faces, not bare edges: solid shading colours faces by their material,
+    while it draws loose edges in the theme's wire colour.
+    """
+    x0, y0, x1, y1 = box
+    w = min(width, (x1 - x0) / 3, (y1 - y0) / 3)
+    outer = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    inner = [(x0 + w, y0 + w), (x1 - w, y0 + w), (x1 - w, y1 - w), (x0 + w, y1 - w)]
+    verts = [(x, y, z) for x, y in outer + inner]
+    faces = [(i, (i + 1) % 4, 4 + (i + 1) % 4, 4 + i) for i in range(4)]
     mesh = bpy.data.meshes.new(name)
-    mesh.from_pydata(
-        [(x0, y0, z), (x1, y0, z), (x1, y1, z), (x0, y1, z)], [(0, 1), (1, 2), (2, 3), (3, 0)], []
-    )
+    mesh.from_pydata(verts, [], faces)
     return bpy.data.objects.new(name, mesh)
+
+
+#: A frame's width in slice pixels: visible on a slice of a few thousand pixels.
+FRAME_PX = 3.0
+#: Height of a frame above its slice, in slices.
+LIFT = 0.1
 
 
 def draw_suggestions(
@@ -44,7 +58,7 @@ def draw_suggestions(
     shape: tuple[int, int],
     voxel_size_nm: tuple[float, float, float],
 ) -> bpy.types.Collection:
-    """The pre-filled boxes of ``slices`` in ``folder`` as wire rectangles, one object a box.
+    """The pre-filled boxes of ``slices`` in ``folder`` as outlines, one object a box.
 
     The collection replaces the one a previous suggestion drew. Each object
     records its slice, class and folder (``famous_slice``, ``famous_class``,
@@ -63,7 +77,10 @@ def draw_suggestions(
         for i, b in enumerate(boxes):
             spec = classes[b.cls]
             name = f"slice {k} {spec.name} {i + 1}"
-            obj = _rectangle(name, b.x * px, b.y * py, (b.x + b.w) * px, (b.y + b.h) * py, k * dz)
+            extent = (b.x * px, b.y * py, (b.x + b.w) * px, (b.y + b.h) * py)
+            # a little above the plane showing the slice, so the two never fight in depth
+            obj = _frame(name, extent, (k + LIFT) * dz, FRAME_PX * px)
+            obj.data.materials.append(class_material(spec.name, spec.rgb))
             obj.color = (*srgb_to_linear(spec.rgb), 1.0)
             obj.show_in_front = True
             obj.hide_render = True
@@ -75,7 +92,32 @@ def draw_suggestions(
     coll["famous_slices"] = [int(k) for k in slices]
     coll["famous_shape"] = [int(shape[0]), int(shape[1])]
     coll["famous_voxel_size_nm"] = [float(v) for v in voxel_size_nm]
+    if slices:
+        show_suggested(slices[0])
     return coll
+
+
+def _slice_of(obj, slices: np.ndarray, dz: float) -> int:
+    """The suggested slice nearest a box object's height."""
+    z = float(np.mean([(obj.matrix_world @ v.co).z for v in obj.data.vertices]))
+    return int(slices[np.argmin(np.abs(slices * dz - z))])
+
+
+def show_suggested(k: int) -> None:
+    """Show the boxes of suggested slice ``k`` only; on any other slice, all of them.
+
+    The stack plane shows one slice at a time; the boxes of the others would
+    float above or below it.
+    """
+    coll = bpy.data.collections.get(COLLECTION)
+    if coll is None or "famous_slices" not in coll:
+        return
+    slices = np.array([int(j) for j in coll["famous_slices"]])
+    dz = coll["famous_voxel_size_nm"][0] / 1000.0
+    # a list first: changing visibility invalidates the collection's cached object list
+    for obj in list(coll.all_objects):
+        if obj.type == "MESH" and len(obj.data.vertices):
+            obj.hide_viewport = k in slices and _slice_of(obj, slices, dz) != k
 
 
 def save_corrections() -> dict[int, int]:
@@ -103,7 +145,7 @@ def save_corrections() -> dict[int, int]:
         xyz = _world_vertices(obj)
         # the suggested slice at the box's height: a box duplicated from another
         # suggested slice and moved up or down belongs where it now lies
-        k = int(slices[np.argmin(np.abs(slices * dz - xyz[:, 2].mean()))])
+        k = _slice_of(obj, slices, dz)
         x0, y0 = xyz[:, 0].min() / px, xyz[:, 1].min() / py
         x1, y1 = xyz[:, 0].max() / px, xyz[:, 1].max() / py
         boxes[k].append(Box(names.index(name), x0, y0, x1 - x0, y1 - y0))

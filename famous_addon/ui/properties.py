@@ -47,9 +47,10 @@ def abspath(value: str) -> str | None:
 def _slice_changed(self, context):
     # The scene module pulls in SciPy and OpenCV: loaded on first use, not at start-up.
     from ..blender.scene import show_slice
+    from ..blender.suggestions import show_suggested
 
     try:
-        show_slice(self.slice)
+        show_suggested(show_slice(self.slice))
     except FamousError as exc:
         # An update callback cannot report to the UI; the console shows why.
         print(f"FAMOUS: {exc.message}")
