@@ -17,7 +17,14 @@ from famous_addon.core.errors import FamousError
 from famous_addon.core.fileio import read_csv
 from famous_addon.core.phantom.write import write_phantom
 from famous_addon.core.stack import open_stack
-from famous_addon.core.suggest import REASONS, SUGGESTIONS_CSV, pick_slices, slice_doubts, suggest
+from famous_addon.core.suggest import (
+    REASONS,
+    SUGGESTIONS_CSV,
+    pick_slices,
+    prefilled_boxes,
+    slice_doubts,
+    suggest,
+)
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 
@@ -46,6 +53,20 @@ def test_doubts_count_each_kind_on_its_slices():
     # a track that starts again further than max_gap away is another organelle
     far = slice_doubts(rows[:10] + [_row(k, 2) for k in range(20, 30)], 30, {}, max_gap=6)
     assert not far["broken_tracks"].any()
+
+
+def test_prefilled_boxes_keep_one_box_a_cross_section():
+    rows = [
+        _row(4, 1, x=0, y=0, w=10, h=10, score=0.9),  # an organelle boxed whole ...
+        _row(4, 1, x=2, y=2, w=4, h=4, score=0.95),  # ... and a piece of it, scored higher
+        _row(4, 1, x=40, y=0, w=10, h=10, score=0.5),  # its second cross-section (curved)
+        _row(4, 2, x=5, y=5, w=10, h=10, score=0.8),  # a neighbour overlapping it
+        _row(4, 3, x=60, y=60, w=8, h=8, score=0.0),  # filled in by 3-D continuity
+        _row(4, 0, x=90, y=90, w=8, h=8),  # dropped by the 3-D result
+        _row(5, 1, x=0, y=0, w=10, h=10),
+    ]
+    (got,) = prefilled_boxes(rows, [4], ["mito"])
+    assert sorted((b.x, b.y, b.w) for b in got) == [(2, 2, 4), (5, 5, 10), (40, 0, 10), (60, 60, 8)]
 
 
 def test_picks_take_most_doubt_spread_and_away_from_boxed_slices():

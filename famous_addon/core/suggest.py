@@ -28,6 +28,7 @@ from . import runfolder as rf
 from .annotations import read_yolo_mark, write_neighbours, write_yolo_mark
 from .boxes import Box
 from .classes import load_classes
+from .detector.boxops import iou_matrix
 from .detector.darknet import CFG_NAME, CLASSES_NAME, NAMES_NAME, REPORT_NAME, THRESHOLDS_NAME
 from .errors import FamousError
 from .fileio import read_csv, write_csv
@@ -49,6 +50,8 @@ WEIGHTS = {
 WEAK_MARGIN = 0.25
 #: A box this many times larger than its organelle's boxes beside it may hold two.
 SWELL = 1.7
+#: Two boxes of one organelle sharing this much of the smaller box box one cross-section.
+NESTED = 0.5
 SUGGESTIONS_CSV = "suggestions.csv"
 _WORDS = {
     "broken_tracks": ("broken track", "broken tracks"),
@@ -201,13 +204,32 @@ def pick_slices(
 
 
 def prefilled_boxes(detections: list[dict], slices: list[int], names: list[str]) -> list[list[Box]]:
-    """The boxes of the run's organelles on each of ``slices`` (filled-in ones included)."""
-    out: dict[int, list[Box]] = {k: [] for k in slices}
+    """The boxes of the run's organelles on each of ``slices``, one per cross-section.
+
+    Filled-in boxes are included (3-D continuity found them where the
+    detector did not); of two boxes of one organelle sharing at least
+    :data:`NESTED` of the smaller one (a piece and the whole, or two views of
+    one cross-section), only the higher-scoring is: the user would delete the
+    other.
+    """
+    found: dict[tuple[int, int], list[tuple[float, Box]]] = {}
+    wanted = set(slices)
     for row in detections:
-        k = int(row["slice"])
-        if k in out and int(row["organelle_id"] or 0) and row["class"] in names:
+        k, oid = int(row["slice"]), int(row["organelle_id"] or 0)
+        if k in wanted and oid and row["class"] in names:
             x0, y0, x1, y1 = _box(row)
-            out[k].append(Box(names.index(row["class"]), x0, y0, x1 - x0, y1 - y0))
+            box = Box(names.index(row["class"]), x0, y0, x1 - x0, y1 - y0)
+            found.setdefault((k, oid), []).append((float(row["score"]), box))
+    out: dict[int, list[Box]] = {k: [] for k in slices}
+    for (k, _), boxes in sorted(found.items()):
+        boxes.sort(key=lambda sb: -sb[0])
+        xyxy = np.array([(b.x, b.y, b.x + b.w, b.y + b.h) for _, b in boxes])
+        shared = iou_matrix(xyxy, xyxy)[1]  # intersection over the smaller box
+        kept: list[int] = []
+        for i in range(len(boxes)):
+            if not any(shared[i, j] >= NESTED for j in kept):
+                kept.append(i)
+        out[k] += [boxes[i][1] for i in kept]
     return [out[k] for k in slices]
 
 
