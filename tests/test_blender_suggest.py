@@ -105,6 +105,13 @@ def test_suggest_draws_the_prefilled_boxes_and_saves_corrections(addon, phantom_
     assert np.allclose(_boxes(sug, others, shape), want[others], atol=0.01)
     images, _ = read_yolo_mark(sug, len(classes))
     assert len(images) == 2  # still a YOLO_mark folder training reads
+    assert bpy.ops.famous.save_box_corrections() == {"FINISHED"}  # saving again is fine
+    # a file corrected in YOLO_mark meanwhile is never overwritten
+    txt = sug / f"slice_{others:05d}.txt"
+    txt.write_text(txt.read_text() + "0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(RuntimeError, match="changed outside Blender"):
+        bpy.ops.famous.save_box_corrections()
+    assert txt.read_text().endswith("0 0.5 0.5 0.1 0.1\n")
 
     # Train then learns from both folders, continuing the model that suggested
     from famous_addon.ui.train import _train_args

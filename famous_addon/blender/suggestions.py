@@ -2,17 +2,19 @@
 
 ``famous suggest`` (:mod:`famous_addon.core.suggest`) writes the slices to
 correct, each with a YOLO ``.txt`` of the model's boxes. Here each box becomes
-its own object, an outline (a flat frame) in its class's colour at its slice's height
-over the stack plane (1 unit = 1 µm, pixel (row r, col c) at x = c * px,
-y = r * py, as the plane and the organelles). A box is corrected as any object
-is: deleted (X), moved or scaled in x and y (G, S), added by duplicating one
-of its class (Shift+D), also from another suggested slice and moved to this
-one's height (G Z). :func:`save_corrections` writes the boxes back into
-the slices' ``.txt`` files, ready for training.
+its own object, an outline (a flat frame) in its class's colour at its
+slice's height over the stack plane (1 unit = 1 µm, pixel (row r, col c) at
+x = c * px, y = r * py, as the plane and the organelles). A box is corrected
+as any object is: deleted (X), moved or scaled in x and y (G, S), added by
+duplicating one of its class (Shift+D), also from another suggested slice and
+moved to this one's height (G Z). :func:`save_corrections` writes the boxes
+back into the slices' ``.txt`` files, ready for training; a file changed
+outside Blender since (corrected in YOLO_mark) is never overwritten.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import bpy
@@ -92,14 +94,20 @@ def draw_suggestions(
     coll["famous_slices"] = [int(k) for k in slices]
     coll["famous_shape"] = [int(shape[0]), int(shape[1])]
     coll["famous_voxel_size_nm"] = [float(v) for v in voxel_size_nm]
+    coll["famous_drawn"] = {f"{k}": _digest(folder / f"slice_{k:05d}.txt") for k in slices}
     if slices:
         show_suggested(slices[0])
     return coll
 
 
+def _digest(path: Path) -> str:
+    """A file's SHA-256, to tell whether it changed since the boxes were drawn."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _slice_of(obj, slices: np.ndarray, dz: float) -> int:
     """The suggested slice nearest a box object's height."""
-    z = float(np.mean([(obj.matrix_world @ v.co).z for v in obj.data.vertices]))
+    z = float(_world_vertices(obj)[:, 2].mean())
     return int(slices[np.argmin(np.abs(slices * dz - z))])
 
 
@@ -125,9 +133,10 @@ def save_corrections() -> dict[int, int]:
 
     A box's extent is its object's extent in x and y (moved, scaled or
     duplicated as the user left it), clipped to the slice; its slice is the
-    suggested slice nearest its height; a slice whose boxes
-    were all deleted gets an empty file ("boxed, nothing there"). Returns
-    {slice: boxes written}.
+    suggested slice nearest its height; a slice whose boxes were all deleted
+    gets an empty file ("boxed, nothing there"). A file that changed since it
+    was drawn or last saved (corrected in YOLO_mark meanwhile) is an error,
+    and nothing is written. Returns {slice: boxes written}.
     """
     coll = bpy.data.collections.get(COLLECTION)
     if coll is None or "famous_suggestions" not in coll:
@@ -149,8 +158,20 @@ def save_corrections() -> dict[int, int]:
         x0, y0 = xyz[:, 0].min() / px, xyz[:, 1].min() / py
         x1, y1 = xyz[:, 0].max() / px, xyz[:, 1].max() / py
         boxes[k].append(Box(names.index(name), x0, y0, x1 - x0, y1 - y0))
+    drawn = dict(coll.get("famous_drawn", {}))
+    for k in boxes:
+        txt = folder / f"slice_{k:05d}.txt"
+        if txt.is_file() and drawn.get(f"{k}") != _digest(txt):
+            raise FamousError(
+                "changed outside Blender since Suggest drew its boxes; saving would lose that.",
+                txt,
+                "press Suggest slices again with another Suggested folder, or keep that file.",
+            )
     for k, bs in boxes.items():
-        write_yolo_txt(folder / f"slice_{k:05d}.txt", bs, shape)
+        txt = folder / f"slice_{k:05d}.txt"
+        write_yolo_txt(txt, bs, shape)
+        drawn[f"{k}"] = _digest(txt)
+    coll["famous_drawn"] = drawn
     return {k: len(bs) for k, bs in boxes.items()}
 
 
