@@ -96,8 +96,12 @@ def edits(prefilled: list, truth: list) -> dict:
     return {"add": len(free_t), "delete": len(free_p), "move": moved, "draw": len(t)}
 
 
-def suggested_arm(ds, first: list[int], n: int, work: Path, tag: str) -> tuple[dict, dict]:
-    """First slices, a model, ``n`` suggested slices corrected, a model continued on all."""
+def suggested_arm(ds, first: list[int], n: int, work: Path, tag: str) -> tuple[dict, dict, dict]:
+    """First slices, a model, ``n`` suggested slices corrected, then a model on all of them.
+
+    Returns the scores of the model continued from the first (``--init``) and
+    of one trained from scratch, and the edits on the suggested slices.
+    """
     first_dir = work / f"even-{len(first)}"
     if not first_dir.exists():
         boxes_of(first_dir, ds, first, work)
