@@ -13,7 +13,7 @@ def cmd_suggest(args) -> int:
     from ..core.suggest import SUGGESTIONS_CSV, suggest
 
     voxel = tuple(args.voxel_size) if args.voxel_size else None
-    stack = open_stack(args.stack, voxel)
+    stack = open_stack(args.stack, voxel, args.channel)
     bar = TqdmProgress("suggest")
     try:
         picks = suggest(args.model, stack, args.out, args.n, args.run, args.annotations, bar)
@@ -60,5 +60,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         nargs=3,
         metavar=("Z", "Y", "X"),
         help="voxel size in nm, where the stack's metadata lacks it",
+    )
+    p.add_argument(
+        "--channel", type=int, metavar="C", help="the channel of a multi-channel TIFF, from 0"
     )
     p.set_defaults(func=cmd_suggest)
