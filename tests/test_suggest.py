@@ -20,6 +20,7 @@ from famous_addon.core.stack import open_stack
 from famous_addon.core.suggest import (
     REASONS,
     SUGGESTIONS_CSV,
+    model_annotations,
     pick_slices,
     prefilled_boxes,
     slice_doubts,
@@ -205,5 +206,7 @@ def test_train_takes_several_annotation_folders(tmp_path):
         "slice_00005.png",
         "slice_00008.png",
     ]
+    # the next suggestions keep away from every slice the model learnt from
+    assert model_annotations(model) == [model / "annotations"]
     shutil.rmtree(tmp_path / "a")  # the model keeps its own copy of what it learnt from
     assert len(read_yolo_mark(model / "annotations", 5)[1]) == 3
