@@ -82,7 +82,7 @@ def test_picks_take_most_doubt_spread_and_away_from_boxed_slices():
     assert min(abs(picks[2].slice - k) for k in (20, 50, 80)) >= 12
 
 
-def test_suggest_finds_the_region_a_model_missed_and_prefills_its_boxes(tmp_path):
+def test_suggest_finds_the_region_a_model_missed_and_prefills_its_boxes(tmp_path, capsys):
     ph = tmp_path / "ph"
     write_phantom(ph, shape=(32, 256, 256), seed=3, stl=False)
     stack, labels = str(ph / "stack.tif"), str(ph / "truth_labels.tif")
@@ -112,6 +112,9 @@ def test_suggest_finds_the_region_a_model_missed_and_prefills_its_boxes(tmp_path
     out = tmp_path / "suggested"
     args = ["suggest", str(DEMO), stack, "--n", "2", "--out", str(out), "--run", str(run)]
     assert main(args + ["--annotations", str(first)]) == 0
+    said = capsys.readouterr().out
+    # the next step, as the user types it (the demo model sees slices between neighbours)
+    assert f"famous train FIRST_DIR {out} --init {DEMO}" in said and "--neighbours" in said
     rows = read_csv(out / SUGGESTIONS_CSV)
     picked = [int(r["slice"]) for r in rows]
     assert any(12 <= k <= 19 for k in picked), picked

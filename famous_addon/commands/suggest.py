@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+from pathlib import Path
 
 
 def cmd_suggest(args) -> int:
@@ -22,14 +25,12 @@ def cmd_suggest(args) -> int:
     for p in picks:
         print(f"slice {p.slice:>5}: {p.why()}")
     print(f"wrote {len(picks)} pre-filled slices and {SUGGESTIONS_CSV} to {args.out}")
-    print(
-        "correct the boxes with YOLO_mark, then: famous train FIRST_DIR",
-        args.out,
-        "--init",
-        args.model,
-        "--classes",
-        f"{args.model}/obj.names --out NEW_MODEL",
-    )
+    train = ["famous", "train", "FIRST_DIR", args.out, "--init", args.model, "--classes"]
+    train += [str(Path(args.model) / "obj.names"), "--out", "NEW_MODEL"]
+    thresholds = Path(args.model) / "thresholds.json"
+    if thresholds.is_file() and json.loads(thresholds.read_text()).get("neighbours"):
+        train.append("--neighbours")  # the model sees each slice between its neighbours
+    print("correct the boxes with YOLO_mark, then:", shlex.join(train))
     return 0
 
 
