@@ -102,12 +102,7 @@ def suggested_arm(ds, first: list[int], n: int, work: Path, tag: str) -> tuple[d
     Returns the scores of the model continued from the first (``--init``) and
     of one trained from scratch, and the edits on the suggested slices.
     """
-    first_dir = work / f"even-{len(first)}"
-    if not first_dir.exists():
-        boxes_of(first_dir, ds, first, work)
-    model = work / f"model-even-{len(first)}"
-    if not (model / "model.weights").is_file():
-        train([first_dir], model, work)
+    first_dir, model = even_model(ds, first, work)
     sug = work / f"suggested-{tag}"
     if not (sug / "suggestions.csv").is_file():
         shutil.rmtree(sug, ignore_errors=True)
@@ -137,15 +132,20 @@ def suggested_arm(ds, first: list[int], n: int, work: Path, tag: str) -> tuple[d
     return res, {**score(ds, scratch, work), "slices": picks}, cost
 
 
+def even_model(ds, slices: list[int], work: Path) -> tuple[Path, Path]:
+    """The boxes on ``slices`` and a model trained on them (kept in ``work`` for reuse)."""
+    folder, model = work / f"even-{len(slices)}", work / f"model-even-{len(slices)}"
+    if not folder.exists():
+        boxes_of(folder, ds, slices, work)
+    if not (model / "model.weights").is_file():
+        train([folder], model, work)
+    return folder, model
+
+
 def even_arm(ds, k: int, n_slices: int, work: Path) -> dict:
     """``k`` evenly spaced slices, a model, its score."""
     slices = spread_indices(n_slices, k / n_slices, minimum=k)
-    folder = work / f"even-{k}"
-    if not folder.exists():
-        boxes_of(folder, ds, slices, work)
-    model = work / f"model-even-{k}"
-    if not (model / "model.weights").is_file():
-        train([folder], model, work)
+    _, model = even_model(ds, slices, work)
     return {**score(ds, model, work), "slices": slices}
 
 

@@ -17,29 +17,11 @@ import importlib
 import sys
 import time
 
+from .commands import add_channel, add_voxel_size
 from .core.errors import Cancelled, FamousError
 from .core.progress import TqdmProgress
 
 COMMAND_MODULES = ("detector", "suggest", "compare", "quantify")
-
-
-def _voxel_size(parser):
-    parser.add_argument(
-        "--voxel-size",
-        nargs=3,
-        type=float,
-        metavar=("Z", "Y", "X"),
-        help="voxel size in nm (z, y, x); overrides the file's metadata",
-    )
-
-
-def _channel(parser):
-    parser.add_argument(
-        "--channel",
-        type=int,
-        metavar="C",
-        help="the channel of a multi-channel TIFF (hyperstack) to use, from 0",
-    )
 
 
 def _workers(text: str) -> int | str:
@@ -156,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_info_and_phantom(subs) -> None:
     p = subs.add_parser("info", help="shape, dtype, voxel size, run-time and memory estimate")
     p.add_argument("stack", help="multi-page TIFF, folder of slices, or MRC")
-    _voxel_size(p)
-    _channel(p)
+    add_voxel_size(p)
+    add_channel(p)
     p.set_defaults(func=cmd_info)
 
     p = subs.add_parser("phantom", help="write a synthetic vEM stack with ground truth")
@@ -185,8 +167,8 @@ def _add_run(subs) -> None:
     )
     src.add_argument("--model", help="detector model folder (model.cfg, model.weights, ...)")
     p.add_argument("--out", required=True, help="run folder to create")
-    _voxel_size(p)
-    _channel(p)
+    add_voxel_size(p)
+    add_channel(p)
     p.add_argument("--labels", action="store_true", help="also write labels.tif")
     p.add_argument(
         "--quantify",

@@ -25,6 +25,7 @@ from ..core.boxes import Box, parse_yolo_lines, write_yolo_txt
 from ..core.classes import ClassConfig
 from ..core.errors import FamousError
 from .materials import class_material, srgb_to_linear
+from .meshing import vertex_array
 from .scene import remove_collection_tree
 
 COLLECTION = "FAMOUS suggested slices"
@@ -177,7 +178,5 @@ def save_corrections() -> dict[int, int]:
 
 def _world_vertices(obj) -> np.ndarray:
     """An object's mesh vertices in world coordinates, (n, 3)."""
-    co = np.empty(len(obj.data.vertices) * 3)
-    obj.data.vertices.foreach_get("co", co)
     m = np.array(obj.matrix_world)
-    return co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
+    return vertex_array(obj) @ m[:3, :3].T + m[:3, 3]

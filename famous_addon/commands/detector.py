@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import FamousError
-
-MERGED_DIR = "annotations"  # in the model folder: the folders given to `famous train`, as one
+from . import add_voxel_size
 
 
 def cmd_annotate_pick(args) -> int:
@@ -125,7 +124,7 @@ def cmd_train(args) -> int:
     annotations = args.annotations[0]
     if len(args.annotations) > 1:
         # imported when the command runs, so that `famous --help` stays quick
-        from ..core.annotations import merge_folders
+        from ..core.annotations import MERGED_DIR, merge_folders
 
         annotations = str(merge_folders(args.annotations, Path(args.out) / MERGED_DIR))
     classes = load_classes(args.classes, annotations=annotations)
@@ -408,13 +407,7 @@ def _add_train_extras(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="slices pseudo-labelled per round (default: 4 per boxed slice, 10-40)",
     )
-    p.add_argument(
-        "--voxel-size",
-        type=float,
-        nargs=3,
-        metavar=("Z", "Y", "X"),
-        help="voxel size in nm for --stack, where its metadata lacks it",
-    )
+    add_voxel_size(p, "voxel size in nm for --stack, where its metadata lacks it")
     p.set_defaults(func=cmd_train)
 
 

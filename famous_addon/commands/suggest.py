@@ -7,6 +7,8 @@ import json
 import shlex
 from pathlib import Path
 
+from . import add_channel, add_voxel_size
+
 
 def cmd_suggest(args) -> int:
     """Pick the slices where the model's 3-D result is least sure and export them pre-filled."""
@@ -55,14 +57,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         help="a folder of slices already boxed (repeatable; default: the model's own)",
     )
-    p.add_argument(
-        "--voxel-size",
-        type=float,
-        nargs=3,
-        metavar=("Z", "Y", "X"),
-        help="voxel size in nm, where the stack's metadata lacks it",
-    )
-    p.add_argument(
-        "--channel", type=int, metavar="C", help="the channel of a multi-channel TIFF, from 0"
-    )
+    add_voxel_size(p)
+    add_channel(p)
     p.set_defaults(func=cmd_suggest)

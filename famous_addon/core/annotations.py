@@ -432,6 +432,8 @@ def split_at_necks(mask: np.ndarray, depth: float) -> np.ndarray:
 
 
 MERGED_MARK = ".famous-merged"
+#: Where ``famous train`` merges several annotation folders, inside the model folder.
+MERGED_DIR = "annotations"
 
 
 def merge_folders(folders: list[str | Path], out: str | Path) -> Path:

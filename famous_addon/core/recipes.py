@@ -198,10 +198,12 @@ def _open_at_edge(full, edge) -> tuple[float, float, float, float]:
 def disk(radius: int) -> np.ndarray:
     """An elliptic structuring element of ``radius`` pixels (uint8, for OpenCV).
 
-    Cached: extraction asks for a few radii tens of thousands of times a
-    slice. OpenCV only reads the kernel; callers must not change it.
+    Cached (read-only, shared by every caller): extraction asks for a few
+    radii tens of thousands of times a slice.
     """
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    kernel.setflags(write=False)
+    return kernel
 
 
 def _fill_holes(mask: np.ndarray, cut: tuple[bool, bool, bool, bool]) -> np.ndarray:

@@ -91,7 +91,6 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
         settings = context.scene.famous
         t = settings.train
         classes = load_classes(settings.classes_arg())
-        annotations = _annotations(t)
         out = abspath(t.model_out)
         if not out:
             raise FamousError("no model folder is set.", fix="choose the Model folder under Train.")
@@ -107,11 +106,12 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
         folders, init = _training_folders(settings)
         config = TrainConfig(neighbours=t.neighbours, init=init)
         command = f"famous train {shlex.join(args)}  # from Blender"
+        annotations = folders[0]
         if len(folders) > 1:
             # OpenCV (the annotations module): loaded on first use, not at Blender's start-up
-            from ..core.annotations import merge_folders
+            from ..core.annotations import MERGED_DIR, merge_folders
 
-            annotations = merge_folders(folders, Path(out) / "annotations")
+            annotations = merge_folders(folders, Path(out) / MERGED_DIR)
 
         def train(folder, pseudo=None, mix=None, progress=None):
             return train_model(
