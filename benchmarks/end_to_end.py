@@ -11,7 +11,7 @@ Usage::
 
     python benchmarks/end_to_end.py [--model assets/demo_model] [--seeds 2 3 4 5 6]
         [--shape 64 512 512] [--flip-views N] [--work /tmp/famous_e2e]
-        [--min-slices 3] [--min-depth-nm 60] [--follow-iou 0.5] [--separation 0.25]
+        [--min-slices 3] [--min-depth-nm 100] [--follow-iou 0.5] [--separation 0.25]
         [--backend auto|cpu|cuda|cuda_fp16]
 """
 

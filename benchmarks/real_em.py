@@ -17,9 +17,11 @@ Each step is one of the README's commands (``famous boxes-from-labels``,
 gives the ceiling instead: boxes from the labels on every slice of the run,
 no training. Printed: object precision, recall, F1 and Jaccard; voxel IoU;
 volume overlap; box recall (all, boxes touching the slice border, small
-boxes); merges (one organelle holding >= 20 % of each of two true objects),
-splits (one true object >= 20 % in each of two organelles), spilled voxels
-(predicted voxels outside every true object); the time of each step.
+boxes, boxes over 128 px); merges (one organelle holding >= 20 % of each of
+two true objects), splits (one true object >= 20 % in each of two
+organelles), spilled voxels (predicted voxels outside every true object);
+the unmatched true objects by how they are lost (:func:`lost_by_kind`); the
+time of each step.
 
     python benchmarks/real_em.py lucchi [--work DIR] [--boxes-everywhere]
     python benchmarks/real_em.py cdeep3m [--train-args "--epochs 60"] [--run-args "..."]
@@ -53,6 +55,7 @@ from famous_addon.core.fileio import read_csv
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAMOUS = [sys.executable, "-m", "famous_addon.cli"]
 SHARE = 0.2  # a merge or split: >= 20 % of each object involved
+LARGE_PX = 128  # half the default 256 px training crop: random crops cut such boxes
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def box_recall(run: Path, truth: np.ndarray) -> dict:
             x, y, w, h = (float(d[c]) for c in "xywh")
             by_slice.setdefault(int(d["slice"]), []).append((x, y, x + w, y + h))
     rows, cols = truth.shape[1:]
-    hit, edge, areas = [], [], []
+    hit, edge, areas, longer = [], [], [], []
     for k in range(truth.shape[0]):
         boxes = boxes_from_label_slice(truth[k], 0)
         if not boxes:
@@ -183,8 +186,10 @@ def box_recall(run: Path, truth: np.ndarray) -> dict:
         hit += list(best >= 0.5)
         edge += list((t[:, 0] <= 0) | (t[:, 1] <= 0) | (t[:, 2] >= cols) | (t[:, 3] >= rows))
         areas += list((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]))
+        longer += list(np.maximum(t[:, 2] - t[:, 0], t[:, 3] - t[:, 1]))
     hit, edge = np.array(hit), np.array(edge)
     small = small_boxes(np.zeros(len(areas), int), np.array(areas))
+    large = np.array(longer) > LARGE_PX
 
     def share(sel):
         return f"{hit[sel].mean():.3f} of {int(sel.sum())}" if sel.any() else "-"
@@ -193,7 +198,43 @@ def box_recall(run: Path, truth: np.ndarray) -> dict:
         "box recall": share(np.ones(len(hit), bool)),
         "box recall, at the border": share(edge),
         "box recall, small": share(small & ~edge),
+        f"box recall, large (over {LARGE_PX} px)": share(large),
     }
+
+
+def lost_by_kind(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """How each unmatched true object is lost, by its organelle of most overlap.
+
+    - undetected: no organelle holds 20 % of it;
+    - merged: that organelle also holds 20 % of another true object;
+    - split: two or more organelles hold 20 % of it each;
+    - too large or short: one organelle holds it, but spills past it or stops
+      short of it (IoU under 0.5).
+    """
+    m, mp = int(truth.max()) + 1, int(pred.max()) + 1
+    both = (pred > 0) & (truth > 0)
+    inter = np.zeros((mp, m), np.int64)
+    np.add.at(inter, (pred[both].astype(np.int64), truth[both].astype(np.int64)), 1)
+    t_size = np.bincount(truth.ravel(), minlength=m)
+    p_size = np.bincount(pred.ravel(), minlength=mp)
+    iou = inter / np.maximum(p_size[:, None] + t_size[None] - inter, 1)
+    # organelle p holds >= 20 % of object t (objects dropped as small have no voxels)
+    holds = (inter >= SHARE * t_size[None]) & (t_size > 0)[None]
+    holds[0] = False
+    kinds = {"undetected": 0, "merged": 0, "split": 0, "too large or short": 0}
+    for t in np.flatnonzero(t_size[1:]) + 1:
+        if iou[1:, t].max(initial=0) >= 0.5:
+            continue
+        p = int(np.argmax(inter[1:, t])) + 1
+        if not holds[p, t]:
+            kinds["undetected"] += 1
+        elif holds[p].sum() >= 2:
+            kinds["merged"] += 1
+        elif holds[:, t].sum() >= 2:
+            kinds["split"] += 1
+        else:
+            kinds["too large or short"] += 1
+    return {"objects lost: " + ", ".join(kinds): " / ".join(map(str, kinds.values()))}
 
 
 def annotate_and_train(ds: Dataset, work: Path, train_args: list[str]) -> dict:
@@ -259,6 +300,7 @@ def main() -> int:
         pred = drop_small(tifffile.imread(run / "labels.tif"), ds.min_voxels)
         truth = truth_objects(ds)
         rows = {**object_scores(pred, truth), **merges_splits_spill(pred, truth)}
+        rows.update(lost_by_kind(pred, truth))
         rows.update(box_recall(run, tifffile.imread(ds.run_labels)))
         rows.update({f"time: {k} (s)": v for k, v in times.items()})
     finally:

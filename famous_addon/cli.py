@@ -252,8 +252,8 @@ def _add_linking(p) -> None:
     p.add_argument(
         "--min-depth-nm",
         type=float,
-        default=60.0,
-        help="... or spanning less than this in z, in nm (default 60; 0: slices only)",
+        default=100.0,
+        help="... or spanning less than this in z, in nm (default 100; 0: slices only)",
     )
     p.add_argument(
         "--fill-gaps-nm",
