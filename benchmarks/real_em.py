@@ -145,23 +145,31 @@ def object_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
+def overlaps(pred: np.ndarray, truth: np.ndarray):
+    """Voxels shared by each organelle and true object, (organelles + 1, objects + 1),
+    the objects' sizes, and which organelle holds >= 20 % of which object."""
+    m, mp = int(truth.max()) + 1, int(pred.max()) + 1
+    both = (pred > 0) & (truth > 0)
+    inter = np.zeros((mp, m), np.int64)
+    np.add.at(inter, (pred[both].astype(np.int64), truth[both].astype(np.int64)), 1)
+    t_size = np.bincount(truth.ravel(), minlength=m)
+    # objects dropped as small have no voxels; row and column 0 are the background
+    holds = (inter >= SHARE * t_size[None]) & (t_size > 0)[None]
+    holds[0] = False
+    return inter, t_size, holds
+
+
 def merges_splits_spill(pred: np.ndarray, truth: np.ndarray) -> dict:
     """Merged truth pairs, split truth objects and predicted voxels outside the truth."""
-    both = (pred > 0) & (truth > 0)
-    p, t = pred[both].astype(np.int64), truth[both].astype(np.int64)
-    m = int(truth.max()) + 1
-    pair, n = np.unique(p * m + t, return_counts=True)
-    pp, tt = pair // m, pair % m
-    t_size = np.bincount(truth.ravel(), minlength=m)
-    big = n >= SHARE * t_size[tt]  # this organelle holds >= 20 % of that true object
-    merged = {int(o): int(c) for o, c in zip(*np.unique(pp[big], return_counts=True)) if c >= 2}
-    split = {int(o): int(c) for o, c in zip(*np.unique(tt[big], return_counts=True)) if c >= 2}
+    _, _, holds = overlaps(pred, truth)
+    per_organelle, per_object = holds.sum(axis=1), holds.sum(axis=0)
+    merged = per_organelle[per_organelle >= 2]
     n_pred = np.count_nonzero(pred)
     spilled = np.count_nonzero((pred > 0) & (truth == 0))
     return {
         "merges (organelles holding >= 2 objects)": len(merged),
-        "objects lost to merges": sum(merged.values()),
-        "split objects": len(split),
+        "objects lost to merges": int(merged.sum()),
+        "split objects": int(np.count_nonzero(per_object >= 2)),
         "spilled voxels (share of predicted)": f"{spilled} ({spilled / max(n_pred, 1):.3f})",
     }
 
@@ -211,16 +219,9 @@ def lost_by_kind(pred: np.ndarray, truth: np.ndarray) -> dict:
     - too large or short: one organelle holds it, but spills past it or stops
       short of it (IoU under 0.5).
     """
-    m, mp = int(truth.max()) + 1, int(pred.max()) + 1
-    both = (pred > 0) & (truth > 0)
-    inter = np.zeros((mp, m), np.int64)
-    np.add.at(inter, (pred[both].astype(np.int64), truth[both].astype(np.int64)), 1)
-    t_size = np.bincount(truth.ravel(), minlength=m)
-    p_size = np.bincount(pred.ravel(), minlength=mp)
+    inter, t_size, holds = overlaps(pred, truth)
+    p_size = np.bincount(pred.ravel(), minlength=len(inter))
     iou = inter / np.maximum(p_size[:, None] + t_size[None] - inter, 1)
-    # organelle p holds >= 20 % of object t (objects dropped as small have no voxels)
-    holds = (inter >= SHARE * t_size[None]) & (t_size > 0)[None]
-    holds[0] = False
     kinds = {"undetected": 0, "merged": 0, "split": 0, "too large or short": 0}
     for t in np.flatnonzero(t_size[1:]) + 1:
         if iou[1:, t].max(initial=0) >= 0.5:

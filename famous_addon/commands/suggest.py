@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-from pathlib import Path
 
 from . import add_channel, add_voxel_size
 
@@ -15,7 +13,7 @@ def cmd_suggest(args) -> int:
     # imported when the command runs, so that `famous --help` stays quick
     from ..core.progress import TqdmProgress
     from ..core.stack import open_stack
-    from ..core.suggest import SUGGESTIONS_CSV, suggest
+    from ..core.suggest import SUGGESTIONS_CSV, suggest, train_command
 
     voxel = tuple(args.voxel_size) if args.voxel_size else None
     stack = open_stack(args.stack, voxel, args.channel)
@@ -27,12 +25,9 @@ def cmd_suggest(args) -> int:
     for p in picks:
         print(f"slice {p.slice:>5}: {p.why()}")
     print(f"wrote {len(picks)} pre-filled slices and {SUGGESTIONS_CSV} to {args.out}")
-    train = ["famous", "train", "FIRST_DIR", args.out, "--init", args.model, "--classes"]
-    train += [str(Path(args.model) / "obj.names"), "--out", "NEW_MODEL"]
-    thresholds = Path(args.model) / "thresholds.json"
-    if thresholds.is_file() and json.loads(thresholds.read_text()).get("neighbours"):
-        train.append("--neighbours")  # the model sees each slice between its neighbours
-    print("correct the boxes with YOLO_mark, then:", shlex.join(train))
+    print(
+        "correct the boxes with YOLO_mark, then:", shlex.join(train_command(args.model, args.out))
+    )
     return 0
 
 

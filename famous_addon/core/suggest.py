@@ -277,6 +277,21 @@ def model_annotations(model: str | Path) -> list[Path]:
     return [Path(p) for p in named if Path(p).is_dir()]
 
 
+def model_thresholds(model: str | Path) -> dict:
+    """A model folder's ``thresholds.json`` as written ({} where it has none)."""
+    path = Path(model) / THRESHOLDS_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def train_command(model: str | Path, out: str | Path) -> list[str]:
+    """``famous train`` going on from ``model`` with the slices corrected in ``out``."""
+    train = ["famous", "train", "FIRST_DIR", str(out), "--init", str(model), "--classes"]
+    train += [str(Path(model) / NAMES_NAME), "--out", "NEW_MODEL"]
+    if model_thresholds(model).get("neighbours"):
+        train.append("--neighbours")  # the model sees each slice between its neighbours
+    return train
+
+
 def model_classes(model: str | Path):
     """A model folder's classes, in its detector's order (``classes.toml``, else ``obj.names``)."""
     toml = Path(model) / CLASSES_NAME
@@ -337,10 +352,7 @@ def suggest(
             run_pipeline(request, sub(progress, 0.0, 0.9))
     run = Path(run)
     detections = read_csv(run / rf.DETECTIONS_CSV)
-    th_file = model / THRESHOLDS_NAME
-    thresholds = (
-        json.loads(th_file.read_text()).get("score_thresholds", {}) if th_file.is_file() else {}
-    )
+    thresholds = model_thresholds(model).get("score_thresholds", {})
     z_nm = stack.require_voxel_size()[0]
     max_gap = max(3, 2 * RunSettings().gap_slices(z_nm))
     doubts = slice_doubts(detections, stack.shape[0], thresholds, max_gap)
