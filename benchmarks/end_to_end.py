@@ -12,6 +12,7 @@ Usage::
     python benchmarks/end_to_end.py [--model assets/demo_model] [--seeds 2 3 4 5 6]
         [--shape 64 512 512] [--flip-views N] [--work /tmp/famous_e2e]
         [--min-slices 3] [--min-depth-nm 100] [--follow-iou 0.5] [--separation 0.25]
+        [--join-touching 0.5]
         [--backend auto|cpu|cuda|cuda_fp16]
 """
 
@@ -49,12 +50,14 @@ def main() -> None:
     ap.add_argument("--min-depth-nm", type=float, default=defaults.min_depth_nm)
     ap.add_argument("--follow-iou", type=float, default=defaults.follow_iou)
     ap.add_argument("--separation", type=float, default=defaults.separation)
+    ap.add_argument("--join-touching", type=float, default=defaults.join_touching)
     args = ap.parse_args()
     settings = RunSettings(
         min_slices=args.min_slices,
         min_depth_nm=args.min_depth_nm,
         follow_iou=args.follow_iou,
         separation=args.separation,
+        join_touching=args.join_touching,
     )
 
     used, note = choose_backend(args.backend)

@@ -271,6 +271,13 @@ def _add_linking(p) -> None:
         "much as the class's masks overlap from slice to slice in this stack",
     )
     p.add_argument(
+        "--join-touching",
+        type=float,
+        default=0.5,
+        help="join same-class organelles whose masks touch on this share of the slices both "
+        "are on: pieces of one organelle boxed side by side (default 0.5; 0: off)",
+    )
+    p.add_argument(
         "--confirm-boxes",
         type=int,
         default=2,

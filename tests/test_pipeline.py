@@ -385,6 +385,56 @@ def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
     assert owners[0.0][0] == owners[0.0][1]
 
 
+def test_pieces_boxed_side_by_side_are_joined_and_neighbours_touching_briefly_are_not(tmp_path):
+    import cv2
+
+    from famous_addon.core.boxes import write_yolo_txt
+
+    # a large organelle (1) boxed in two halves on every slice, as a detector boxes
+    # CDeep3M's diagonal mitochondria, and a neighbour (2) pressed flat against it on
+    # slices 12-15 only, 6 px away elsewhere, boxed on its own
+    n = 30
+    truth = np.zeros((n, 160, 200), np.int32)
+    for k in range(n):
+        gap = 0 if 12 <= k < 16 else 6
+        cv2.rectangle(truth[k], (40, 50), (139, 89), 1, -1)
+        cv2.rectangle(truth[k], (92, 90 + gap), (137, 124 + gap), 2, -1)
+    stack = np.where(truth > 0, 70, 190).astype(np.float32)
+    stack = cv2.GaussianBlur(stack, (0, 0), 1.0) + np.random.default_rng(0).normal(
+        0, 10, truth.shape
+    )
+    tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack, 0, 255).astype(np.uint8))
+    (tmp_path / "obj.names").write_text("mitochondria\n")
+    halves = np.zeros(truth.shape[1:], bool)
+    halves[:, :90] = True
+    for k in range(n):
+        one = truth[k] == 1
+        pieces = [one & halves, one & ~halves, truth[k] == 2]
+        boxes = [_mask_box(piece, 0.9) for piece in pieces]
+        write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
+    owners = {}
+    for share in (0.0, 0.05, RunSettings().join_touching):
+        run = tmp_path / f"join{share:g}"
+        run_pipeline(_synthetic_request(tmp_path, run, join_touching=share))
+        labels = tifffile.imread(run / "labels.tif")
+        owners[share] = {
+            "left": np.bincount(labels[(truth == 1) & halves]).argmax(),
+            "right": np.bincount(labels[(truth == 1) & ~halves]).argmax(),
+            "neighbour": np.bincount(labels[truth == 2]).argmax(),
+        }
+    joined = owners[RunSettings().join_touching]
+    assert joined["left"] == joined["right"] != joined["neighbour"]
+    labels = tifffile.imread(tmp_path / f"join{RunSettings().join_touching:g}" / "labels.tif")
+    assert _iou(labels == joined["left"], truth == 1) > 0.8
+    assert _iou(labels == joined["neighbour"], truth == 2) > 0.8
+    # without the join the halves stay two organelles
+    apart = owners[0.0]
+    assert len({apart["left"], apart["right"], apart["neighbour"]}) == 3
+    # what keeps the neighbour apart is the share: it touches on 2 of its 30 slices
+    low = owners[0.05]
+    assert low["left"] == low["right"] == low["neighbour"]
+
+
 def test_gap_slices_are_in_nm():
     assert [RunSettings().gap_slices(z) for z in (5, 10, 30, 40, 200)] == [20, 10, 3, 2, 0]
     assert RunSettings(fill_gaps_nm=0).gap_slices(10) == 0

@@ -7,7 +7,8 @@
    (:mod:`.slicecache`) so a killed run resumes where it stopped;
 2. linking: Algorithm 4 (:mod:`.link`), then the refinements that join
    bridged organelles and drop flashes (:mod:`.refine`) and those that add
-   boxes where the detector missed an organelle (:mod:`.follow`);
+   boxes where the detector missed an organelle (:mod:`.follow`), and last the
+   join of pieces boxed side by side (:func:`.refine.join_touching`);
 3. assembly (:mod:`.assemble`): point clouds with per-class outlier removal
    (:mod:`.pointcloud`), the organelle table and, on request, ``labels.tif``,
    all written to the run folder (:mod:`.runfolder`).
@@ -40,7 +41,7 @@ from .guard import FolderLock, writable_folder
 from .link import link_boxes
 from .progress import ProgressFn, silent, sub
 from .quantify.tables import remove_measurements
-from .refine import drop_small, drop_spanning, drop_unconfirmed, merge_bridges
+from .refine import drop_small, drop_spanning, drop_unconfirmed, join_touching, merge_bridges
 from .request import RunRequest
 from .separate import split_spanning
 from .slicecache import cache_path, clear_filled, fingerprint, gather_detections, prepare_out
@@ -182,8 +183,11 @@ def _link(out: Path, request: RunRequest, inputs: _Inputs, progress: ProgressFn)
     followed = {}
     if settings.follow_iou > 0 and len(det_labels):
         det, det_labels, followed = follow(
-            out, stack, classes, pixel_nm, det, det_labels, settings, sub(progress, 0.6, 1.0)
+            out, stack, classes, pixel_nm, det, det_labels, settings, sub(progress, 0.6, 0.9)
         )
+    if settings.join_touching > 0 and len(det_labels):
+        step = sub(progress, 0.9, 1.0)
+        det_labels = join_touching(out, stack, det, det_labels, settings.join_touching, step)
     return det, det_labels, followed
 
 

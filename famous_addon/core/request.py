@@ -37,6 +37,9 @@ class RunSettings:
     followed into the slices beyond its ends (and across longer gaps) where
     the detector missed it, while the mask found there overlaps the one
     beside it by ``follow_iou`` (0: off; see :func:`~.follow.follow`).
+    Last, organelles whose masks touch on ``join_touching`` of the slices
+    both are on are joined: pieces of one organelle the detector boxed side
+    by side (0: off; see :func:`~.refine.join_touching`).
     """
 
     layers_to_scan: int = 50
@@ -51,6 +54,7 @@ class RunSettings:
     confirm_boxes: int = 2
     fill_gaps_nm: float = 100.0
     follow_iou: float = 0.5
+    join_touching: float = 0.5
     points: str = "outline"
     outlier_k: int = 8
     outlier_std: float = 2.0
@@ -207,4 +211,5 @@ def run_settings(args) -> RunSettings:
         confirm_boxes=args.confirm_boxes,
         fill_gaps_nm=args.fill_gaps_nm,
         follow_iou=args.follow_iou,
+        join_touching=args.join_touching,
     )
