@@ -274,8 +274,8 @@ def _add_linking(p) -> None:
         "--join-touching",
         type=float,
         default=0.5,
-        help="join same-class organelles whose masks touch on this share of the slices both "
-        "are on: pieces of one organelle boxed side by side (default 0.5; 0: off)",
+        help="join same-class organelles whose masks touch on this share of the shorter one's "
+        "slices: pieces of one organelle boxed side by side (default 0.5; 0: off)",
     )
     p.add_argument(
         "--confirm-boxes",

@@ -37,8 +37,8 @@ class RunSettings:
     followed into the slices beyond its ends (and across longer gaps) where
     the detector missed it, while the mask found there overlaps the one
     beside it by ``follow_iou`` (0: off; see :func:`~.follow.follow`).
-    Last, organelles whose masks touch on ``join_touching`` of the slices
-    both are on are joined: pieces of one organelle the detector boxed side
+    Last, organelles whose masks touch on ``join_touching`` of the shorter
+    one's slices are joined: pieces of one organelle the detector boxed side
     by side (0: off; see :func:`~.refine.join_touching`).
     """
 
