@@ -47,7 +47,7 @@ def merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
 
 
 # a touch counts where the shared border is this long over the square root of the
-# smaller cross-section (a disc touching along a fifth of its perimeter: 0.8)
+# smaller cross-section (a disc touching along about a fifth of its perimeter: 0.8)
 TOUCH_CONTACT = 0.8
 
 
@@ -64,7 +64,8 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     Two organelles beside each other touch on a few slices, where both masks
     reach into the membranes between them (on lucchi's FIB-SEM, six or seven
     of twenty), and so do two that follow each other in z where their ends
-    pass (a phantom's late endosomes, 6 slices shared of 19 and 27). A touch
+    pass: counting against the shorter one's slices, not the shared ones,
+    keeps such a pair apart. A touch
     counts on a slice where the border (4-neighbour pixel pairs) is at least
     :data:`TOUCH_CONTACT` times the square root of the smaller cross-section,
     and a pair is joined where it touches on at least two slices and on
