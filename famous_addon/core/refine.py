@@ -79,25 +79,21 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     label_class = np.zeros(m + 1, np.int64)
     label_class[det_labels[ok] + 1] = det["cls"][ok]
     shape, n = stack.shape[1:], stack.shape[0]
-    touches, present = {}, []
+    touched: dict[tuple[int, int], int] = {}  # slices each pair touches on
     for k, result, sel in iter_slices(out, det, n):
         img = result.paint(shape, det_labels[sel])
         area = np.bincount(img.ravel(), minlength=m + 1)
-        present.append(np.flatnonzero(area[1:]))
         for key, contact in _contacts(img, m + 1).items():
             a, b = divmod(key, m + 1)
             if label_class[a] == label_class[b]:
-                touched = contact >= TOUCH_CONTACT * np.sqrt(min(area[a], area[b]))
-                touches.setdefault((a - 1, b - 1), []).append(touched)
+                if contact >= TOUCH_CONTACT * np.sqrt(min(area[a], area[b])):
+                    touched[a - 1, b - 1] = touched.get((a - 1, b - 1), 0) + 1
         progress((k + 1) / n, "joining pieces of organelles")
-    pairs = [p for p, t in touches.items() if sum(t) >= 2]
-    if not pairs:
-        return det_labels
-    spans = np.bincount(np.concatenate(present), minlength=m)
-    pairs = np.array(pairs, np.int64)
+    pairs = np.array([p for p, t in touched.items() if t >= 2], np.int64).reshape(-1, 2)
+    spans = label_spans(det_labels, det["slice"], m)
     shorter = np.minimum(spans[pairs[:, 0]], spans[pairs[:, 1]])
-    touched = np.array([sum(touches[tuple(p)]) for p in pairs])
-    join = pairs[touched >= share * shorter]
+    count = np.array([touched[a, b] for a, b in pairs.tolist()], np.int64)
+    join = pairs[count >= share * shorter]
     if not len(join):
         return det_labels
     out_labels = det_labels.copy()
