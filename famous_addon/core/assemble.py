@@ -15,6 +15,7 @@ import tifffile
 
 from . import runfolder as rf
 from .fileio import atomic_path, write_csv
+from .link import label_areas
 from .pointcloud import PointStore, clean_grouped, mask_points, to_world
 from .slicecache import iter_slices
 
@@ -42,7 +43,7 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
         for k, result, sel in iter_slices(out, det, n_slices):
             lab = det_labels[sel]
             img = result.paint((rows, cols), lab)
-            voxels[:] += np.bincount(img.ravel(), minlength=m + 1)
+            voxels[:] += label_areas(img, m + 1)
             on_slice = set()
             for i, organelle in enumerate(lab):
                 mask = result.mask(i)

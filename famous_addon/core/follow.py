@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from .boxes import Box, boxes_from_array
 from .extract import SliceResult, add_boxes, extract_box
-from .link import merge_labels, overlap_pairs
+from .link import label_areas, merge_labels, overlap_pairs
 from .recipes import mask_iou
 from .slicecache import iter_slices, load_slice, with_slices
 
@@ -157,7 +157,7 @@ def continuity(out, det, det_labels, shape, cls_of, n_classes) -> list[np.ndarra
     for _, result, sel in iter_slices(out, det, len(det["start"]) - 1):
         cur = result.paint(shape, det_labels[sel]).ravel()
         # only the painted pixels: whole-slice passes were most of this pass's time
-        at = np.flatnonzero(cur)
+        at = np.flatnonzero(cur != 0)  # through a bool array: see link.label_areas
         here = cur[at]
         area_b = np.bincount(here, minlength=m + 1)
         if prev is not None:
@@ -212,12 +212,9 @@ def _follow_into(stack, k, beside, here, cls_of, classes, pixel_nm, min_iou):
 
 def _present(painted: np.ndarray, m: int) -> np.ndarray:
     """Which of organelles 1..m a painted slice holds: bool, index 0 (background) False."""
-    flat = painted.ravel()
     # bincount, not np.unique (a sort per slice was most of following's time),
     # and on the labelled pixels only
-    counts = np.bincount(flat[np.flatnonzero(flat)], minlength=m + 1) > 0
-    counts[0] = False
-    return counts
+    return label_areas(painted, m + 1) > 0
 
 
 def _follow_one(image, prev, bounds, here, cls, recipe, pixel_nm, min_iou):

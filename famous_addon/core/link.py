@@ -269,20 +269,34 @@ def overlap_pairs(
         label, overlap, first label's area, second label's area.
     """
     none = np.zeros((0, 5 if with_counts else 2), np.int64)
-    # on the labelled pixels only: whole-slice passes were most of this function's time
+    # on the labelled pixels only (whole-slice passes were most of this function's
+    # time), found through a bool array (nonzero on int32 labels is three times slower)
     prev_flat, cur_flat = prev_labels.ravel(), cur_labels.ravel()
-    at = np.flatnonzero(prev_flat)
-    a, b = prev_flat[at].astype(np.int64), cur_flat[at].astype(np.int64)
+    at = np.flatnonzero(prev_flat != 0)
+    a, b = prev_flat[at], cur_flat[at]
     keep = (b > 0) & (a != b)
     if not keep.any():
         return none
-    cur_at = cur_flat[np.flatnonzero(cur_flat)]
-    m = int(max(a.max(), cur_at.max())) + 1
-    pair_ids, counts = np.unique(a[keep] * m + b[keep], return_counts=True)
+    area_b = label_areas(cur_labels)
+    m = max(int(a.max()) + 1, len(area_b))
+    pair_ids, counts = np.unique(
+        a[keep].astype(np.int64) * m + b[keep].astype(np.int64), return_counts=True
+    )
     pa, pb = pair_ids // m, pair_ids % m
     area_a = np.bincount(a, minlength=m)
-    area_b = np.bincount(cur_at, minlength=m)
+    area_b = np.pad(area_b, (0, m - len(area_b)))
     ok = counts >= min_fraction * np.minimum(area_a[pa], area_b[pb])
     if with_counts:
         return np.column_stack([pa[ok] - 1, pb[ok] - 1, counts[ok], area_a[pa[ok]], area_b[pb[ok]]])
     return np.column_stack([pa[ok] - 1, pb[ok] - 1])
+
+
+def label_areas(painted: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """Pixels of each label of a painted slice (index 0, the unpainted pixels: 0).
+
+    Counts the painted pixels only, found through a bool array: a bincount of the
+    whole slice, or ``np.flatnonzero`` on its int32 labels, takes about three
+    times as long, and linking scans each slice several times.
+    """
+    flat = painted.ravel()
+    return np.bincount(flat[flat != 0], minlength=minlength)

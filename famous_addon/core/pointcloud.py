@@ -89,7 +89,8 @@ def mean_knn_distance(points: np.ndarray, k: int) -> np.ndarray:
     if n < 2:
         return np.zeros(n)
     kk = min(k, n - 1)
-    d, _ = cKDTree(points).query(points, k=kk + 1)
+    # all cores: outlier removal runs after the slice workers are done
+    d, _ = cKDTree(points).query(points, k=kk + 1, workers=-1)
     return d[:, 1:].mean(axis=1)
 
 
@@ -109,6 +110,7 @@ class PointStore:
     """
 
     RECORD = 6  # x, y, z (µm), nx, ny, nz
+    BUFFER = 1 << 16  # points held before a write: two writes a detection were 0.4 s in 40 slices
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -118,15 +120,27 @@ class PointStore:
         self._rec = open(self._rec_path, "wb")
         self._ids = open(self._id_path, "wb")
         self.n = 0
+        self._held: list[tuple[int, np.ndarray]] = []
+        self._n_held = 0
 
     def add(self, organelle: int, xyz: np.ndarray, normals: np.ndarray) -> None:
         """Append one detection's points (organelle index 0..m-1)."""
         rec = np.empty((len(xyz), self.RECORD), np.float32)
         rec[:, :3] = xyz
         rec[:, 3:] = normals
-        rec.tofile(self._rec)
-        np.full(len(xyz), organelle, np.int32).tofile(self._ids)
+        self._held.append((organelle, rec))
+        self._n_held += len(rec)
         self.n += len(xyz)
+        if self._n_held >= self.BUFFER:
+            self._write_held()
+
+    def _write_held(self) -> None:
+        if not self._held:
+            return
+        np.concatenate([rec for _, rec in self._held]).tofile(self._rec)
+        owners = np.array([o for o, _ in self._held], np.int32)
+        np.repeat(owners, [len(rec) for _, rec in self._held]).tofile(self._ids)
+        self._held, self._n_held = [], 0
 
     def group(self, m: int, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
         """Sort the points by organelle.
@@ -138,6 +152,7 @@ class PointStore:
         records : (n, 6) float32 memmap
             x, y, z, nx, ny, nz, grouped by organelle (stream order within one).
         """
+        self._write_held()
         self._rec.close()
         self._ids.close()
         sorted_path = self.folder / "points_sorted.f32"

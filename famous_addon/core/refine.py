@@ -16,7 +16,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from .link import merge_labels, overlap_pairs
+from .link import label_areas, merge_labels, overlap_pairs
 from .slicecache import iter_slices
 
 
@@ -82,7 +82,7 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     touched: dict[tuple[int, int], int] = {}  # slices each pair touches on
     for k, result, sel in iter_slices(out, det, n):
         img = result.paint(shape, det_labels[sel])
-        area = np.bincount(img.ravel(), minlength=m + 1)
+        area = label_areas(img, m + 1)
         for key, contact in _contacts(img, m + 1).items():
             a, b = divmod(key, m + 1)
             if label_class[a] == label_class[b]:

@@ -27,6 +27,7 @@ from skimage.segmentation import watershed
 from .boxes import Box, boxes_from_array
 from .classes import ClassConfig
 from .extract import SliceResult
+from .link import label_areas
 from .progress import ProgressFn
 from .recipes import disk
 from .slicecache import load_slice, with_slices
@@ -87,7 +88,7 @@ def split_spanning(
 
 def _cut_slice(stack, k, result, labels, painted, seeds, classes, separation):
     """Slice ``k`` with its spanning masks cut, or None where none is."""
-    area = np.bincount(painted.ravel(), minlength=seeds.shape[1])
+    area = label_areas(painted, seeds.shape[1])
     if np.count_nonzero(area[1:]) < 2:
         return None  # a cut needs two organelles beside
     image = None
