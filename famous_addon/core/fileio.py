@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -122,5 +123,13 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def save_npz(path: Path, **arrays) -> None:
+    """``np.savez_compressed`` at zlib level 1, written atomically.
+
+    NumPy's level 6 took 0.9 s for a 40-slice run's 35 MB of point clouds,
+    level 1 0.2 s for a file 19 % larger; ``np.load`` reads both.
+    """
     with atomic_path(Path(path), suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for name, value in arrays.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
