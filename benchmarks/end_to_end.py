@@ -12,7 +12,7 @@ Usage::
     python benchmarks/end_to_end.py [--model assets/demo_model] [--seeds 2 3 4 5 6]
         [--shape 64 512 512] [--flip-views N] [--work /tmp/famous_e2e]
         [--min-slices 3] [--min-depth-nm 100] [--follow-iou 0.5] [--separation 0.25]
-        [--join-touching 0.5]
+        [--join-touching 0.5] [--continue-overlap 0.5]
         [--backend auto|cpu|cuda|cuda_fp16]
 """
 
@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--follow-iou", type=float, default=defaults.follow_iou)
     ap.add_argument("--separation", type=float, default=defaults.separation)
     ap.add_argument("--join-touching", type=float, default=defaults.join_touching)
+    ap.add_argument("--continue-overlap", type=float, default=defaults.continue_overlap)
     args = ap.parse_args()
     settings = RunSettings(
         min_slices=args.min_slices,
@@ -58,6 +59,7 @@ def main() -> None:
         follow_iou=args.follow_iou,
         separation=args.separation,
         join_touching=args.join_touching,
+        continue_overlap=args.continue_overlap,
     )
 
     used, note = choose_backend(args.backend)

@@ -242,6 +242,11 @@ def _add_linking(p) -> None:
         help="cut a mask that spans two organelles of the slice beside where the grey values "
         "along the cut lie this share of the way to the background (default 0.25; 0: off)",
     )
+    _add_keeping(p)
+
+
+def _add_keeping(p) -> None:
+    """``famous run``'s options on which organelles are kept, filled and joined."""
     p.add_argument(
         "--min-slices",
         type=int,
@@ -269,6 +274,14 @@ def _add_linking(p) -> None:
         help="follow an organelle into slices where the detector missed it, while the mask "
         "found there overlaps the one beside it by this IoU (default 0.5; 0: off), and as "
         "much as the class's masks overlap from slice to slice in this stack",
+    )
+    p.add_argument(
+        "--continue-overlap",
+        type=float,
+        default=0.5,
+        help="join a track that ends to one of its class that begins within the gap (see "
+        "--fill-gaps-nm) where their masks overlap by this share of the smaller: an organelle "
+        "whose boxes drifted apart (default 0.5; 0: off)",
     )
     p.add_argument(
         "--join-touching",

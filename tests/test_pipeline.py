@@ -435,6 +435,58 @@ def test_pieces_boxed_side_by_side_are_joined_and_neighbours_touching_briefly_ar
     assert low["left"] == low["right"] == low["neighbour"]
 
 
+def test_an_organelle_whose_tracks_drift_apart_is_joined_across_missed_slices(tmp_path):
+    import cv2
+
+    from famous_addon.core.boxes import write_yolo_txt
+
+    # An oblique organelle (1) drifting 4 px a slice, boxed whole on three slices
+    # of five, in two halves on the fourth and missed on the fifth: Algorithm 4 cuts
+    # it into tracks of four slices, each shorter than the minimum span (10 slices
+    # at 10 nm). A long organelle (2), and a small one (3) beside where 2 ends,
+    # five slices on: 3 is on fewer slices than the gap, so it is not 2's continuation.
+    n = 30
+    truth = np.zeros((n, 120, 240), np.int32)
+    for k in range(n):
+        x = 20 + 4 * k
+        if 2 <= k < n - 2:  # off the stack's ends, where short organelles are kept
+            cv2.rectangle(truth[k], (x, 20), (x + 59, 49), 1, -1)
+        if k < 12:
+            cv2.rectangle(truth[k], (60, 75), (119, 104), 2, -1)
+        if 17 <= k < 20:
+            cv2.rectangle(truth[k], (62, 80), (79, 99), 3, -1)
+    stack = np.where(truth > 0, 70, 190).astype(np.float32)
+    stack = cv2.GaussianBlur(stack, (0, 0), 1.0) + np.random.default_rng(0).normal(
+        0, 10, truth.shape
+    )
+    tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack, 0, 255).astype(np.uint8))
+    (tmp_path / "obj.names").write_text("mitochondria\n")
+    for k in range(n):
+        one = truth[k] == 1
+        pieces = []
+        if one.any():
+            xs = np.nonzero(one.any(axis=0))[0]
+            left = np.zeros_like(one)
+            left[:, : (xs[0] + xs[-1]) // 2] = True
+            pieces = {0: [one], 1: [one], 2: [one], 3: [one & left, one & ~left], 4: []}[k % 5]
+        pieces += [truth[k] == j for j in (2, 3) if (truth[k] == j).any()]
+        boxes = [_mask_box(piece, 0.9) for piece in pieces]
+        write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
+    found = {}
+    for overlap in (0.0, RunSettings().continue_overlap):
+        run = tmp_path / f"continue{overlap:g}"
+        run_pipeline(_synthetic_request(tmp_path, run, continue_overlap=overlap))
+        found[overlap] = tifffile.imread(run / "labels.tif")
+    labels = found[RunSettings().continue_overlap]
+    one = np.bincount(labels[truth == 1]).argmax()
+    assert one and _iou(labels == one, truth == 1) > 0.8
+    two = np.bincount(labels[truth == 2]).argmax()
+    assert two != one and _iou(labels == two, truth == 2) > 0.8
+    assert not (labels[truth == 3] == two).any()
+    # without the join each track is too short to be kept, and the organelle is lost
+    assert np.bincount(found[0.0][truth == 1]).argmax() == 0
+
+
 def test_gap_slices_are_in_nm():
     assert [RunSettings().gap_slices(z) for z in (5, 10, 30, 40, 200)] == [20, 10, 3, 2, 0]
     assert RunSettings(fill_gaps_nm=0).gap_slices(10) == 0

@@ -34,6 +34,7 @@ from .annotations import read_yolo_mark
 from .assemble import assemble, write_outputs
 from .calibrate import calibrate
 from .classes import ClassConfig, load_classes
+from .continuation import join_continuations
 from .errors import Cancelled, FamousError
 from .fileio import remove_leftovers, write_json
 from .follow import fill_gaps, follow
@@ -171,13 +172,14 @@ def _link(out: Path, request: RunRequest, inputs: _Inputs, progress: ProgressFn)
     det_labels = labels0
     if settings.merge_bridges and len(labels0):
         det_labels = merge_bridges(out, stack, det, labels0, settings, sub(progress, 0.2, 0.6))
+    gap = settings.gap_slices(stack.voxel_size_nm[0])
+    det_labels = join_continuations(out, det, det_labels, gap, settings.continue_overlap)
     det_labels = drop_small(det_labels, det, min_span, n_slices)
     confirm = getattr(inputs.source, "confirm_thresholds", None)
     if confirm is not None:
         det_labels = drop_unconfirmed(det_labels, det, confirm, settings.confirm_boxes)
     if settings.short_joins_one and len(det_labels):
         det_labels = drop_spanning(det_labels, det)
-    gap = settings.gap_slices(stack.voxel_size_nm[0])
     if gap and len(det_labels):
         det, det_labels = fill_gaps(out, stack, classes, pixel_nm, det, det_labels, gap)
     followed = {}

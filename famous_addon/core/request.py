@@ -29,7 +29,10 @@ class RunSettings:
     :meth:`min_span` joins only the long organelle it overlaps most (or ones
     it holds half of) in the bridge merge, and a box that holds boxes of two
     organelles of its slice is left out (:func:`~.refine.bridge_pairs`,
-    :func:`~.refine.drop_spanning`). An organelle that does not touch the first or last
+    :func:`~.refine.drop_spanning`). A track that ends is joined to one that begins
+    within the gap (below) where their masks overlap by ``continue_overlap`` of
+    the smaller, skipping no more slices than either is long (0: off; see
+    :mod:`.continuation`). An organelle that does not touch the first or last
     slice is kept when it spans at least ``min_slices`` slices and
     ``min_depth_nm`` in z (see :meth:`min_span`). Where a kept organelle skips slices, up to
     ``fill_gaps_nm`` of them in z get a box interpolated between its boxes
@@ -55,6 +58,7 @@ class RunSettings:
     fill_gaps_nm: float = 100.0
     follow_iou: float = 0.5
     join_touching: float = 0.5
+    continue_overlap: float = 0.5
     points: str = "outline"
     outlier_k: int = 8
     outlier_std: float = 2.0
@@ -212,4 +216,5 @@ def run_settings(args) -> RunSettings:
         fill_gaps_nm=args.fill_gaps_nm,
         follow_iou=args.follow_iou,
         join_touching=args.join_touching,
+        continue_overlap=args.continue_overlap,
     )
