@@ -4,10 +4,10 @@ Algorithm 4 (:mod:`.link`) links a box to an earlier one by their centres,
 within a fifth of the box's half-size. A large organelle that lies obliquely
 in the stack drifts by a pixel or more a slice, and the detector boxes it
 whole on some slices and in two parts on others, so its boxes' centres jump
-further than that. On real FIB-SEM (lucchi, 5 nm slices) the two largest
-mitochondria, boxed on most of their 58 and 64 slices, came out as ten
-tracks each of 1-12 slices, every one shorter than the minimum span and
-dropped: the organelles were lost whole. The bridge merge
+further than that. On real FIB-SEM (lucchi, 5 nm slices) the largest
+mitochondrion, boxed on 44 of its 64 slices, came out as ten tracks of 1-12
+slices, every one shorter than the minimum span and dropped: it was lost
+whole, and so was the second largest. The bridge merge
 (:func:`~.refine.merge_bridges`) compares adjacent slices only, and these
 tracks are often a few missed slices apart.
 
@@ -19,10 +19,10 @@ either track is long, so that flickers of a slice or two do not chain into
 an organelle across long gaps. Runs before the minimum span is applied, so
 pieces too short to stand alone are kept as the organelle they belong to.
 
-Measured on the eight detectors of docs/results.md (session 25): lucchi
-object F1 0.779 -> 0.786 on average (none lower), voxel IoU 0.714 ->
-0.729; CDeep3M 0.618 -> 0.613 (two detectors lower by one object each:
-a false organelle joined to a real one that begins where it ends).
+Measured with eight detectors (docs/results.md, session 25): lucchi object
+F1 0.779 -> 0.786 on average, none lower, voxel IoU 0.714 -> 0.729 (seed 0:
+0.663 -> 0.714); CDeep3M 0.631 -> 0.636, one detector lower by an object (a
+false organelle joined to a real one that begins where it ends).
 """
 
 from __future__ import annotations
