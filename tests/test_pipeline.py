@@ -50,6 +50,19 @@ def _mask_box(mask: np.ndarray, score: float = 1.0):
     return Box(0, xx.min(), yy.min(), np.ptp(xx) + 1, np.ptp(yy) + 1, score)
 
 
+def _write_dark_organelles(folder, truth: np.ndarray) -> None:
+    """``folder``'s stack.tif: ``truth``'s organelles dark on a light ground, blurred and
+    noisy, and its obj.names (mitochondria)."""
+    import cv2
+
+    stack = np.where(truth > 0, 70, 190).astype(np.float32)
+    stack = cv2.GaussianBlur(stack, (0, 0), 1.0) + np.random.default_rng(0).normal(
+        0, 10, truth.shape
+    )
+    tifffile.imwrite(folder / "stack.tif", np.clip(stack, 0, 255).astype(np.uint8))
+    (folder / "obj.names").write_text("mitochondria\n")
+
+
 def _synthetic_request(folder, run, voxel_size_nm=(10.0, 10.0, 10.0), **settings) -> RunRequest:
     """A run of ``folder``'s stack.tif with its boxes/ (labels written)."""
     return RunRequest(
@@ -359,12 +372,7 @@ def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
     for k in range(n):
         cv2.ellipse(truth[k], (80, 80), (18, 26), 0, 0, 360, 1, -1)
         cv2.ellipse(truth[k], (117, 80 + k), (18, 24), 0, 0, 360, 2, -1)
-    stack = np.where(truth > 0, 70, 190).astype(np.float32)
-    stack = cv2.GaussianBlur(stack, (0, 0), 1.0) + np.random.default_rng(0).normal(
-        0, 10, truth.shape
-    )
-    tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack, 0, 255).astype(np.uint8))
-    (tmp_path / "obj.names").write_text("mitochondria\n")
+    _write_dark_organelles(tmp_path, truth)
     for k in range(n):
         pieces = [truth[k] > 0] if 10 <= k < 16 else [truth[k] == 1, truth[k] == 2]
         boxes = []
@@ -399,12 +407,7 @@ def test_pieces_boxed_side_by_side_are_joined_and_neighbours_touching_briefly_ar
         gap = 0 if 12 <= k < 16 else 6
         cv2.rectangle(truth[k], (40, 50), (139, 89), 1, -1)
         cv2.rectangle(truth[k], (92, 90 + gap), (137, 124 + gap), 2, -1)
-    stack = np.where(truth > 0, 70, 190).astype(np.float32)
-    stack = cv2.GaussianBlur(stack, (0, 0), 1.0) + np.random.default_rng(0).normal(
-        0, 10, truth.shape
-    )
-    tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack, 0, 255).astype(np.uint8))
-    (tmp_path / "obj.names").write_text("mitochondria\n")
+    _write_dark_organelles(tmp_path, truth)
     halves = np.zeros(truth.shape[1:], bool)
     halves[:, :90] = True
     for k in range(n):
@@ -455,12 +458,7 @@ def test_an_organelle_whose_tracks_drift_apart_is_joined_across_missed_slices(tm
             cv2.rectangle(truth[k], (60, 75), (119, 104), 2, -1)
         if 17 <= k < 20:
             cv2.rectangle(truth[k], (62, 80), (79, 99), 3, -1)
-    stack = np.where(truth > 0, 70, 190).astype(np.float32)
-    stack = cv2.GaussianBlur(stack, (0, 0), 1.0) + np.random.default_rng(0).normal(
-        0, 10, truth.shape
-    )
-    tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack, 0, 255).astype(np.uint8))
-    (tmp_path / "obj.names").write_text("mitochondria\n")
+    _write_dark_organelles(tmp_path, truth)
     for k in range(n):
         one = truth[k] == 1
         pieces = []
