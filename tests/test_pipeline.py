@@ -63,6 +63,14 @@ def _write_dark_organelles(folder, truth: np.ndarray) -> None:
     (folder / "obj.names").write_text("mitochondria\n")
 
 
+def _write_piece_boxes(folder, k: int, pieces: list[np.ndarray], shape) -> None:
+    """Slice ``k``'s YOLO file in ``folder``/boxes: a box around each 2-D mask, score 0.9."""
+    from famous_addon.core.boxes import write_yolo_txt
+
+    boxes = [_mask_box(piece, 0.9) for piece in pieces]
+    write_yolo_txt(folder / "boxes" / f"slice_{k:05d}.txt", boxes, shape)
+
+
 def _synthetic_request(folder, run, voxel_size_nm=(10.0, 10.0, 10.0), **settings) -> RunRequest:
     """A run of ``folder``'s stack.tif with its boxes/ (labels written)."""
     return RunRequest(
@@ -362,8 +370,6 @@ def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
 def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
     import cv2
 
-    from famous_addon.core.boxes import write_yolo_txt
-
     # two dark tubes along z, one pixel apart, blurred as EM blurs them; a
     # detector boxes them together on slices 10-15, as it does touching mitochondria
     # (before and after, each tube spans the minimum depth, 100 nm, and may seed the cut)
@@ -375,9 +381,7 @@ def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
     _write_dark_organelles(tmp_path, truth)
     for k in range(n):
         pieces = [truth[k] > 0] if 10 <= k < 16 else [truth[k] == 1, truth[k] == 2]
-        boxes = []
-        boxes = [_mask_box(piece, 0.9) for piece in pieces]
-        write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
+        _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
     owners = {}
     for separation in (0.0, RunSettings().separation):
         run = tmp_path / f"sep{separation:g}"
@@ -396,8 +400,6 @@ def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
 def test_pieces_boxed_side_by_side_are_joined_and_neighbours_touching_briefly_are_not(tmp_path):
     import cv2
 
-    from famous_addon.core.boxes import write_yolo_txt
-
     # a large organelle (1) boxed in two halves on every slice, as a detector boxes
     # CDeep3M's diagonal mitochondria, and a neighbour (2) pressed flat against it on
     # slices 12-15 only, 6 px away elsewhere, boxed on its own
@@ -413,8 +415,7 @@ def test_pieces_boxed_side_by_side_are_joined_and_neighbours_touching_briefly_ar
     for k in range(n):
         one = truth[k] == 1
         pieces = [one & halves, one & ~halves, truth[k] == 2]
-        boxes = [_mask_box(piece, 0.9) for piece in pieces]
-        write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
+        _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
     owners = {}
     for share in (0.0, 0.05, RunSettings().join_touching):
         run = tmp_path / f"join{share:g}"
@@ -441,8 +442,6 @@ def test_pieces_boxed_side_by_side_are_joined_and_neighbours_touching_briefly_ar
 def test_an_organelle_whose_tracks_drift_apart_is_joined_across_missed_slices(tmp_path):
     import cv2
 
-    from famous_addon.core.boxes import write_yolo_txt
-
     # An oblique organelle (1) drifting 4 px a slice, boxed whole on three slices
     # of five, in two halves on the fourth and missed on the fifth: Algorithm 4 cuts
     # it into tracks of four slices, each shorter than the minimum span (10 slices
@@ -468,8 +467,7 @@ def test_an_organelle_whose_tracks_drift_apart_is_joined_across_missed_slices(tm
             left[:, : (xs[0] + xs[-1]) // 2] = True
             pieces = {0: [one], 1: [one], 2: [one], 3: [one & left, one & ~left], 4: []}[k % 5]
         pieces += [truth[k] == j for j in (2, 3) if (truth[k] == j).any()]
-        boxes = [_mask_box(piece, 0.9) for piece in pieces]
-        write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
+        _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
     found = {}
     for overlap in (0.0, RunSettings().continue_overlap):
         run = tmp_path / f"continue{overlap:g}"
