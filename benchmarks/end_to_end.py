@@ -12,7 +12,7 @@ Usage::
     python benchmarks/end_to_end.py [--model assets/demo_model] [--seeds 2 3 4 5 6]
         [--shape 64 512 512] [--flip-views N] [--work /tmp/famous_e2e]
         [--min-slices 3] [--min-depth-nm 100] [--follow-iou 0.5] [--separation 0.25]
-        [--join-touching 0.5] [--continue-overlap 0.5]
+        [--join-touching 0.5] [--continue-overlap 0.5] [--no-zoom-pass]
         [--backend auto|cpu|cuda|cuda_fp16]
 """
 
@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--separation", type=float, default=defaults.separation)
     ap.add_argument("--join-touching", type=float, default=defaults.join_touching)
     ap.add_argument("--continue-overlap", type=float, default=defaults.continue_overlap)
+    ap.add_argument(
+        "--no-zoom-pass", action="store_true", help="without the model's small-object pass"
+    )
     args = ap.parse_args()
     settings = RunSettings(
         min_slices=args.min_slices,
@@ -83,6 +86,7 @@ def main() -> None:
                     model=args.model,
                     backend=args.backend,
                     flip_views=args.flip_views,
+                    zoom_pass=not args.no_zoom_pass,
                     labels=True,
                     settings=settings,
                 )
