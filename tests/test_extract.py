@@ -197,6 +197,25 @@ def test_light_organelle_keeps_its_dark_membrane():
     assert iou(with_membrane, organelle) > 0.9
 
 
+def test_a_light_crista_that_reaches_the_outline_leaves_no_bay():
+    shape = (64, 64)
+    truth = ellipse(shape, 32, 32, 14, 20)
+    yy, xx = np.mgrid[0:64, 0:64]
+    # a light crista from the middle through a break in the dark outline: no
+    # hole, so thresholding and hole filling leave a bay where it runs
+    crista = truth & (np.abs(xx - 32) <= 2) & (yy <= 30)
+    img = render([(truth, 45), (crista, 160)], shape)
+    box = tight_box(truth)
+    bare = full_mask(img, box, replace(REFINED, close_nm=0.0), shape)
+    filled = full_mask(img, box, REFINED, shape)
+    assert np.count_nonzero(bare & crista) < 0.1 * crista.sum()
+    assert np.count_nonzero(filled & crista) > 0.7 * crista.sum()
+    assert iou(filled, truth) > 0.95 > iou(bare, truth)
+    # the gap is closed, nothing beyond the outline is added
+    near = cv2.dilate(truth.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert not (filled & ~near).any()
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])
 def test_refined_is_invariant_to_bit_depth(dtype):
     shape = (64, 64)

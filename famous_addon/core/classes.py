@@ -82,6 +82,7 @@ class ExtractRecipe:
     separate_core: float = 0.0
     adaptive: bool = True
     membrane_nm: float = 0.0
+    close_nm: float = 20.0
     # The "learned" method's trained pixel classifier (famous_addon.core.learned).
     weights: tuple[float, ...] = ()
 
@@ -171,6 +172,7 @@ _RANGES = {
     "smooth_nm": (0.0, 10_000.0),
     "open_nm": (0.0, 10_000.0),
     "membrane_nm": (0.0, 10_000.0),
+    "close_nm": (0.0, 10_000.0),
     "iterations": (0, 100),
     "threshold_offset": (-10.0, 10.0),
     "context_fraction": (0.0, 10.0),

@@ -273,6 +273,10 @@ def refined_recipe(
        it (0.5: the half-way edge), within one pixel of the first mask. A
        light organelle with ``membrane_nm`` > 0 then gets its dark limiting
        membrane added (the threshold finds the lumen only).
+    4. Bays: gaps in the outline up to twice ``close_nm`` wide are closed
+       and what they enclose is filled. Light cristae or lumen content that
+       reach the outline are no hole, so step 2 leaves a bite there (lucchi
+       with the labels' boxes: voxel IoU 0.800 -> 0.812; docs/results.md).
 
     Kernel sizes are physical (nm): the pixel size scales them.
     """
@@ -376,12 +380,29 @@ def _refined_mask(img, box, full_box, t, recipe, pixel_nm, cut, edge=True) -> np
 
 
 def _finish_edge(img, box, mask, recipe, pixel_nm, cut) -> np.ndarray:
-    """A thresholded mask's edge refined and, for a light organelle, its membrane added."""
+    """A thresholded mask's edge refined, a light organelle's membrane added, bays filled."""
     if recipe.edge_level > 0 and mask.sum() >= 10:
         mask = _refine_edge(img, box, mask, recipe.edge_level, recipe.fill_holes, cut, pixel_nm)
     if recipe.polarity == "light" and recipe.membrane_nm > 0 and mask.sum() >= 10:
         mask = _add_membrane(img, box, mask, recipe.membrane_nm, pixel_nm)
+    r = int(round(recipe.close_nm / pixel_nm))
+    if r > 0 and recipe.fill_holes and mask.sum() >= 10:
+        mask = _fill_bays(mask, r, cut)
     return mask
+
+
+def _fill_bays(mask: np.ndarray, r: int, cut) -> np.ndarray:
+    """The mask with gaps in its outline up to ``2 r`` px wide closed and what they enclose filled.
+
+    Light cristae in a dark mitochondrion, or a lumen's content in an
+    endosome, that reach the outline through a break in the membrane are no
+    hole, so the thresholded mask has a bay there; its cross-section still
+    ends at the membrane on either side of the break.
+    """
+    # padded so the closing treats the box's border as background, not as mask
+    padded = cv2.copyMakeBorder(mask.astype(np.uint8), r, r, r, r, cv2.BORDER_CONSTANT, value=0)
+    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disk(r))[r:-r, r:-r].astype(bool)
+    return _fill_holes(closed | mask, cut)
 
 
 def _median(values: np.ndarray) -> float:
