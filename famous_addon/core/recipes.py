@@ -275,7 +275,7 @@ def refined_recipe(
        membrane added (the threshold finds the lumen only).
     4. Bays: gaps in the outline up to twice ``close_nm`` wide are closed
        and what they enclose is filled. Light cristae or lumen content that
-       reach the outline are no hole, so step 2 leaves a bite there (lucchi
+       reach the outline form no hole, so step 2 leaves a bite there (lucchi
        with the labels' boxes: voxel IoU 0.800 -> 0.812; docs/results.md).
 
     Kernel sizes are physical (nm): the pixel size scales them.
@@ -395,8 +395,8 @@ def _fill_bays(mask: np.ndarray, r: int, cut) -> np.ndarray:
     """The mask with gaps in its outline up to ``2 r`` px wide closed and what they enclose filled.
 
     Light cristae in a dark mitochondrion, or a lumen's content in an
-    endosome, that reach the outline through a break in the membrane are no
-    hole, so the thresholded mask has a bay there; its cross-section still
+    endosome, that reach the outline through a break in the membrane form no
+    hole, so the thresholded mask has a bay there; the cross-section still
     ends at the membrane on either side of the break.
     """
     # padded so the closing treats the box's border as background, not as mask
