@@ -401,8 +401,8 @@ def _fill_bays(mask: np.ndarray, r: int, cut) -> np.ndarray:
     """
     # padded so the closing treats the box's border as background, not as mask
     padded = cv2.copyMakeBorder(mask.astype(np.uint8), r, r, r, r, cv2.BORDER_CONSTANT, value=0)
-    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disk(r))[r:-r, r:-r].astype(bool)
-    return _fill_holes(closed | mask, cut)
+    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disk(r))[r:-r, r:-r]
+    return _fill_holes(closed, cut)  # a closing only adds: the mask is inside it
 
 
 def _median(values: np.ndarray) -> float:
