@@ -15,7 +15,14 @@
    organelles that are the only one on their truth object) beside the z-step, the goal
    being a 95th percentile of at most one z-step.
 
-    python benchmarks/meshing.py [--shape 64 512 512] [--seed 0] [--work /tmp/famous_mesh_bench]
+With ``--voxel-size`` slices thicker than the pixels (e.g. 40 10 10, as on
+serial-section TEM or SBEM), the phantom is written at that voxel size; the
+truth surfaces and volumes come from the same cell written at the pixel size
+in z too, and the volume mesher is also run on stacked sections (its
+``interpolate=False``), the way it meshed before shape interpolation.
+
+    python benchmarks/meshing.py [--shape 64 512 512] [--voxel-size 10 10 10] [--seed 0]
+        [--work /tmp/famous_mesh_bench]
 """
 
 from __future__ import annotations
@@ -95,10 +102,20 @@ def truth_match(run: RunFolder, phantom: Path) -> dict[int, int]:
     return out
 
 
-def phantom_accuracy(shape, seed: int, work: Path) -> None:
+def phantom_accuracy(shape, seed: int, work: Path, voxel_nm=(10.0, 10.0, 10.0)) -> None:
     phantom, run_dir = work / "phantom", work / "run"
-    if not (phantom / "truth_stl").is_dir():
-        write_phantom(phantom, shape=shape, seed=seed, stl=True)
+    thick = voxel_nm[0] > voxel_nm[1]
+    # truth surfaces of thick sections: the same cell (placed in µm) at the pixel size in z
+    reference = work / "reference" if thick else phantom
+    made = work / "phantom.txt"  # what the phantoms there were written for
+    key = f"{tuple(shape)} seed {seed} voxel {tuple(voxel_nm)}"
+    if not made.is_file() or made.read_text() != key or not (reference / "truth_stl").is_dir():
+        write_phantom(phantom, shape=shape, seed=seed, voxel_size_nm=voxel_nm, stl=not thick)
+        if thick:
+            fine = (round(shape[0] * voxel_nm[0] / voxel_nm[1]), *shape[1:])
+            fine_nm = (voxel_nm[1], *voxel_nm[1:])
+            write_phantom(reference, shape=fine, seed=seed, voxel_size_nm=fine_nm, stl=True)
+        made.write_text(key)
     shutil.rmtree(run_dir, ignore_errors=True)
     t_run, _, _ = timed(
         run_pipeline,
@@ -111,7 +128,7 @@ def phantom_accuracy(shape, seed: int, work: Path) -> None:
         ),
     )
     run = RunFolder(run_dir)
-    truth = {int(r["id"]): float(r["volume_um3"]) for r in read_csv(phantom / "truth.csv")}
+    truth = {int(r["id"]): float(r["volume_um3"]) for r in read_csv(reference / "truth.csv")}
     match = truth_match(run, phantom)
     # surfaces are compared where one organelle is one truth object (not split)
     taken = np.bincount(list(match.values()))
@@ -128,16 +145,21 @@ def phantom_accuracy(shape, seed: int, work: Path) -> None:
         points, normals = clouds.get(row["id"])
         vox = labels.voxels(row)
         shape_kind = config[config.index(cls)].mesh.shape
-        keys = ("n", "hull_t", "vol_t", "hull_e", "vol_e", "hull_r", "vol_r", "hull_d", "vol_d")
+        keys = ("n",) + tuple(f"{m}_{x}" for m in ("hull", "vol", "stack") for x in "terd")
         per = results.setdefault(cls, {k: [] for k in keys})
         per["n"].append(len(points))
         true = truth.get(match.get(row["id"], -1))
-        for key, fn, args in (
-            ("hull", meshing.hull_mesh, ("b", points, normals, shape_kind)),
-            ("vol", meshing.volume_mesh, ("b", vox, run.voxel_size_nm)),
-        ):
+        cut = {"n_slices": labels.n_slices}
+        meshers = [
+            ("hull", meshing.hull_mesh, ("b", points, normals, shape_kind), {}),
+            ("vol", meshing.volume_mesh, ("b", vox, run.voxel_size_nm), cut),
+        ]
+        if thick:
+            stacked = {"interpolate": False}
+            meshers.append(("stack", meshing.volume_mesh, ("b", vox, run.voxel_size_nm), stacked))
+        for key, fn, args, kwargs in meshers:
             try:
-                _, dt, obj = timed(fn, *args)
+                _, dt, obj = timed(fn, *args, **kwargs)
             except FamousError:
                 # Flat point clouds (one slice) have no hull; the scene uses voxels.
                 per["no_hull"] = per.get("no_hull", 0) + 1
@@ -147,7 +169,7 @@ def phantom_accuracy(shape, seed: int, work: Path) -> None:
             per[f"{key}_r"].append(volume / row["volume_um3"] - 1)
             if true:
                 per[f"{key}_e"].append(volume / true - 1)
-                stl = phantom / "truth_stl" / cls / f"{cls}_{match[row['id']]}.stl"
+                stl = reference / "truth_stl" / cls / f"{cls}_{match[row['id']]}.stl"
                 if stl.is_file() and taken[match[row["id"]]] == 1:
                     per[f"{key}_d"].append(surface_distances(obj, stl))
             meshing.remove_object(obj)
@@ -155,7 +177,7 @@ def phantom_accuracy(shape, seed: int, work: Path) -> None:
     print(
         f"{'class':<15} {'n':>3} {'points':>7} {'hull cpu':>9} {'volume cpu':>11}"
         f" {'hull err':>9} {'volume err':>11} {'|err| closer':>13}"
-        f" {'hull/voxels':>12} {'volume/voxels':>14}"
+        f" {'hull/voxels':>12} {'volume/voxels':>14}" + (f" {'stacked err':>12}" if thick else "")
     )
     totals = {"hull": 0.0, "vol": 0.0}
     for cls, per in results.items():
@@ -170,6 +192,7 @@ def phantom_accuracy(shape, seed: int, work: Path) -> None:
             f" {np.median(per['hull_t']):>9.3f} {np.median(per['vol_t']):>11.3f}"
             f" {np.median(he):>+9.1%} {np.median(ve):>+11.1%} {closer:>13}"
             f" {np.median(per['hull_r']):>+12.1%} {np.median(per['vol_r']):>+14.1%}"
+            + (f" {np.median(per['stack_e']):>+12.1%}" if thick else "")
         )
     print(
         "(err: median of mesh volume / true volume - 1; closer: smaller mean |err|;\n"
@@ -178,13 +201,21 @@ def phantom_accuracy(shape, seed: int, work: Path) -> None:
     print(f"demo meshing total (cpu): hull {totals['hull']:.1f} s, volume {totals['vol']:.1f} s")
     step = run.voxel_size_nm[0]
     print(f"\n3. surface distance to the truth STLs (nm; z-step {step:g} nm)")
-    print(f"{'class':<15} {'hull mean':>10} {'hull p95':>9} {'volume mean':>12} {'volume p95':>11}")
+    keys = ("hull", "vol", "stack") if thick else ("hull", "vol")
+    names = {"hull": "hull", "vol": "volume", "stack": "stacked"}
+    print(
+        f"{'class':<15}"
+        + "".join(f" {names[k] + ' mean':>13} {names[k] + ' p95':>12}" for k in keys)
+    )
     for cls, per in results.items():
         cells = []
-        for key in ("hull", "vol"):
+        for key in keys:
             d = np.concatenate(per[f"{key}_d"]) if per[f"{key}_d"] else np.zeros(1)
             cells += [d.mean() * 1000, np.percentile(d, 95) * 1000]
-        print(f"{cls:<15} {cells[0]:>10.1f} {cells[1]:>9.1f} {cells[2]:>12.1f} {cells[3]:>11.1f}")
+        print(
+            f"{cls:<15}"
+            + "".join(f" {c:>13.1f}" if i % 2 == 0 else f" {c:>12.1f}" for i, c in enumerate(cells))
+        )
 
 
 def surface_distances(obj, stl: Path, n: int = 20000) -> np.ndarray:
@@ -215,13 +246,14 @@ def _to_surface(points: np.ndarray, mesh, k: int = 12) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--shape", nargs=3, type=int, default=[64, 512, 512])
+    ap.add_argument("--voxel-size", nargs=3, type=float, default=[10.0, 10.0, 10.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--work", type=Path, default=Path("/tmp/famous_mesh_bench"))
     args = ap.parse_args()
     bpy.ops.wm.read_factory_settings(use_empty=True)
     ellipsoid_speed(args.repeats)
-    phantom_accuracy(tuple(args.shape), args.seed, args.work)
+    phantom_accuracy(tuple(args.shape), args.seed, args.work, tuple(args.voxel_size))
 
 
 if __name__ == "__main__":

@@ -131,3 +131,24 @@ def test_volume_mesher_anisotropic_ellipsoid(blender, max_voxels):
     v = meshing.vertex_array(obj)
     centre = (v.min(axis=0) + v.max(axis=0)) / 2
     np.testing.assert_allclose(centre, [41 * 0.01, 31 * 0.01, 9 * 0.03], atol=0.01)
+
+
+def test_volume_mesher_follows_a_sphere_between_thick_sections(blender):
+    """40 nm sections of 10 nm pixels: the mesh follows the sphere between sections
+    (shape interpolation), where slabs leave ledges."""
+    from famous_addon.blender import measure, meshing
+
+    voxel_nm = np.array([40.0, 10.0, 10.0])
+    shape = np.array([11, 35, 35])
+    vox = ellipsoid_voxels(150 / voxel_nm, tuple(shape))
+    centre_um = (shape - 1) / 2 * voxel_nm / 1000
+
+    def p95_nm(obj):
+        xyz = meshing.vertex_array(obj)
+        return np.percentile(np.abs(np.linalg.norm(xyz - centre_um[::-1], axis=1) - 0.15), 95) * 1e3
+
+    smooth = meshing.volume_mesh("s", vox, voxel_nm)
+    check_clean(measure.mesh_stats(smooth))
+    assert measure.mesh_stats(smooth).volume_um3 == pytest.approx(4 / 3 * np.pi * 0.15**3, rel=0.03)
+    slabs = meshing.volume_mesh("l", vox, voxel_nm, interpolate=False)
+    assert p95_nm(smooth) < 0.2 * voxel_nm[0] and p95_nm(smooth) < 0.5 * p95_nm(slabs)

@@ -35,6 +35,7 @@ from mathutils import Matrix, Vector
 from scipy.spatial import cKDTree
 
 from ..core.errors import FamousError
+from ..core.mesh_cells import mesh_cells
 
 HULL_STEPS = ("hull", "remesh", "fit", "clean", "hull2", "remesh2", "project", "smooth")
 VOLUME_GROUP = "FAMOUS volume mesher"
@@ -558,45 +559,21 @@ def _marching_cubes_object(name: str, cells: np.ndarray, collection) -> bpy.type
     return new_mesh_object(name, (verts + lo)[:, ::-1], faces, collection=collection)
 
 
-def coarsen(voxels_zyx: np.ndarray, voxel_size_nm, max_voxels: int = VOLUME_MAX_VOXELS):
-    """Merge voxels into coarser cells when there are more than ``max_voxels``.
-
-    Cells are as close to cubes as the voxel size allows; a cell is kept when
-    at least half of it belongs to the organelle.
-
-    Returns
-    -------
-    cells : (m, 3) int array
-        (z, y, x) cell indices.
-    factors : (3,) int array
-        Voxels per cell along z, y, x (all 1 when nothing was merged).
-    """
-    vox = np.asarray(voxels_zyx, dtype=np.int64)
-    size = np.asarray(voxel_size_nm, dtype=float)
-    if len(vox) <= max_voxels:
-        return vox, np.ones(3, np.int64)
-    cell = (len(vox) * size.prod() / max_voxels) ** (1 / 3)
-    factors = np.maximum(1, np.ceil(cell / size)).astype(np.int64)
-    coarse = vox // factors
-    lo = coarse.min(axis=0)
-    dims = coarse.max(axis=0) - lo + 1
-    # One integer key per cell: a 1-D bincount is far faster than unique rows.
-    counts = np.bincount(np.ravel_multi_index((coarse - lo).T, dims))
-    keep = np.flatnonzero(counts * 2 >= factors.prod())
-    return np.column_stack(np.unravel_index(keep, dims)) + lo, factors
-
-
 def volume_mesh(
     name: str,
     voxels_zyx: np.ndarray,
     voxel_size_nm,
     collection=None,
     max_voxels: int = VOLUME_MAX_VOXELS,
+    interpolate: bool = True,
+    n_slices: int | None = None,
 ) -> bpy.types.Object:
     """Mesh one organelle from its mask voxels (Points to Volume -> Volume to Mesh).
 
-    Organelles of more than ``max_voxels`` voxels are meshed on coarser
-    cells (see :func:`coarsen`).
+    The voxels become near-cubic cells first (:func:`~..core.mesh_cells.mesh_cells`):
+    the shape is interpolated between sections thicker than a pixel and 1.5,
+    and organelles of more than ``max_voxels`` voxels are meshed on coarser
+    cells.
 
     Parameters
     ----------
@@ -606,6 +583,10 @@ def volume_mesh(
     voxel_size_nm : (z, y, x)
     collection : Collection, optional
     max_voxels : int
+    interpolate : bool
+        ``False`` meshes each section as a slab (no interpolation between sections).
+    n_slices : int, optional
+        The stack's slices: an organelle on the first or last is cut flat there.
 
     Returns
     -------
@@ -614,7 +595,9 @@ def volume_mesh(
     """
     if len(voxels_zyx) == 0:
         raise FamousError(f"{name}: the organelle has no voxels in the label volume.")
-    cells, factors = coarsen(voxels_zyx, voxel_size_nm, max_voxels)
+    cells, cell_nm, origin_nm = mesh_cells(
+        voxels_zyx, voxel_size_nm, max_voxels, interpolate, n_slices
+    )
     if bpy.app.version >= (5, 0, 0):
         obj = new_mesh_object(name, cells[:, ::-1].astype(np.float32), collection=collection)
         mod = obj.modifiers.new("volume", "NODES")
@@ -625,9 +608,8 @@ def volume_mesh(
     # Smoothed in cell units, before the scaling to µm, so anisotropic voxels
     # are smoothed alike along every axis.
     smooth(obj, 0.5, VOLUME_SMOOTH_ITERATIONS)
-    # Cell index -> voxel index (cell centre) -> µm, per axis.
-    step = factors[::-1] * np.asarray(voxel_size_nm, dtype=float)[::-1] / 1000.0
-    offset = (factors[::-1] - 1) / 2 * np.asarray(voxel_size_nm, dtype=float)[::-1] / 1000.0
+    # Cell index -> µm, per axis (x, y, z).
+    step, offset = cell_nm[::-1] / 1000.0, origin_nm[::-1] / 1000.0
     obj.data.transform(Matrix.Translation(Vector(offset)) @ Matrix.Diagonal((*step, 1.0)))
     obj.data.update()
     return obj

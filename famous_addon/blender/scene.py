@@ -56,6 +56,13 @@ class LabelVoxels:
             self._memmap = None
             self._tif = tifffile.TiffFile(self.path)
 
+    @property
+    def n_slices(self) -> int:
+        """Slices of the label volume."""
+        if self._memmap is not None:
+            return int(self._memmap.shape[0])
+        return len(self._tif.pages)
+
     def voxels(self, row: dict) -> np.ndarray:
         """(slice, row, column) of the voxels labelled ``row["id"]`` in its bounding box."""
         z0, z1 = row["z_min"], row["z_max"] + 1
@@ -174,7 +181,7 @@ class SceneBuilder:
         and listed in :attr:`notes`.
         """
         if self.mesher_of(row["class"]) == "volume":
-            return meshing.volume_mesh(name, self._labels.voxels(row), self.run.voxel_size_nm, coll)
+            return self._volume_mesh(row, name, coll)
         points, normals = clouds.get(row["id"])
         shape = self.config[self.config.index(row["class"])].mesh.shape
         try:
@@ -184,9 +191,14 @@ class SceneBuilder:
                 self.notes.append(f"{exc.what} Skipped (no labels.tif to mesh its voxels).")
                 return None
             self.notes.append(f"{exc.what} Meshed from its voxels instead.")
-            obj = meshing.volume_mesh(name, self._labels.voxels(row), self.run.voxel_size_nm, coll)
+            obj = self._volume_mesh(row, name, coll)
             obj["mesher"] = "volume"
             return obj
+
+    def _volume_mesh(self, row, name, coll) -> bpy.types.Object:
+        """The organelle meshed from its voxels (the stack's ends cut it flat)."""
+        vox, n = self._labels.voxels(row), self._labels.n_slices
+        return meshing.volume_mesh(name, vox, self.run.voxel_size_nm, coll, n_slices=n)
 
     def _finish(self) -> None:
         """Swap the finished build in for the previous result."""
