@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from famous_addon.core.mesh_cells import coarsen, mesh_cells
+from famous_addon.core.mesh_cells import coarsen, shape_field, thick_sections
 
 
 def ellipsoid(radii_nm, voxel_nm, centre_nm):
@@ -12,6 +12,19 @@ def ellipsoid(radii_nm, voxel_nm, centre_nm):
     grid = np.indices(n).reshape(3, -1).T
     inside = (((grid * np.asarray(voxel_nm) - centre_nm) / radii_nm) ** 2).sum(axis=1) <= 1
     return grid[inside]
+
+
+def mesh_cells(vox, voxel_nm, max_voxels, n_slices=None):
+    """The cells inside the interpolated shape, their size and origin."""
+    field, cell_nm, origin = shape_field(vox, voxel_nm, max_voxels, n_slices)
+    assert (field[[0, -1]] < 0).all() and (field[:, [0, -1]] < 0).all()
+    assert (field[:, :, [0, -1]] < 0).all()  # every side outside: a closed surface
+    return np.argwhere(field > 0), cell_nm, origin
+
+
+def stacked(vox, voxel_nm):
+    """One slab a section: the voxels as cells."""
+    return vox, np.asarray(voxel_nm, float), np.zeros(3)
 
 
 def positions(cells, cell_nm, origin_nm):
@@ -45,12 +58,10 @@ def cone(radii):
     )
 
 
-def test_isotropic_voxels_are_the_cells():
-    vox = ellipsoid(np.array([100.0, 80, 60]), (10.0, 10, 10), np.array([150.0, 150, 150]))
-    cells, cell_nm, origin = mesh_cells(vox, (10.0, 10.0, 10.0), 100_000)
-    np.testing.assert_array_equal(cells, vox)
-    np.testing.assert_array_equal(cell_nm, [10, 10, 10])
-    np.testing.assert_array_equal(origin, [0, 0, 0])
+def test_only_sections_thicker_than_pixels_are_interpolated():
+    assert not thick_sections((10.0, 10.0, 10.0))
+    assert not thick_sections((15.0, 10.0, 10.0))
+    assert thick_sections((16.0, 10.0, 10.0)) and thick_sections((50.0, 5.9, 5.9))
 
 
 def test_thick_sections_are_interpolated_on_cubic_cells():
@@ -70,9 +81,7 @@ def test_thick_sections_are_interpolated_on_cubic_cells():
     # the outline follows the sphere between sections: within a quarter of a section,
     # where stacked slabs leave ledges of up to half a section
     near = outline_distance(cells, cell_nm, origin, centre, radii)
-    stacked = mesh_cells(vox, voxel, 100_000, interpolate=False)
-    np.testing.assert_array_equal(stacked[0], vox)
-    far = outline_distance(*stacked, centre, radii)
+    far = outline_distance(*stacked(vox, voxel), centre, radii)
     assert np.percentile(near, 95) < 0.25 * voxel[0] < np.percentile(far, 95)
 
 

@@ -32,10 +32,12 @@ import bmesh
 import bpy
 import numpy as np
 from mathutils import Matrix, Vector
+from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
+from skimage.measure import marching_cubes
 
 from ..core.errors import FamousError
-from ..core.mesh_cells import mesh_cells
+from ..core.mesh_cells import coarsen, shape_field, thick_sections
 
 HULL_STEPS = ("hull", "remesh", "fit", "clean", "hull2", "remesh2", "project", "smooth")
 VOLUME_GROUP = "FAMOUS volume mesher"
@@ -52,6 +54,9 @@ VOLUME_SMOOTH_ITERATIONS = 2
 # grows with the voxel count (about 4 µs per voxel) while the surface gains
 # nothing visible from more than ~100k cells.
 VOLUME_MAX_VOXELS = 100_000
+# Gaussian smoothing (in cells) of the interpolated signed distance of thick
+# sections before its zero level is meshed (as core.quantify.surface does).
+FIELD_SIGMA = 0.7
 
 
 @dataclass(frozen=True)
@@ -546,10 +551,6 @@ def _marching_cubes_object(name: str, cells: np.ndarray, collection) -> bpy.type
     volume on an ellipsoid of 19 x 63 x 83 voxels, at any threshold); Blender 5
     rasterises a distance field that Volume to Mesh cuts at the cells' edge.
     """
-    # loaded only on Blender 4.2-4.5, the only ones that mesh here
-    from scipy.ndimage import gaussian_filter
-    from skimage.measure import marching_cubes
-
     lo = cells.min(axis=0) - 3
     grid = np.zeros(tuple(cells.max(axis=0) - lo + 4), np.float32)
     grid[tuple((cells - lo).T)] = 1.0
@@ -568,12 +569,13 @@ def volume_mesh(
     interpolate: bool = True,
     n_slices: int | None = None,
 ) -> bpy.types.Object:
-    """Mesh one organelle from its mask voxels (Points to Volume -> Volume to Mesh).
+    """Mesh one organelle from its mask voxels.
 
-    The voxels become near-cubic cells first (:func:`~..core.mesh_cells.mesh_cells`):
-    the shape is interpolated between sections thicker than a pixel and 1.5,
-    and organelles of more than ``max_voxels`` voxels are meshed on coarser
-    cells.
+    Sections thicker than 1.5 pixels: the organelle's shape interpolated
+    between them (:func:`~..core.mesh_cells.shape_field`), smoothed, and its
+    surface taken by marching cubes. Otherwise the voxels as points, Points
+    to Volume -> Volume to Mesh; organelles of more than ``max_voxels``
+    voxels on coarser cells (:func:`~..core.mesh_cells.coarsen`).
 
     Parameters
     ----------
@@ -595,9 +597,12 @@ def volume_mesh(
     """
     if len(voxels_zyx) == 0:
         raise FamousError(f"{name}: the organelle has no voxels in the label volume.")
-    cells, cell_nm, origin_nm = mesh_cells(
-        voxels_zyx, voxel_size_nm, max_voxels, interpolate, n_slices
-    )
+    if interpolate and thick_sections(voxel_size_nm):
+        field, cell_nm, origin_nm = shape_field(voxels_zyx, voxel_size_nm, max_voxels, n_slices)
+        return _to_um(_field_object(name, field, collection), cell_nm, origin_nm)
+    cells, factors = coarsen(voxels_zyx, voxel_size_nm, max_voxels)
+    size = np.asarray(voxel_size_nm, dtype=float)
+    cell_nm, origin_nm = factors * size, (factors - 1) / 2 * size  # a cell's centre
     if bpy.app.version >= (5, 0, 0):
         obj = new_mesh_object(name, cells[:, ::-1].astype(np.float32), collection=collection)
         mod = obj.modifiers.new("volume", "NODES")
@@ -608,8 +613,23 @@ def volume_mesh(
     # Smoothed in cell units, before the scaling to µm, so anisotropic voxels
     # are smoothed alike along every axis.
     smooth(obj, 0.5, VOLUME_SMOOTH_ITERATIONS)
-    # Cell index -> µm, per axis (x, y, z).
+    return _to_um(obj, cell_nm, origin_nm)
+
+
+def _to_um(obj: bpy.types.Object, cell_nm, origin_nm) -> bpy.types.Object:
+    """A mesh in cell units placed in µm: cell index * cell size + origin, per axis."""
     step, offset = cell_nm[::-1] / 1000.0, origin_nm[::-1] / 1000.0
     obj.data.transform(Matrix.Translation(Vector(offset)) @ Matrix.Diagonal((*step, 1.0)))
     obj.data.update()
     return obj
+
+
+def _field_object(name: str, field: np.ndarray, collection) -> bpy.types.Object:
+    """The zero level of an interpolated signed distance (marching cubes), in cell units.
+
+    The distance is smoothed by :data:`FIELD_SIGMA` cells first, which takes
+    the pixel steps and the kinks at the sections off the surface (closer to
+    analytic ellipsoids than meshing the cells: docs/results.md, session 27).
+    """
+    verts, faces, _, _ = marching_cubes(gaussian_filter(field, FIELD_SIGMA), level=0.0)
+    return new_mesh_object(name, verts[:, ::-1], faces, collection=collection)

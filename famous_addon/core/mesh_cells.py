@@ -1,23 +1,23 @@
-"""The grid a volume mesh is built on: near-cubic cells from an organelle's voxels.
+"""The grid a volume mesh is built on: thick sections interpolated, large organelles coarsened.
 
-The volume mesher (:func:`famous_addon.blender.meshing.volume_mesh`) turns
-cells into a surface. Two things make voxels poor cells:
+The volume mesher (:func:`famous_addon.blender.meshing.volume_mesh`) turns an
+organelle's voxels into a surface. Two things make voxels a poor grid:
 
 - **Thick sections.** On serial-section or SBEM stacks a slice is 3-10
   times thicker than a pixel. Meshing the voxels as they are stacks one slab
-  per section, and every organelle shows the sections as ledges. Here the
-  shape is interpolated between sections instead (shape-based
-  interpolation): each section's mask becomes a signed distance to its
-  outline, that distance varies linearly from one section to the next, and
-  the cells are where it is positive, on sub-sections about as thick as a
-  cell is wide. At each section the cells are the section's own mask; in
-  between, an outline moves steadily from one section's to the next. Beyond
-  an organelle's first and last section its shape closes as a dome that
-  reaches half a section out at its thickest point (a section stands for
-  the half-sections either side of it).
+  per section, and every organelle shows the sections as ledges. Here
+  (:func:`shape_field`) the shape is interpolated between sections instead
+  (shape-based interpolation): each section's mask becomes a signed
+  distance to its outline, that distance is carried from one section to
+  the next by a monotone cubic, on sub-sections about as thick as a cell is
+  wide, and the mesher takes its zero level. At each section the shape is
+  the section's own mask; in between, an outline moves steadily from one
+  section's to the next. Beyond an organelle's first and last section it
+  closes as its outline was going, within half a section (a section stands
+  for the half-sections either side of it).
 - **Many voxels.** Above ``max_voxels`` the cells are larger than the
-  voxels (meshing time grows with the cells, the surface gains nothing
-  visible from more than about 100k).
+  voxels (:func:`coarsen`; meshing time grows with the cells, and the
+  surface gains nothing visible from more than about 100k).
 
 A cell ``c`` (z, y, x index) lies at ``c * cell_nm + origin_nm`` nm, where
 the voxel (k, r, c) lies at ``(k, r, c) * voxel_size_nm``.
@@ -32,14 +32,14 @@ from scipy import ndimage
 INTERPOLATE_ABOVE = 1.5
 
 
-def mesh_cells(
-    voxels_zyx,
-    voxel_size_nm,
-    max_voxels: int,
-    interpolate: bool = True,
-    n_slices: int | None = None,
-):
-    """Cells to mesh an organelle on, with their size and position in nm.
+def thick_sections(voxel_size_nm) -> bool:
+    """Whether slices are thicker than :data:`INTERPOLATE_ABOVE` pixels."""
+    size = np.asarray(voxel_size_nm, dtype=float)
+    return bool(size[0] > INTERPOLATE_ABOVE * size[1:].min())
+
+
+def shape_field(voxels_zyx, voxel_size_nm, max_voxels: int, n_slices: int | None = None):
+    """An organelle of thick sections as a signed distance interpolated between them.
 
     Parameters
     ----------
@@ -47,19 +47,18 @@ def mesh_cells(
         (slice, row, column) of the organelle's voxels.
     voxel_size_nm : (z, y, x)
     max_voxels : int
-        Above this many voxels (after interpolation), cells merge voxels.
-    interpolate : bool
-        Interpolate the shape between sections thicker than
-        :data:`INTERPOLATE_ABOVE` pixels; ``False`` keeps one slab per section.
+        Cells grow (in y and x, and fewer sub-sections) so that the organelle
+        holds about this many.
     n_slices : int, optional
         The stack's slices. An organelle on its first or last slice is cut
-        there, not closed: its shape ends flat up to half a section beyond, as the
-        voxels count it.
+        there, not closed: its shape ends flat up to half a section beyond,
+        as the voxels count it.
 
     Returns
     -------
-    cells : (m, 3) int array
-        (z, y, x) cell indices.
+    field : (Z, Y, X) float32 array
+        Distance to the outline in nm, positive inside; every side of the
+        field is outside.
     cell_nm : (3,) float array
         Cell size (z, y, x) in nm.
     origin_nm : (3,) float array
@@ -68,9 +67,6 @@ def mesh_cells(
     vox = np.asarray(voxels_zyx, dtype=np.int64).reshape(-1, 3)
     size = np.asarray(voxel_size_nm, dtype=float)
     pixel = size[1:].min()
-    if not interpolate or size[0] <= INTERPOLATE_ABOVE * pixel or len(vox) == 0:
-        cells, factors = coarsen(vox, size, max_voxels)
-        return cells, factors * size, (factors - 1) / 2 * size
     # the cell edge at which the interpolated organelle has about max_voxels cells
     edge = max(pixel, (len(vox) * size.prod() / max_voxels) ** (1 / 3))
     g = max(1, int(np.floor(edge / pixel + 1e-9)))  # pixels per cell, in y and x
@@ -80,7 +76,7 @@ def mesh_cells(
     # the stack's first or last slice cuts the organelle (sdf[1] is slice lo[0])
     cut = (lo[0] == 0, n_slices is not None and lo[0] + len(sdf) - 3 >= n_slices - 1)
     _close_ends(sdf, masks, cut)
-    z, y, x = [], [], []
+    layers = []
     last = len(sdf) - 1
     for k in range(last):
         a, b, c, d = sdf[max(k - 1, 0)], sdf[k], sdf[k + 1], sdf[min(k + 2, last)]
@@ -92,18 +88,15 @@ def mesh_cells(
         for j in range(f):
             t = j / f
             h01 = t * t * (3 - 2 * t)
-            value = (1 - h01) * b + h01 * c + t * (1 - t) * ((1 - t) * mb - t * mc)
-            r, c_ = np.nonzero(value > 0)
-            z.append(np.full(len(r), k * f + j))
-            y.append(r)
-            x.append(c_)
-    cells = np.column_stack([np.concatenate(z), np.concatenate(y), np.concatenate(x)])
+            layers.append((1 - h01) * b + h01 * c + t * (1 - t) * ((1 - t) * mb - t * mc))
+    layers.append(np.minimum(sdf[last], -pixel / 2))  # an empty section: outside
+    field = np.stack(layers).astype(np.float32)
     cell_nm = np.array([size[0] / f, g * size[1], g * size[2]])
     # crop slice lo[0] - 1 is sub-section 0; block (0, 0) covers pixels lo[1:] .. lo[1:] + g - 1
     origin = np.array(
         [(lo[0] - 1) * size[0], (lo[1] + (g - 1) / 2) * size[1], (lo[2] + (g - 1) / 2) * size[2]]
     )
-    return cells, cell_nm, origin
+    return field, cell_nm, origin
 
 
 def _slope(before: np.ndarray, after: np.ndarray) -> np.ndarray:
