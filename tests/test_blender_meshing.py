@@ -152,3 +152,14 @@ def test_volume_mesher_follows_a_sphere_between_thick_sections(blender):
     assert measure.mesh_stats(smooth).volume_um3 == pytest.approx(4 / 3 * np.pi * 0.15**3, rel=0.03)
     slabs = meshing.volume_mesh("l", vox, voxel_nm, interpolate=False)
     assert p95_nm(smooth) < 0.2 * voxel_nm[0] and p95_nm(smooth) < 0.5 * p95_nm(slabs)
+
+
+def test_an_organelle_of_a_few_voxels_in_thick_sections_is_meshed(blender):
+    """Smoothing would erase it: its surface comes from the unsmoothed distance."""
+    from famous_addon.blender import measure, meshing
+
+    for vox in ([[3, 10, 10]], [[3, 10, 10], [3, 10, 11], [4, 10, 10]]):
+        stats = measure.mesh_stats(meshing.volume_mesh("v", np.array(vox), (40.0, 10.0, 10.0)))
+        assert stats.manifold and stats.zero_area_faces == 0
+        # one voxel stands for 40 x 10 x 10 nm: a closed shape within a few of them
+        assert 0.2 * len(vox) * 4e-6 < stats.volume_um3 < 2 * len(vox) * 4e-6

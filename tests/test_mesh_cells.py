@@ -136,7 +136,7 @@ def test_coarsen_keeps_small_organelles_and_merges_large_ones():
 
 def test_the_stack_end_cuts_an_organelle_flat():
     """A cone whose tip section is the stack's first slice goes on beyond it: it ends
-    flat there, half a section out; inside the stack it narrows on beyond its tip."""
+    flat there, within half a section; inside the stack it narrows on beyond its tip."""
     voxel = (40.0, 10.0, 10.0)
     vox = cone([9 + 3 * k for k in range(6)])
     tip = (vox[:, 0] == 0).sum()

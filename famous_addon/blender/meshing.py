@@ -630,6 +630,9 @@ def _field_object(name: str, field: np.ndarray, collection) -> bpy.types.Object:
     The distance is smoothed by :data:`FIELD_SIGMA` cells first, which takes
     the pixel steps and the kinks at the sections off the surface (closer to
     analytic ellipsoids than meshing the cells: docs/results.md, session 27).
+    An organelle a few pixels across, which the smoothing would erase, is
+    meshed from the unsmoothed distance.
     """
-    verts, faces, _, _ = marching_cubes(gaussian_filter(field, FIELD_SIGMA), level=0.0)
+    smoothed = gaussian_filter(field, FIELD_SIGMA)
+    verts, faces, _, _ = marching_cubes(smoothed if smoothed.max() > 0 else field, level=0.0)
     return new_mesh_object(name, verts[:, ::-1], faces, collection=collection)
