@@ -38,6 +38,7 @@ from skimage.measure import marching_cubes
 
 from ..core.errors import FamousError
 from ..core.mesh_cells import coarsen, shape_field, thick_sections
+from ..core.quantify.surface import zero_level
 
 HULL_STEPS = ("hull", "remesh", "fit", "clean", "hull2", "remesh2", "project", "smooth")
 VOLUME_GROUP = "FAMOUS volume mesher"
@@ -54,9 +55,6 @@ VOLUME_SMOOTH_ITERATIONS = 2
 # grows with the voxel count (about 4 µs per voxel) while the surface gains
 # nothing visible from more than ~100k cells.
 VOLUME_MAX_VOXELS = 100_000
-# Gaussian smoothing (in cells) of the interpolated signed distance of thick
-# sections before its zero level is meshed (as core.quantify.surface does).
-FIELD_SIGMA = 0.7
 
 
 @dataclass(frozen=True)
@@ -572,8 +570,9 @@ def volume_mesh(
     """Mesh one organelle from its mask voxels.
 
     Sections thicker than 1.5 pixels: the organelle's shape interpolated
-    between them (:func:`~..core.mesh_cells.shape_field`), smoothed, and its
-    surface taken by marching cubes. Otherwise the voxels as points, Points
+    between them (:func:`~..core.mesh_cells.shape_field`), and its surface
+    taken as measurements take theirs (:func:`~..core.quantify.surface.zero_level`:
+    smoothed, marching cubes). Otherwise the voxels as points, Points
     to Volume -> Volume to Mesh; organelles of more than ``max_voxels``
     voxels on coarser cells (:func:`~..core.mesh_cells.coarsen`).
 
@@ -599,7 +598,11 @@ def volume_mesh(
         raise FamousError(f"{name}: the organelle has no voxels in the label volume.")
     if interpolate and thick_sections(voxel_size_nm):
         field, cell_nm, origin_nm = shape_field(voxels_zyx, voxel_size_nm, max_voxels, n_slices)
-        return _to_um(_field_object(name, field, collection), cell_nm, origin_nm)
+        # the voxels' volume in cells, against which zero_level checks its smoothing
+        volume = len(voxels_zyx) * np.prod(voxel_size_nm) / np.prod(cell_nm)
+        verts, faces = zero_level(field, (1.0, 1.0, 1.0), volume)
+        obj = new_mesh_object(name, verts[:, ::-1], faces, collection=collection)
+        return _to_um(obj, cell_nm, origin_nm)
     cells, factors = coarsen(voxels_zyx, voxel_size_nm, max_voxels)
     size = np.asarray(voxel_size_nm, dtype=float)
     cell_nm, origin_nm = factors * size, (factors - 1) / 2 * size  # a cell's centre
@@ -622,17 +625,3 @@ def _to_um(obj: bpy.types.Object, cell_nm, origin_nm) -> bpy.types.Object:
     obj.data.transform(Matrix.Translation(Vector(offset)) @ Matrix.Diagonal((*step, 1.0)))
     obj.data.update()
     return obj
-
-
-def _field_object(name: str, field: np.ndarray, collection) -> bpy.types.Object:
-    """The zero level of an interpolated signed distance (marching cubes), in cell units.
-
-    The distance is smoothed by :data:`FIELD_SIGMA` cells first, which takes
-    the pixel steps and the kinks at the sections off the surface (closer to
-    analytic ellipsoids than meshing the cells: docs/results.md, session 27).
-    An organelle a few pixels across, which the smoothing would erase, is
-    meshed from the unsmoothed distance.
-    """
-    smoothed = gaussian_filter(field, FIELD_SIGMA)
-    verts, faces, _, _ = marching_cubes(smoothed if smoothed.max() > 0 else field, level=0.0)
-    return new_mesh_object(name, verts[:, ::-1], faces, collection=collection)

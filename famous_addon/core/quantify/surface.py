@@ -81,16 +81,32 @@ def surface_mesh(mask: np.ndarray, voxel_um: Sequence[float], origin_um=(0.0, 0.
             grid_mode=False,
         )
         spacing = extent / (np.array(grid.shape) - 1)
-    smooth = ndi.gaussian_filter(grid, SURFACE_SIGMA)
     voxel_volume = float(mask.sum() * np.prod(vox))
+    verts, faces = zero_level(grid, spacing, voxel_volume)
+    return Surface((verts + np.asarray(origin_um)).astype(np.float32), faces)
+
+
+def zero_level(grid: np.ndarray, spacing, volume: float) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes at the zero level of a signed distance (positive inside), smoothed.
+
+    The grid is smoothed with a Gaussian of ``SURFACE_SIGMA`` voxels first.
+    Smoothing shrinks objects only a few voxels thick (and erases thinner
+    ones): where the smoothed surface encloses a volume more than 15 % off
+    ``volume`` (in the units of ``spacing``), the raw distance is meshed.
+
+    Returns
+    -------
+    vertices : (n, 3) float array
+        In the units of ``spacing``, from the grid's first voxel.
+    faces : (m, 3) int array
+    """
+    smooth = ndi.gaussian_filter(grid, SURFACE_SIGMA)
     if smooth.max() > 0.0:
         verts, faces, _, _ = marching_cubes(smooth, 0.0, spacing=tuple(spacing))
-        # Smoothing shrinks objects only a few voxels thick (and erases
-        # thinner ones); their surface is taken from the raw signed distance.
-        if abs(_enclosed_volume(verts, faces) - voxel_volume) <= 0.15 * voxel_volume:
-            return Surface((verts + np.asarray(origin_um)).astype(np.float32), faces)
+        if abs(_enclosed_volume(verts, faces) - volume) <= 0.15 * volume:
+            return verts, faces
     verts, faces, _, _ = marching_cubes(grid, 0.0, spacing=tuple(spacing))
-    return Surface((verts + np.asarray(origin_um)).astype(np.float32), faces)
+    return verts, faces
 
 
 def _enclosed_volume(verts: np.ndarray, faces: np.ndarray) -> float:
