@@ -312,7 +312,7 @@ def test_each_batch_size_has_its_network_and_the_same_rows(tmp_path):
     tiles = np.random.default_rng(1).integers(0, 255, (3, 64, 64), dtype=np.uint8)
     three = det.forward(tiles)
     one = [det.forward(tiles[k : k + 1])[0] for k in range(3)]
-    assert sorted(det._nets) == [1, 3]
+    assert sorted(det._nets) == [(1, 64, 64), (3, 64, 64)]
     np.testing.assert_allclose(three, np.stack(one), atol=1e-5)
 
 
@@ -434,6 +434,56 @@ def test_zoom_pass_adds_small_lysosomes_the_normal_pass_misses():
     }
     # measured: 12 of 17 lysosome boxes without the pass, 15 with it
     assert recall[True] > recall[False]
+
+
+def test_zoom_windows_hold_each_point_a_quarter_window_inside():
+    from famous_addon.core.detector.inference import zoom_windows
+
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.uniform(0, [900, 700], (40, 2)), [[0, 0], [899, 699]]])
+    origins = zoom_windows(points, (700, 900), 256, 128)
+    assert len(origins) == len(set(origins)) < len(points)
+    o = np.array(origins)
+    assert (o >= 0).all() and (o[:, 0] + 256 <= 900).all() and (o[:, 1] + 256 <= 700).all()
+    for x, y in points:
+        # inside a window by a quarter of it, or as far as the image border allows
+        depth = np.minimum(
+            np.minimum(x - o[:, 0], o[:, 0] + 256 - x), np.minimum(y - o[:, 1], o[:, 1] + 256 - y)
+        )
+        room = min(x, 900 - x, y, 700 - y, 64)
+        assert depth.max() >= room - 1e-9
+
+
+def test_zoom_pass_in_windows_finds_what_the_whole_enlarged_slice_does():
+    from famous_addon.core.detector.boxops import iou_matrix
+    from famous_addon.core.phantom.cell import Phantom
+
+    det = load_detector(DEMO, backend="cpu")
+    st = det.settings
+    (lyso,) = st.zoom_thresholds
+    ph = Phantom((200, 512, 512), seed=8, voxel_size_nm=(10, 10, 10))
+    found = {"whole": [], "windows": []}
+    for k in (32, 60, 100, 140):
+        image = ph.render_with_neighbours(k)
+        thr = np.asarray(st.score_thresholds, np.float32)
+        xyxy, scores, classes, marks = det._detect_view(image, thr, probe=det._probe_bars())
+        zb = det._add_zoomed(image, xyxy, scores, classes, marks)[0][len(xyxy) :]
+        found["windows"].append(zb)
+        # the same pass over the whole enlarged slice, as before it looked in windows
+        only = np.full(len(thr), np.inf, np.float32)
+        only[lyso] = st.zoom_thresholds[lyso]
+        big = cv2.resize(image, None, fx=st.zoom_factor, fy=st.zoom_factor)
+        wb = det._detect_view(big, only, st.zoom_overlap, edge_factor=1.0, whole=False)[0]
+        wb = wb / st.zoom_factor
+        wb = wb[np.maximum(wb[:, 2] - wb[:, 0], wb[:, 3] - wb[:, 1]) <= st.zoom_max_size]
+        if len(wb) and len(xyxy):
+            wb = wb[iou_matrix(wb, xyxy)[1].max(axis=1) < 0.5]
+        found["whole"].append(wb)
+    assert sum(map(len, found["whole"])) >= 2  # measured: 3 boxes on these slices
+    for whole, windows in zip(found["whole"], found["windows"]):
+        assert len(whole) == len(windows)
+        if len(whole):
+            assert iou_matrix(whole, windows)[0].max(axis=1).min() >= 0.8
 
 
 def test_recalibrate_rewrites_thresholds_and_keeps_the_training_report(tmp_path, capsys):

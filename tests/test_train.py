@@ -394,7 +394,7 @@ def test_widened_model_starts_as_the_one_slice_model_and_keeps_parity(tmp_path):
     three = load_detector(tmp_path / "wide", backend="cpu")
     three.forward(tiles)  # sets the network input as detection does (channels last to first)
     names = [f"conv_{y['layer'] - 1}" for y in wide.info.yolo_layers]
-    for raw, cv_raw in zip(raws, three.network(len(tiles)).forward(names)):
+    for raw, cv_raw in zip(raws, three.network(len(tiles), (96, 96)).forward(names)):
         assert np.abs(raw.numpy() - cv_raw).max() <= 1e-3
 
 

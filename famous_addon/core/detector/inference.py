@@ -43,6 +43,18 @@ from .settings import FLIP_VIEWS, DetectSettings
 
 BACKENDS = ("auto", "cpu", "cuda", "cuda_fp16")
 
+# The enlarged pass looks only where the normal pass has a row of one of its
+# classes scoring ZOOM_PROBE or more, with a box up to twice the pass's largest:
+# in windows of ZOOM_WINDOW enlarged pixels around them, each such row at least
+# a quarter window inside its window, not on the whole enlarged slice. With a
+# margin of 32 px instead of 64 the same lysosomes came out with boxes a pixel
+# or two larger, enough to miss an 8-px box's IoU 0.5; at probe 0.1 or 0.3
+# lysosome box recall fell on 1 and 5 of ten unseen phantoms. At 0.03 it is
+# the same or higher on all ten, and on the 1,792 x 2,048 scale phantom the
+# pass takes under half its time (docs/results.md, session 28).
+ZOOM_PROBE = 0.03
+ZOOM_WINDOW = 256
+
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``length`` with >= ``overlap`` shared.
@@ -56,6 +68,21 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     step = tile - min(overlap, tile // 2)
     n = math.ceil((length - tile) / step) + 1
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def zoom_windows(points: np.ndarray, shape: tuple[int, int], win: int, overlap: int) -> list:
+    """Origins (x, y) of the windows around ``points`` (n, 2 as x, y) of a ``shape`` image.
+
+    The windows are tiles of ``win`` px of the image's tiling with ``overlap``
+    (:func:`tile_origins`); each point takes the one whose centre is nearest,
+    so it lies at least ``overlap / 2`` px inside it.
+    """
+    rows, cols = shape
+    ox = np.array(tile_origins(cols, win, overlap))
+    oy = np.array(tile_origins(rows, win, overlap))
+    ix = np.abs(points[:, 0, None] - (ox[None] + win / 2)).argmin(axis=1)
+    iy = np.abs(points[:, 1, None] - (oy[None] + win / 2)).argmin(axis=1)
+    return sorted({(int(ox[i]), int(oy[j])) for i, j in zip(ix, iy)}, key=lambda o: (o[1], o[0]))
 
 
 def cuda_available() -> bool:
@@ -123,16 +150,17 @@ class Detector:
     def __setstate__(self, state):
         self.__dict__.update(state)
 
-    def network(self, n: int = 1):
-        """The OpenCV network for batches of ``n`` tiles, loaded on first use.
+    def network(self, n: int = 1, size: tuple[int, int] | None = None):
+        """The OpenCV network for batches of ``n`` tiles of ``size`` (h, w), loaded on first use.
 
-        One network per batch size: OpenCV sets a network up again whenever its
+        One network per batch shape: OpenCV sets a network up again whenever its
         input shape changes, and a slice's tiles come as full batches, a smaller
-        remainder and the one-tile whole-slice pass.
+        remainder, the one-tile whole-slice pass and the enlarged pass's windows.
         """
-        if n not in self._nets:
-            self._nets[n] = self._load()
-        return self._nets[n]
+        key = n if size is None else (n, *size)
+        if key not in self._nets:
+            self._nets[key] = self._load()
+        return self._nets[key]
 
     def _load(self):
         cfg = _with_low_yolo_thresh(self.cfg.read_text())
@@ -192,7 +220,7 @@ class Detector:
             if self.info.channels == 3:
                 blob = np.repeat(blob, 3, axis=1)
         n = len(tiles)
-        net = self.network(n)
+        net = self.network(n, blob.shape[2:])
         net.setInput(blob)
         outs = net.forward(net.getUnconnectedOutLayersNames())
         return np.concatenate([o.reshape(n, -1, o.shape[-1]) for o in outs], axis=1)
@@ -249,28 +277,33 @@ class Detector:
                 f"the detector needs a {want} uint8 slice, got {image.dtype} {image.shape}."
             )
         thr = np.asarray(st.score_thresholds, np.float32)
+        probe = self._probe_bars()
         if st.flip_views == 1:
-            xyxy, scores, classes = self._detect_view(image, thr)
+            xyxy, scores, classes, marks = self._detect_view(image, thr, probe=probe)
         else:
             rows, cols = image.shape[:2]
-            views = []
+            views, marked = [], []
             for flip_x, flip_y in FLIP_VIEWS[st.flip_views]:
                 view = np.ascontiguousarray(image[:: -1 if flip_y else 1, :: -1 if flip_x else 1])
                 # a box a view misses counts 0 in the fused mean: half the threshold
                 # keeps the boxes that can still reach it with another view's help
-                b, sc, c = self._detect_view(view, thr * 0.5)
+                b, sc, c, mk = self._detect_view(view, thr * 0.5, probe=probe)
                 if flip_x:
                     b[:, [0, 2]] = cols - b[:, [2, 0]]
+                    mk[:, 0] = cols - mk[:, 0]
                 if flip_y:
                     b[:, [1, 3]] = rows - b[:, [3, 1]]
+                    mk[:, 1] = rows - mk[:, 1]
                 views.append((b, sc, c))
+                marked.append(mk)
+            marks = np.concatenate(marked)
             xyxy, scores, classes = fuse_views(views)
             # no second suppression: each view was suppressed already, and on
             # unseen phantoms one more over the fused boxes cost 0.015 mAP
             ok = above_threshold(xyxy, scores, classes, thr, image.shape[:2], st.edge_score_factor)
             xyxy, scores, classes = xyxy[ok], scores[ok], classes[ok]
         if st.zoom_thresholds:
-            xyxy, scores, classes = self._add_zoomed(image, xyxy, scores, classes)
+            xyxy, scores, classes = self._add_zoomed(image, xyxy, scores, classes, marks)
         return [
             Box(
                 int(classes[i]),
@@ -283,20 +316,74 @@ class Detector:
             for i in range(len(scores))
         ]
 
-    def _add_zoomed(self, image, xyxy, scores, classes):
+    def _probe_bars(self) -> np.ndarray | None:
+        """Per-class score of the normal pass's rows that mark where the enlarged pass
+        looks (``ZOOM_PROBE`` for its classes, infinite for the others); None without it."""
+        if not self.settings.zoom_thresholds:
+            return None
+        bars = np.full(len(self.names), np.inf, np.float32)
+        bars[list(self.settings.zoom_thresholds)] = ZOOM_PROBE
+        return bars
+
+    def _marks(self, out, scale, origins, bars, shape) -> np.ndarray:
+        """Centres (n, 2 as x, y; slice pixels) of the rows of a batch of tiles that
+        reach ``bars`` for a class, with a box up to twice ``zoom_max_size``."""
+        tile, row = np.nonzero(out[..., 4] >= bars.min() - 1e-3)
+        r = out[tile, row]
+        sx, sy = scale
+        ok = (r[:, 5:] >= bars).any(axis=1)
+        ok &= np.maximum(r[:, 2] * sx, r[:, 3] * sy) <= 2 * self.settings.zoom_max_size
+        r, tile = r[ok], tile[ok]
+        ox, oy = origins[tile].astype(np.float64).T
+        x = np.clip(r[:, 0] * sx + ox, 0, shape[1] - 1)
+        y = np.clip(r[:, 1] * sy + oy, 0, shape[0] - 1)
+        return np.stack([x, y], axis=1)
+
+    def _add_zoomed(self, image, xyxy, scores, classes, marks):
         """The boxes plus those of the zoom pass's classes found on the enlarged slice.
 
+        The enlarged slice is looked at in windows around ``marks`` only
+        (:meth:`_marks`: where the normal pass saw something small of those
+        classes, however weakly, outside its own boxes), or whole where the
+        windows would cost as much or the normal pass saw the slice padded.
         An enlarged box is added only when it is small (``zoom_max_size``) and
         neither it nor any box of the normal pass lies half or more inside the
         other: it adds small objects, it never replaces or duplicates one.
         """
         st = self.settings
         f = st.zoom_factor
+        if len(marks) and len(xyxy):
+            # a box the pass could add there would lie inside a box of the normal pass
+            m = st.zoom_max_size / 2
+            x, y = marks[:, :1], marks[:, 1:]
+            held = (x >= xyxy[:, 0] + m) & (x <= xyxy[:, 2] - m)
+            held &= (y >= xyxy[:, 1] + m) & (y <= xyxy[:, 3] - m)
+            marks = marks[~held.any(axis=1)]
         thr = np.full(len(self.names), np.inf, np.float32)
         thr[list(st.zoom_thresholds)] = list(st.zoom_thresholds.values())
         big = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
-        # the normal pass handles the slice border with its lowered bar already
-        zb, zs, zc = self._detect_view(big, thr, st.zoom_overlap, edge_factor=1.0, whole=False)
+        padded, _ = self._padded(big, (ZOOM_WINDOW, ZOOM_WINDOW))
+        origins = zoom_windows(marks * f, padded.shape[:2], ZOOM_WINDOW, ZOOM_WINDOW // 2)
+        rows, cols = image.shape[:2]
+        # the normal pass saw a slice under the network's input size padded with grey,
+        # and marks nothing at its border (a lysosome cut by the corner of
+        # tests/test_same_outputs.py's 384 px phantom is found enlarged)
+        padded_before = rows < self.info.height or cols < self.info.width
+        # the normal pass handles the slice border with its lowered bar already: 1.0 here
+        if padded_before or len(origins) * ZOOM_WINDOW**2 >= big.shape[0] * big.shape[1]:
+            zb, zs, zc, _ = self._detect_view(
+                big, thr, st.zoom_overlap, edge_factor=1.0, whole=False
+            )
+        elif origins:
+            parts, _ = self._tile_pass(
+                padded, origins, (ZOOM_WINDOW,) * 2, np.isfinite(thr), thr, big.shape[:2], 1.0
+            )
+            # a box cut by a window's border is part of something larger than it
+            whole = [~p[4].any(axis=1) for p in parts]
+            parts = [tuple(a[w] for a in p) for p, w in zip(parts, whole)]
+            zb, zs, zc = self._merge_and_suppress(parts, 1, big.shape[:2], thr, 1.0)
+        else:
+            zb, zs, zc = np.zeros((0, 4)), np.zeros(0, np.float32), np.zeros(0, int)
         zb = zb / f
         small = np.maximum(zb[:, 2] - zb[:, 0], zb[:, 3] - zb[:, 1]) <= st.zoom_max_size
         zb, zs, zc = zb[small], zs[small], zc[small]
@@ -315,8 +402,10 @@ class Detector:
         overlap: int | None = None,
         edge_factor: float | None = None,
         whole: bool = True,
+        probe: np.ndarray | None = None,
     ):
-        """xyxy boxes, scores and classes of one slice as it is, above ``thr`` per class.
+        """xyxy boxes, scores and classes of one slice as it is, above ``thr`` per class,
+        and the centres (n, 2) of the rows that reach ``probe`` (see :meth:`_marks`).
 
         ``overlap`` and ``edge_factor`` default to the settings' tile overlap
         and edge score factor; ``whole`` False skips the whole-slice pass.
@@ -334,12 +423,13 @@ class Detector:
         origins = [
             (x, y) for y in tile_origins(prow, th, overlap) for x in tile_origins(pcol, tw, overlap)
         ]
-        parts = self._tile_pass(
-            padded, origins, (tw, th), ~whole_cls, thr, (rows, cols), edge_factor
+        parts, marks = self._tile_pass(
+            padded, origins, (tw, th), ~whole_cls, thr, (rows, cols), edge_factor, probe
         )
         if whole_cls.any():
             parts.append(self._whole_slice_pass(image, pad_value, whole_cls, thr, edge_factor))
-        return self._merge_and_suppress(parts, len(origins), (rows, cols), thr, edge_factor)
+        boxes = self._merge_and_suppress(parts, len(origins), (rows, cols), thr, edge_factor)
+        return (*boxes, marks)
 
     def tile_shape(self, rows: int, cols: int, overlap: int = 0) -> tuple[int, int]:
         """Width and height of the tiles a ``rows`` x ``cols`` slice is cut into.
@@ -376,24 +466,28 @@ class Detector:
             padded = image
         return padded, pad_value
 
-    def _tile_pass(self, padded, origins, tile, keep_cls, thr, shape, edge_factor) -> list[tuple]:
+    def _tile_pass(
+        self, padded, origins, tile, keep_cls, thr, shape, edge_factor, probe=None
+    ) -> tuple[list[tuple], np.ndarray]:
         """Boxes of the ``tile`` (width, height) tiles at ``origins`` of the padded slice, batched.
 
         Returns one ``(xyxy, scores, classes, tile index, cut)`` per batch,
         ``cut`` (n, 4) saying which of the box's sides lies on a border of its
-        tile inside the slice (see :func:`~.boxops.merge_cut_boxes`).
+        tile inside the slice (see :func:`~.boxops.merge_cut_boxes`); and the
+        centres of the rows that reach ``probe`` (:meth:`_marks`; none without).
         """
         tw, th = tile
         prow, pcol = padded.shape[:2]
         batch_size = self.settings.batch
         margin = 2.0
-        parts = []
+        parts, marks = [], [np.zeros((0, 2))]
         for start in range(0, len(origins), batch_size):
             chunk = np.array(origins[start : start + batch_size])
             batch = np.stack([padded[y : y + th, x : x + tw] for x, y in chunk])
-            b, s, c, t = self._candidates(
-                self.forward(batch), (tw, th), chunk, keep_cls, thr, shape, edge_factor
-            )
+            out = self.forward(batch)
+            b, s, c, t = self._candidates(out, (tw, th), chunk, keep_cls, thr, shape, edge_factor)
+            if probe is not None:
+                marks.append(self._marks(out, (tw, th), chunk, probe, shape))
             x, y = chunk[t, 0], chunk[t, 1]
             inner = np.stack([x > 0, y > 0, x + tw < pcol, y + th < prow], axis=1)
             cut = inner & np.stack(
@@ -406,7 +500,7 @@ class Detector:
                 axis=1,
             )
             parts.append((b, s, c, start + t, cut))
-        return parts
+        return parts, np.concatenate(marks)
 
     def _whole_slice_pass(self, image, pad_value, whole_cls, thr, edge_factor) -> tuple:
         """Boxes of the ``whole_cls`` classes on the whole slice, shrunk to fit one tile.

@@ -85,10 +85,10 @@ class DetectSettings:
         enlarged they are not: on ten unseen phantoms a 1.5x pass for
         lysosomes at score 0.9 raised the demo model's lysosome box recall
         from 0.892-0.934 to 0.904-0.951, for up to 2.9 points of precision,
-        at about twice the DNN time. The enlarged view was seen in training
-        only through scale jitter, so its boxes must clear a higher bar than
-        the class's box threshold, and they only add objects the normal pass
-        has not boxed.
+        at about twice the DNN time (before it looked in windows only). The
+        enlarged view was seen in training only through scale jitter, so its
+        boxes must clear a higher bar than the class's box threshold, and
+        they only add objects the normal pass has not boxed.
     zoom_factor : float
         How many times the slice is enlarged for that pass.
     zoom_max_size : float
@@ -97,8 +97,10 @@ class DetectSettings:
         false organelles (on one of fifteen unseen phantoms, boxes 19-30 px
         across where there was none linked into a false lysosome).
     zoom_overlap : int
-        Tile overlap of the enlarged pass, in enlarged pixels: at least the
-        largest enlarged object of its classes.
+        Tile overlap of the enlarged pass where it looks at the whole
+        enlarged slice, in enlarged pixels: at least the largest enlarged
+        object of its classes. On larger slices it looks in windows around
+        what the normal pass saw instead (``inference.ZOOM_WINDOW``).
     largest_tile : int
         Longest side, in pixels, of the tiles the network runs on. Darknet
         models are fully convolutional, so OpenCV runs them at any input
