@@ -454,10 +454,18 @@ def test_zoom_windows_hold_each_point_a_quarter_window_inside():
         assert depth.max() >= room - 1e-9
 
 
-def test_zoom_pass_in_windows_finds_what_the_whole_enlarged_slice_does():
+def test_zoom_pass_in_windows_finds_what_the_whole_enlarged_slice_does(monkeypatch):
+    from famous_addon.core.detector import inference
     from famous_addon.core.detector.boxops import iou_matrix
     from famous_addon.core.phantom.cell import Phantom
 
+    windows, place = [], inference.zoom_windows
+
+    def counted(*args):
+        windows.append(place(*args))
+        return windows[-1]
+
+    monkeypatch.setattr(inference, "zoom_windows", counted)
     det = load_detector(DEMO, backend="cpu")
     st = det.settings
     (lyso,) = st.zoom_thresholds
@@ -480,6 +488,9 @@ def test_zoom_pass_in_windows_finds_what_the_whole_enlarged_slice_does():
             wb = wb[iou_matrix(wb, xyxy)[1].max(axis=1) < 0.5]
         found["whole"].append(wb)
     assert sum(map(len, found["whole"])) >= 2  # measured: 3 boxes on these slices
+    # each slice was looked at in windows (3-5 here), not whole (9 windows' worth)
+    enlarged = (512 * st.zoom_factor) ** 2
+    assert len(windows) == 4 and all(0 < len(w) * 256**2 < enlarged for w in windows)
     for whole, windows in zip(found["whole"], found["windows"]):
         assert len(whole) == len(windows)
         if len(whole):
