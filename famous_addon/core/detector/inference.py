@@ -362,21 +362,25 @@ class Detector:
         thr = np.full(len(self.names), np.inf, np.float32)
         thr[list(st.zoom_thresholds)] = list(st.zoom_thresholds.values())
         big = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
-        padded, _ = self._padded(big, (ZOOM_WINDOW, ZOOM_WINDOW))
-        origins = zoom_windows(marks * f, padded.shape[:2], ZOOM_WINDOW, ZOOM_WINDOW // 2)
         rows, cols = image.shape[:2]
-        # the normal pass saw a slice under the network's input size padded with grey,
-        # and marks nothing at its border (a lysosome cut by the corner of
-        # tests/test_same_outputs.py's 384 px phantom is found enlarged)
-        padded_before = rows < self.info.height or cols < self.info.width
-        # the normal pass handles the slice border with its lowered bar already: 1.0 here
-        if padded_before or len(origins) * ZOOM_WINDOW**2 >= big.shape[0] * big.shape[1]:
+        # A slice under the network's input size was padded with grey for the normal
+        # pass, which then marks nothing at its border (a lysosome cut by the corner
+        # of tests/test_same_outputs.py's 384 px phantom is found enlarged): such a
+        # slice is looked at whole, as is one smaller than a window once enlarged.
+        origins = None
+        seen_whole = rows >= self.info.height and cols >= self.info.width
+        if seen_whole and min(big.shape[:2]) >= ZOOM_WINDOW:
+            origins = zoom_windows(marks * f, big.shape[:2], ZOOM_WINDOW, ZOOM_WINDOW // 2)
+            if len(origins) * ZOOM_WINDOW**2 >= big.shape[0] * big.shape[1]:
+                origins = None  # the windows would cost as much as the whole
+        # edge factor 1: the normal pass handles the slice border with its lowered bar
+        if origins is None:
             zb, zs, zc, _ = self._detect_view(
                 big, thr, st.zoom_overlap, edge_factor=1.0, whole=False
             )
         elif origins:
             parts, _ = self._tile_pass(
-                padded, origins, (ZOOM_WINDOW,) * 2, np.isfinite(thr), thr, big.shape[:2], 1.0
+                big, origins, (ZOOM_WINDOW,) * 2, np.isfinite(thr), thr, big.shape[:2], 1.0
             )
             # a box cut by a window's border is part of something larger than it
             whole = [~p[4].any(axis=1) for p in parts]
