@@ -436,19 +436,20 @@ def test_zoom_pass_adds_small_lysosomes_the_normal_pass_misses():
     assert recall[True] > recall[False]
 
 
-def test_zoom_windows_hold_each_point_a_quarter_window_inside():
+@pytest.mark.parametrize("win", [192, 256])
+def test_zoom_windows_hold_each_point_a_margin_inside(win):
     from famous_addon.core.detector.inference import zoom_windows
 
     rng = np.random.default_rng(3)
     points = np.concatenate([rng.uniform(0, [900, 700], (40, 2)), [[0, 0], [899, 699]]])
-    origins = zoom_windows(points, (700, 900), 256, 128)
+    origins = zoom_windows(points, (700, 900), win, 64)
     assert len(origins) == len(set(origins)) < len(points)
     o = np.array(origins)
-    assert (o >= 0).all() and (o[:, 0] + 256 <= 900).all() and (o[:, 1] + 256 <= 700).all()
+    assert (o >= 0).all() and (o[:, 0] + win <= 900).all() and (o[:, 1] + win <= 700).all()
     for x, y in points:
-        # inside a window by a quarter of it, or as far as the image border allows
+        # 64 px inside a window, or as far as the image border allows
         depth = np.minimum(
-            np.minimum(x - o[:, 0], o[:, 0] + 256 - x), np.minimum(y - o[:, 1], o[:, 1] + 256 - y)
+            np.minimum(x - o[:, 0], o[:, 0] + win - x), np.minimum(y - o[:, 1], o[:, 1] + win - y)
         )
         room = min(x, 900 - x, y, 700 - y, 64)
         assert depth.max() >= room - 1e-9

@@ -46,14 +46,18 @@ BACKENDS = ("auto", "cpu", "cuda", "cuda_fp16")
 # The enlarged pass looks only where the normal pass has a row of one of its
 # classes scoring ZOOM_PROBE or more, with a box up to twice the pass's largest:
 # in windows of ZOOM_WINDOW enlarged pixels around them, each such row at least
-# a quarter window inside its window, not on the whole enlarged slice. With a
+# ZOOM_MARGIN px inside its window, not on the whole enlarged slice. With a
 # margin of 32 px instead of 64 the same lysosomes came out with boxes a pixel
 # or two larger, enough to miss an 8-px box's IoU 0.5; at probe 0.1 or 0.3
 # lysosome box recall fell on 1 and 5 of ten unseen phantoms. At 0.03 it is
 # the same or higher on all ten, and on the 1,792 x 2,048 scale phantom the
-# pass takes under half its time (docs/results.md, session 28).
+# pass takes under half its time (docs/results.md, session 28). Windows of
+# 192 px hold that margin with a third fewer pixels than 256-px ones (a mark's
+# central zone is smaller, but marks come one or a few together); below 192 the
+# network's cost a pixel rises faster than the pixels fall (session 29).
 ZOOM_PROBE = 0.03
-ZOOM_WINDOW = 256
+ZOOM_WINDOW = 192
+ZOOM_MARGIN = 64
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
@@ -63,23 +67,29 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     overlap as large as the tile would step one pixel at a time), while every
     object up to half a tile already lies whole in one of them.
     """
+    return _spread(length, tile, tile - min(overlap, tile // 2))
+
+
+def _spread(length: int, tile: int, step: int) -> list[int]:
+    """Start offsets of ``tile``-px tiles spread evenly over ``length``, at most ``step`` apart."""
     if length <= tile:
         return [0]
-    step = tile - min(overlap, tile // 2)
     n = math.ceil((length - tile) / step) + 1
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
-def zoom_windows(points: np.ndarray, shape: tuple[int, int], win: int, overlap: int) -> list:
+def zoom_windows(points: np.ndarray, shape: tuple[int, int], win: int, margin: int) -> list:
     """Origins (x, y) of the windows around ``points`` (n, 2 as x, y) of a ``shape`` image.
 
-    The windows are tiles of ``win`` px of the image's tiling with ``overlap``
-    (:func:`tile_origins`); each point takes the one whose centre is nearest,
-    so it lies at least ``overlap / 2`` px inside it.
+    The windows are tiles of ``win`` px spread over the image at most
+    ``win - 2 margin`` apart; each point takes the one whose centre is
+    nearest, so it lies at least ``margin`` px inside it (or as far as the
+    image border allows).
     """
     rows, cols = shape
-    ox = np.array(tile_origins(cols, win, overlap))
-    oy = np.array(tile_origins(rows, win, overlap))
+    step = max(1, win - 2 * margin)
+    ox = np.array(_spread(cols, win, step))
+    oy = np.array(_spread(rows, win, step))
     ix = np.abs(points[:, 0, None] - (ox[None] + win / 2)).argmin(axis=1)
     iy = np.abs(points[:, 1, None] - (oy[None] + win / 2)).argmin(axis=1)
     return sorted({(int(ox[i]), int(oy[j])) for i, j in zip(ix, iy)}, key=lambda o: (o[1], o[0]))
@@ -370,7 +380,7 @@ class Detector:
         origins = None
         seen_whole = rows >= self.info.height and cols >= self.info.width
         if seen_whole and min(big.shape[:2]) >= ZOOM_WINDOW:
-            origins = zoom_windows(marks * f, big.shape[:2], ZOOM_WINDOW, ZOOM_WINDOW // 2)
+            origins = zoom_windows(marks * f, big.shape[:2], ZOOM_WINDOW, ZOOM_MARGIN)
             if len(origins) * ZOOM_WINDOW**2 >= big.shape[0] * big.shape[1]:
                 origins = None  # the windows would cost as much as the whole
         # edge factor 1: the normal pass handles the slice border with its lowered bar
