@@ -118,7 +118,7 @@ class RunRequest:
         Test-time mirrored views for ``model``; None: the model's own setting.
     zoom_pass : bool
         False turns off the ``model``'s enlarged pass for small objects
-        (``DetectSettings.zoom_thresholds``), for about a third of the
+        (``DetectSettings.zoom_thresholds``), for about a quarter of the
         run time of a model that has one (on 2,048 px slices).
     voxel_size_nm : (z, y, x), optional
         Overrides the stack's metadata.
