@@ -483,6 +483,46 @@ def test_an_organelle_whose_tracks_drift_apart_is_joined_across_missed_slices(tm
     assert np.bincount(found[0.0][truth == 1]).argmax() == 0
 
 
+def test_tracks_are_joined_across_the_gap_that_following_shortened(tmp_path):
+    import cv2
+
+    # 40 nm sections (a gap of 2 is filled): a disc drifting 2 px a section, boxed
+    # on sections 0-4 and 10-13 only (too far apart for Algorithm 4 to link),
+    # followed over 5-6 and 9, and not seen on 7-8 (each slice blurred on its own:
+    # nothing there to follow); a second disc, boxed on every section, beside it
+    n = 14
+    truth = np.zeros((n, 100, 180), np.int32)
+    for k in range(n):
+        if k not in (7, 8):
+            cv2.circle(truth[k], (40 + 2 * k, 50), 16, 1, -1)
+        cv2.circle(truth[k], (145, 50), 14, 2, -1)
+    noise = np.random.default_rng(0).normal(0, 10, truth.shape)
+    stack = [cv2.GaussianBlur(np.where(t > 0, 70.0, 190.0), (0, 0), 1.0) for t in truth]
+    tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack + noise, 0, 255).astype(np.uint8))
+    (tmp_path / "obj.names").write_text("mitochondria\n")
+    for k in range(n):
+        pieces = [truth[k] == j for j in (1, 2) if k < 5 or k >= 10 or j == 2]
+        _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
+    found = {}
+    for follow in (0.0, RunSettings().follow_iou):
+        run = tmp_path / f"follow{follow:g}"
+        request = _synthetic_request(tmp_path, run, (40.0, 10.0, 10.0), follow_iou=follow)
+        run_pipeline(request)
+        found[follow] = tifffile.imread(run / "labels.tif")
+    labels = found[RunSettings().follow_iou]
+    ids = [set(np.unique(labels[k][truth[k] == 1])) - {0} for k in range(n) if k not in (7, 8)]
+    # the two tracks, followed to 2 sections apart, are one organelle
+    assert all(i == ids[0] for i in ids) and len(ids[0]) == 1
+    other = np.bincount(labels[truth == 2]).argmax()
+    assert other and other not in ids[0]
+    # without following the gap (5 sections) is too long: two organelles
+    apart = found[0.0]
+    first, last = (
+        np.bincount(apart[z][truth[z] == 1]).argmax() for z in (slice(0, 5), slice(10, n))
+    )
+    assert first and last and first != last
+
+
 def test_gap_slices_are_in_nm():
     assert [RunSettings().gap_slices(z) for z in (5, 10, 30, 40, 200)] == [20, 10, 3, 2, 0]
     assert RunSettings(fill_gaps_nm=0).gap_slices(10) == 0
