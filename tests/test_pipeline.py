@@ -55,10 +55,10 @@ def _write_dark_organelles(folder, truth: np.ndarray) -> None:
     noisy, and its obj.names (mitochondria)."""
     import cv2
 
-    stack = np.where(truth > 0, 70, 190).astype(np.float32)
-    stack = cv2.GaussianBlur(stack, (0, 0), 1.0) + np.random.default_rng(0).normal(
-        0, 10, truth.shape
-    )
+    # each slice blurred on its own: OpenCV takes a 3-D array's last axis for
+    # channels and would blur along z and y instead
+    stack = np.stack([cv2.GaussianBlur(np.where(t > 0, 70.0, 190.0), (0, 0), 1.0) for t in truth])
+    stack += np.random.default_rng(0).normal(0, 10, truth.shape)
     tifffile.imwrite(folder / "stack.tif", np.clip(stack, 0, 255).astype(np.uint8))
     (folder / "obj.names").write_text("mitochondria\n")
 
@@ -488,18 +488,15 @@ def test_tracks_are_joined_across_the_gap_that_following_shortened(tmp_path):
 
     # 40 nm sections (a gap of 2 is filled): a disc drifting 2 px a section, boxed
     # on sections 0-4 and 10-13 only (too far apart for Algorithm 4 to link),
-    # followed over 5-6 and 9, and not seen on 7-8 (each slice blurred on its own:
-    # nothing there to follow); a second disc, boxed on every section, beside it
+    # followed over 5-6 and 9, and not seen on 7-8; a second disc, boxed on every
+    # section, beside it
     n = 14
     truth = np.zeros((n, 100, 180), np.int32)
     for k in range(n):
         if k not in (7, 8):
             cv2.circle(truth[k], (40 + 2 * k, 50), 16, 1, -1)
         cv2.circle(truth[k], (145, 50), 14, 2, -1)
-    noise = np.random.default_rng(0).normal(0, 10, truth.shape)
-    stack = [cv2.GaussianBlur(np.where(t > 0, 70.0, 190.0), (0, 0), 1.0) for t in truth]
-    tifffile.imwrite(tmp_path / "stack.tif", np.clip(stack + noise, 0, 255).astype(np.uint8))
-    (tmp_path / "obj.names").write_text("mitochondria\n")
+    _write_dark_organelles(tmp_path, truth)
     for k in range(n):
         pieces = [truth[k] == j for j in (1, 2) if k < 5 or k >= 10 or j == 2]
         _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
