@@ -149,12 +149,13 @@ def _start(out: Path, request: RunRequest, inputs: _Inputs) -> dict:
     return info
 
 
-def _rejoin(out: Path, inputs: _Inputs, det: dict, det_labels, settings, gap: int):
+def _rejoin(out: Path, inputs: _Inputs, det: dict, det_labels: np.ndarray, settings, gap: int):
     """Tracks joined across the gaps that following has shortened, and those gaps filled.
 
-    Following carries a track into some of the slices the detector missed,
-    so a track that began too far beyond its end (more than ``gap`` slices)
-    may now continue it. On CDeep3M's SBEM a mitochondrion missed on four
+    Following carries tracks into some of the slices the detector missed, so
+    two tracks of one organelle that were more than ``gap`` slices apart (too
+    far for :func:`.continuation.join_continuations`) may now be within
+    reach of each other. On CDeep3M's SBEM a mitochondrion missed on four
     sections in a row was followed over two of them and came out in two
     organelles; joined, it is matched (docs/results.md, session 30).
     """
