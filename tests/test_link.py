@@ -134,6 +134,17 @@ def test_a_short_organelle_joins_one_long_one_unless_it_holds_both():
     assert bridge_pairs(direct, long).tolist() == [[0, 1]]
 
 
+def test_organelles_on_the_stacks_first_or_last_slice_count_as_long():
+    from famous_addon.core.refine import long_enough
+
+    # label: slices; 10 slices in the stack, 4 make an organelle long
+    tracks = {0: [0, 1], 1: [3, 4, 5, 6], 2: [4, 5], 3: [8, 9], 4: [9]}
+    labels = np.array([lab for lab, ks in tracks.items() for _ in ks] + [-1])
+    slices = np.array([k for ks in tracks.values() for k in ks] + [5])
+    long = long_enough(labels, slices, 4, 10, 6)
+    np.testing.assert_array_equal(long, [True, True, False, True, True, False])
+
+
 def test_a_box_that_holds_boxes_of_two_organelles_is_unlinked():
     from famous_addon.core.refine import drop_spanning
 

@@ -26,9 +26,10 @@ class RunSettings:
     beside is cut between them where the grey values along the cut lie at
     least ``separation`` of the way to the background (0: off; see
     :mod:`.separate`). With ``short_joins_one``, an organelle shorter than
-    :meth:`min_span` joins only the long organelle it overlaps most (or ones
-    it holds half of) in the bridge merge, and a box that holds boxes of two
-    organelles of its slice is left out (:func:`~.refine.bridge_pairs`,
+    :meth:`min_span` (and not on the stack's first or last slice) joins only
+    the long organelle it overlaps most (or ones it holds half of) in the
+    bridge merge, and a box that holds boxes of two organelles of its slice
+    is left out (:func:`~.refine.bridge_pairs`,
     :func:`~.refine.drop_spanning`). A track that ends is joined to one that begins
     within the gap (below) where their masks overlap by ``continue_overlap`` of
     the smaller, skipping no more slices than either is long (0: off; see
