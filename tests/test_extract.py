@@ -14,7 +14,8 @@ import pytest
 from famous_addon.core.boxes import Box
 from famous_addon.core.classes import ClassConfig, ClassSpec, ExtractRecipe
 from famous_addon.core.errors import FamousError
-from famous_addon.core.extract import RECIPES, extract_box, segment_slice
+from famous_addon.core.extract import RECIPES, SliceResult, extract_box, segment_slice
+from famous_addon.core.link import label_areas
 from famous_addon.core.recipes import paper_recipe
 
 PIXEL_NM = 6.0
@@ -321,3 +322,25 @@ def test_adding_boxes_to_a_slice_gives_what_extracting_it_again_gives(tmp_path):
     for i in range(len(added)):
         assert tuple(added.bounds[i]) == tuple(whole.bounds[i])
         np.testing.assert_array_equal(added.mask(i), whole.mask(i))
+
+
+@pytest.mark.parametrize("overlapping", [False, True])
+def test_painted_areas_are_the_pixels_each_label_shows(overlapping):
+    # three masks of two organelles and one left out (-1); with ``overlapping`` the
+    # small mask lies on the large one, painted over it, so the masks' areas overcount
+    big = np.ones((10, 12), bool)
+    small = np.zeros((4, 4), bool)
+    small[1:3, 1:3] = True
+    spare = np.ones((3, 3), bool)
+    x_small = 2 if overlapping else 20
+    result = SliceResult.of(
+        [Box(0, 0, 0, 12, 10, 0.9), Box(0, x_small, 2, 4, 4, 0.9), Box(0, 30, 0, 3, 3, 0.9)],
+        [(0, 0, 12, 10), (x_small, 2, x_small + 4, 6), (30, 0, 33, 3)],
+        [big, small, spare],
+    )
+    labels = np.array([0, 3, -1])
+    for minlength in (0, 8):
+        img, areas = result.paint_areas((12, 40), labels, minlength)
+        np.testing.assert_array_equal(img, result.paint((12, 40), labels))
+        np.testing.assert_array_equal(areas, label_areas(img, minlength))
+        assert areas[1] == 120 - 4 * overlapping and areas[4] == 4

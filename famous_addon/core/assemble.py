@@ -15,7 +15,6 @@ import tifffile
 
 from . import runfolder as rf
 from .fileio import atomic_path, write_csv
-from .link import label_areas
 from .pointcloud import PointStore, clean_grouped, mask_points, to_world
 from .slicecache import iter_slices
 
@@ -42,8 +41,8 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
     def label_slices():
         for k, result, sel in iter_slices(out, det, n_slices):
             lab = det_labels[sel]
-            img = result.paint((rows, cols), lab)
-            voxels[:] += label_areas(img, m + 1)
+            img, areas = result.paint_areas((rows, cols), lab, m + 1)
+            voxels[:] += areas
             on_slice = set()
             for i, organelle in enumerate(lab):
                 mask = result.mask(i)

@@ -21,6 +21,7 @@ import numpy as np
 from .boxes import Box, boxes_from_array, boxes_to_array
 from .classes import ClassConfig, ExtractRecipe
 from .learned import learned_recipe
+from .link import label_areas
 from .recipes import box_context, ellipse_recipe, otsu_recipe, paper_recipe, refined_recipe
 
 RecipeFn = Callable[..., np.ndarray]
@@ -140,6 +141,27 @@ class SliceResult:
             view = img[y0:y1, x0:x1]
             view[self.mask(i)] = det_labels[i] + 1
         return img
+
+    def paint_areas(
+        self, shape: tuple[int, int], det_labels: np.ndarray, minlength: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`paint`, and the pixels of each painted value as
+        :func:`~.link.label_areas` counts them (the same array).
+
+        Extraction gives each pixel to one box, so on most slices no pixel is
+        painted twice and the masks' own areas add up to the counts: a count of
+        the painted pixels checks that, a fifth of the time of counting them per
+        label (linking paints each slice several times).
+        """
+        img = self.paint(shape, det_labels)
+        kept = det_labels >= 0
+        areas = self.areas()[kept]
+        if np.count_nonzero(img) != areas.sum():
+            return img, label_areas(img, minlength)
+        counts = np.bincount(det_labels[kept] + 1, areas, minlength).astype(np.int64)
+        # as long as label_areas's: up to the highest value painted, at least minlength
+        on = np.flatnonzero(counts)
+        return img, counts[: max(minlength, on[-1] + 1 if len(on) else 0)]
 
 
 def _depth(box: Box, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:

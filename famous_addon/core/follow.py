@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from .boxes import Box, boxes_from_array
 from .extract import SliceResult, add_boxes, extract_box
-from .link import label_areas, merge_labels, overlap_pairs
+from .link import merge_labels, overlap_pairs
 from .recipes import mask_iou
 from .slicecache import iter_slices, load_slice, with_slices
 
@@ -113,14 +113,12 @@ def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
 
     for order in (range(1, n), range(n - 2, -1, -1)):
         if n > 1:
-            result, labels = state(order.start - order.step)
-            beside = result.paint(shape, labels)
-            beside_on = _present(beside, len(cls_of))
+            beside, beside_on = _painted(*state(order.start - order.step), shape, len(cls_of))
         for k in order:
             result, labels = state(k)
-            here = result.paint(shape, labels)
+            here, here_on = _painted(result, labels, shape, len(cls_of))
             extra, followed, here_on = _follow_into(
-                stack, k, (beside, beside_on), here, cls_of, classes, pixel_nm, min_iou
+                stack, k, (beside, beside_on), (here, here_on), cls_of, classes, pixel_nm, min_iou
             )
             if extra:
                 changed[k] = (_appended(result, extra), np.append(labels, followed))
@@ -174,13 +172,13 @@ def _follow_into(stack, k, beside, here, cls_of, classes, pixel_nm, min_iou):
     """The organelles on the slice beside that slice ``k`` lacks, sought there.
 
     ``beside`` is the slice beside, painted, and which organelles it holds
-    (:func:`_present`); ``here`` (slice k painted) gets each organelle found;
+    (:func:`_painted`); ``here``, the same of slice k, gets each organelle found;
     ``min_iou`` is per organelle (0-based). Returns the found (box, clipped
     bounds, mask), their organelle labels (0-based) and which organelles
     ``here`` now holds: the next slice's ``beside``, not counted again.
     """
     beside, beside_on = beside
-    here_on = _present(here, len(cls_of))
+    here, here_on = here
     missing = np.flatnonzero(beside_on & ~here_on)
     if not len(missing):
         return [], [], here_on
@@ -210,11 +208,11 @@ def _follow_into(stack, k, beside, here, cls_of, classes, pixel_nm, min_iou):
     return extra, followed, here_on
 
 
-def _present(painted: np.ndarray, m: int) -> np.ndarray:
-    """Which of organelles 1..m a painted slice holds: bool, index 0 (background) False."""
-    # bincount, not np.unique (a sort per slice was most of following's time),
-    # and on the labelled pixels only
-    return label_areas(painted, m + 1) > 0
+def _painted(result: SliceResult, labels: np.ndarray, shape, m: int):
+    """A slice painted, and which of organelles 1..m it holds (bool, index 0 False)."""
+    # counted, not np.unique (a sort per slice was most of following's time)
+    painted, areas = result.paint_areas(shape, labels, m + 1)
+    return painted, areas > 0
 
 
 def _follow_one(image, prev, bounds, here, cls, recipe, pixel_nm, min_iou):

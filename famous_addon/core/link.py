@@ -247,6 +247,7 @@ def overlap_pairs(
     cur_labels: np.ndarray,
     min_fraction: float = 0.5,
     with_counts: bool = False,
+    cur_areas: np.ndarray | None = None,
 ) -> np.ndarray:
     """Same-class organelles whose masks overlap between two adjacent slices.
 
@@ -261,6 +262,8 @@ def overlap_pairs(
         slice that holds both parts of an object is.
     with_counts : bool
         Also return each pair's overlap and the two cross-sections, in pixels.
+    cur_areas : 1-D int array, optional
+        :func:`label_areas` of ``cur_labels``, where the caller has it.
 
     Returns
     -------
@@ -277,7 +280,7 @@ def overlap_pairs(
     keep = (b > 0) & (a != b)
     if not keep.any():
         return none
-    area_b = label_areas(cur_labels)
+    area_b = label_areas(cur_labels) if cur_areas is None else cur_areas
     m = max(int(a.max()) + 1, len(area_b))
     pair_ids, counts = np.unique(
         a[keep].astype(np.int64) * m + b[keep].astype(np.int64), return_counts=True

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from .link import label_areas, merge_labels, overlap_pairs
+from .link import merge_labels, overlap_pairs
 from .slicecache import iter_slices
 
 
@@ -32,9 +32,11 @@ def merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
     pairs, prev = [], None
     n = stack.shape[0]
     for k, result, sel in iter_slices(out, det, n):
-        cur = result.paint(stack.shape[1:], labels0[sel])
+        cur, cur_areas = result.paint_areas(stack.shape[1:], labels0[sel])
         if prev is not None:
-            p = overlap_pairs(prev, cur, settings.merge_min_overlap, with_counts=True)
+            p = overlap_pairs(
+                prev, cur, settings.merge_min_overlap, with_counts=True, cur_areas=cur_areas
+            )
             pairs.append(p[label_class[p[:, 0]] == label_class[p[:, 1]]])
         prev = cur
         progress((k + 1) / n, "joining bridged organelles")
@@ -81,8 +83,7 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     shape, n = stack.shape[1:], stack.shape[0]
     touched: dict[tuple[int, int], int] = {}  # slices each pair touches on
     for k, result, sel in iter_slices(out, det, n):
-        img = result.paint(shape, det_labels[sel])
-        area = label_areas(img, m + 1)
+        img, area = result.paint_areas(shape, det_labels[sel], m + 1)
         for key, contact in _contacts(img, m + 1).items():
             a, b = divmod(key, m + 1)
             if label_class[a] == label_class[b]:

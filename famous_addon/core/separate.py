@@ -27,7 +27,6 @@ from skimage.segmentation import watershed
 from .boxes import Box, boxes_from_array
 from .classes import ClassConfig
 from .extract import SliceResult
-from .link import label_areas
 from .progress import ProgressFn
 from .recipes import disk
 from .slicecache import load_slice, with_slices
@@ -64,6 +63,7 @@ def split_spanning(
     pairs = np.unique(np.column_stack([det_labels + 1, det["slice"]]), axis=0)
     spans = np.bincount(pairs[:, 0], minlength=len(cls_of))
     seeds = np.stack([spans >= min_span, cls_of])
+    m = seeds.shape[1]
     changed: dict[int, tuple[SliceResult, np.ndarray]] = {}
 
     def state(k):
@@ -72,7 +72,7 @@ def split_spanning(
     for order in (range(1, n), range(n - 2, -1, -1)):
         # the slice beside, painted once: each slice is read and painted once a sweep
         beside = state(order.start - order.step) if n > 1 else None
-        painted = beside[0].paint(shape, beside[1]) if beside else None
+        painted = beside[0].paint_areas(shape, beside[1], m) if beside else None
         for k in order:
             result, labels = state(k)
             if len(labels):
@@ -80,15 +80,18 @@ def split_spanning(
                 if cut is not None:
                     changed[k] = cut
                     result, labels = cut
-            painted = result.paint(shape, labels)
+            painted = result.paint_areas(shape, labels, m)  # with its areas
             done = k if order.step == 1 else 2 * n - 2 - k
             progress(done / max(2 * n - 2, 1), "separating organelles boxed together")
     return with_slices(out, det, det_labels, changed)
 
 
-def _cut_slice(stack, k, result, labels, painted, seeds, classes, separation):
-    """Slice ``k`` with its spanning masks cut, or None where none is."""
-    area = label_areas(painted, seeds.shape[1])
+def _cut_slice(stack, k, result, labels, beside, seeds, classes, separation):
+    """Slice ``k`` with its spanning masks cut, or None where none is.
+
+    ``beside``: the slice beside, painted, and its areas (:meth:`SliceResult.paint_areas`).
+    """
+    painted, area = beside
     if np.count_nonzero(area[1:]) < 2:
         return None  # a cut needs two organelles beside
     image = None
