@@ -306,15 +306,21 @@ def refined_recipe(
     fx0, fy0, fx1, fy1 = context.full_box
     loose_full = (fx0 - g, fy0 - g, fx1 + g, fy1 + g)
     best, best_score = None, -1.0
+    tight_weight = centre_weight(context.box, context.full_box)
+    loose_weight = None
     for step in ADAPTIVE_STEPS:
         t = otsu + max(recipe.threshold_offset + step, 0.0) * std
-        m = _refined_mask(img, context.box, context.full_box, t, recipe, pixel_nm, cut, edge=False)
+        m = _refined_mask(
+            img, context.box, context.full_box, t, recipe, pixel_nm, cut, False, tight_weight
+        )
         fit = bbox_fit(m)
         if fit <= best_score:
             # the stability factor is at most 1: this offset cannot win, and the
             # looser box's mask (half of this loop's time) is not needed
             continue
-        wide = _refined_mask(img, loose, loose_full, t, recipe, pixel_nm, cut, edge=False)
+        if loose_weight is None:
+            loose_weight = centre_weight(loose, loose_full)
+        wide = _refined_mask(img, loose, loose_full, t, recipe, pixel_nm, cut, False, loose_weight)
         score = fit * mask_iou(m, context.box, wide, loose)
         if score > best_score:
             best, best_score = m, score
@@ -346,12 +352,21 @@ def mask_iou(a: np.ndarray, box_a, b: np.ndarray, box_b) -> float:
     return np.count_nonzero(pa & pb) / union if union else 0.0
 
 
-def central_piece(binary, box, full_box, recipe, pixel_nm, cut, fill: bool):
+def centre_weight(box, full_box) -> np.ndarray:
+    """The centre weight of a box's pixels: the ellipse inscribed in ``full_box`` (see
+    :func:`central_piece`)."""
+    x0, y0, x1, y1 = box
+    fx0, fy0, fx1, fy1 = full_box
+    return _ellipse((y1 - y0, x1 - x0), (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0))
+
+
+def central_piece(binary, box, full_box, recipe, pixel_nm, cut, fill: bool, weight=None):
     """A box's binary pixels opened and cut to their most central component.
 
     With ``fill``, holes are filled before the opening (which could break an
     organelle's thin membrane ring) and again after. Returns the mask and the
-    centre weight it was picked with (an ellipse inscribed in ``full_box``).
+    centre weight it was picked with (:func:`centre_weight`, computed here
+    unless given: the adaptive recipe picks up to eight pieces of two boxes).
     """
     x0, y0, x1, y1 = box
     h, w = y1 - y0, x1 - x0
@@ -359,20 +374,24 @@ def central_piece(binary, box, full_box, recipe, pixel_nm, cut, fill: bool):
     r = min(int(round(recipe.open_nm / pixel_nm)), min(h, w) // 4)
     if r > 0:
         binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, disk(r))
-    fx0, fy0, fx1, fy1 = full_box
-    weight = _ellipse((h, w), (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0))
+    weight = centre_weight(box, full_box) if weight is None else weight
     mask = _pick_component(binary, weight)
     return (_fill_holes(mask, cut) if fill else mask), weight
 
 
-def _refined_mask(img, box, full_box, t, recipe, pixel_nm, cut, edge=True) -> np.ndarray:
+def _refined_mask(
+    img, box, full_box, t, recipe, pixel_nm, cut, edge=True, weight=None
+) -> np.ndarray:
     """One refined mask for the box ``box`` of the prepared image ``img`` at threshold ``t``.
 
-    ``edge`` False stops before the edge refinement (:func:`_finish_edge` does the rest).
+    ``edge`` False stops before the edge refinement (:func:`_finish_edge` does
+    the rest); ``weight``: the box's :func:`centre_weight`, where known.
     """
     x0, y0, x1, y1 = box
     inside = img[y0:y1, x0:x1] > t
-    mask, weight = central_piece(inside, box, full_box, recipe, pixel_nm, cut, recipe.fill_holes)
+    mask, weight = central_piece(
+        inside, box, full_box, recipe, pixel_nm, cut, recipe.fill_holes, weight
+    )
     if recipe.separate_core > 0 and mask.sum() >= 10:
         mask = _separate_from_surround(img, box, mask, inside, recipe.separate_core, pixel_nm)
         mask = _pick_component(mask, weight)
