@@ -22,8 +22,9 @@ two true objects), splits (one true object >= 20 % in each of two
 organelles), spilled voxels (predicted voxels outside every true object);
 the unmatched true objects by how they are lost (:func:`lost_by_kind`); the
 true objects that continue each other across 1-3 unlabelled slices, and the
-object F1 with each such pair scored as one object (:func:`label_gaps`:
-beside the protocol's F1, not instead); the time of each step.
+object F1 and merges with each such pair scored as one object
+(:func:`label_gaps`: beside the protocol's numbers, not instead); the time of
+each step.
 
     python benchmarks/real_em.py lucchi [--work DIR] [--boxes-everywhere]
     python benchmarks/real_em.py cdeep3m [--train-args "--epochs 60"] [--run-args "..."]
@@ -345,8 +346,11 @@ def main() -> int:
             ", ".join(f"t{a}/t{b} ({n})" for a, b, n in gaps) or "none"
         )
         if gaps:
-            joined = object_scores(pred, join_gaps(truth, gaps))["object F1"]
-            rows["object F1, those pairs as one object"] = joined
+            joined = join_gaps(truth, gaps)
+            rows["object F1, those pairs as one object"] = object_scores(pred, joined)["object F1"]
+            rows["merges, those pairs as one object"] = merges_splits_spill(pred, joined)[
+                "merges (organelles holding >= 2 objects)"
+            ]
         rows.update(box_recall(run, tifffile.imread(ds.run_labels)))
         rows.update({f"time: {k} (s)": v for k, v in times.items()})
     finally:
