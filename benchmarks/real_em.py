@@ -26,7 +26,7 @@ object F1 and merges with each such pair scored as one object
 (:func:`label_gaps`: beside the protocol's numbers, not instead); the time of
 each step.
 
-    python benchmarks/real_em.py lucchi [--work DIR] [--boxes-everywhere]
+    python benchmarks/real_em.py lucchi [--work DIR] [--boxes-everywhere] [--objects]
     python benchmarks/real_em.py cdeep3m [--train-args "--epochs 60"] [--run-args "..."]
 
 The data may be used for development and benchmarks only: nothing trained on
@@ -249,6 +249,40 @@ def box_recall(run: Path, truth: np.ndarray) -> dict:
     }
 
 
+def lost_objects(pred: np.ndarray, truth: np.ndarray) -> list[str]:
+    """One line per unmatched true object: its id, size, slices, kind (as
+    :func:`lost_by_kind`), best IoU, and the organelle holding most of it."""
+    inter, t_size, holds = overlaps(pred, truth)
+    p_size = np.bincount(pred.ravel(), minlength=len(inter))
+    iou = inter / np.maximum(p_size[:, None] + t_size[None] - inter, 1)
+    spans = ndimage.find_objects(truth)
+    lines = []
+    for t in np.flatnonzero(t_size[1:]) + 1:
+        best = iou[1:, t].max(initial=0)
+        if best >= 0.5:
+            continue
+        p = int(np.argmax(inter[1:, t])) + 1
+        kind = _kind(holds, p, t)
+        z = spans[t - 1][0]
+        held = inter[p, t] / t_size[t]
+        lines.append(
+            f"t{t}: {t_size[t]} voxels, slices {z.start}-{z.stop - 1}, {kind}, best IoU {best:.2f}"
+            + (f", organelle {p} holds {held:.2f} of it" if held else ", on no organelle")
+        )
+    return lines
+
+
+def _kind(holds: np.ndarray, p: int, t: int) -> str:
+    """How true object t, whose organelle of most overlap is p, is lost (see lost_by_kind)."""
+    if not holds[p, t]:
+        return "undetected"
+    if holds[p].sum() >= 2:
+        return "merged"
+    if holds[:, t].sum() >= 2:
+        return "split"
+    return "too large or short"
+
+
 def lost_by_kind(pred: np.ndarray, truth: np.ndarray) -> dict:
     """How each unmatched true object is lost, by its organelle of most overlap.
 
@@ -265,15 +299,7 @@ def lost_by_kind(pred: np.ndarray, truth: np.ndarray) -> dict:
     for t in np.flatnonzero(t_size[1:]) + 1:
         if iou[1:, t].max(initial=0) >= 0.5:
             continue
-        p = int(np.argmax(inter[1:, t])) + 1
-        if not holds[p, t]:
-            kinds["undetected"] += 1
-        elif holds[p].sum() >= 2:
-            kinds["merged"] += 1
-        elif holds[:, t].sum() >= 2:
-            kinds["split"] += 1
-        else:
-            kinds["too large or short"] += 1
+        kinds[_kind(holds, int(np.argmax(inter[1:, t])) + 1, t)] += 1
     return {"objects lost: " + ", ".join(kinds): " / ".join(map(str, kinds.values()))}
 
 
@@ -303,6 +329,7 @@ def main() -> int:
     ap.add_argument("--model", help="skip training: run this model folder")
     ap.add_argument("--train-args", default="", help="extra `famous train` options")
     ap.add_argument("--run-args", default="", help="extra `famous run` options")
+    ap.add_argument("--objects", action="store_true", help="also list each lost true object")
     args = ap.parse_args()
     ds = DATASETS[args.dataset]
     if not ds.run_stack.is_file():
@@ -341,6 +368,7 @@ def main() -> int:
         truth = truth_objects(ds)
         rows = {**object_scores(pred, truth), **merges_splits_spill(pred, truth)}
         rows.update(lost_by_kind(pred, truth))
+        lost = lost_objects(pred, truth) if args.objects else []
         gaps = label_gaps(truth)
         rows["truth objects split by unlabelled slices"] = (
             ", ".join(f"t{a}/t{b} ({n})" for a, b, n in gaps) or "none"
@@ -360,6 +388,8 @@ def main() -> int:
     print(f"{ds.name}: {what} {' '.join([args.train_args, args.run_args]).strip()}")
     for key, value in rows.items():
         print(f"  {key:<44} {value:.3f}" if isinstance(value, float) else f"  {key:<44} {value}")
+    for line in lost:
+        print(f"  lost {line}")
     return 0
 
 
