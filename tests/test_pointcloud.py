@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from famous_addon.core.pointcloud import PointStore, clean_grouped, mask_points, to_world
+from famous_addon.core.pointcloud import (
+    PointStore,
+    clean_grouped,
+    mask_points,
+    outline_points,
+    to_world,
+)
 
 
 def test_outline_of_a_disk_with_outward_normals():
@@ -25,6 +31,25 @@ def test_ring_outline_has_both_contours():
     pts, _ = mask_points(ring, 0, 0)
     radius = np.hypot(pts[:, 0] - 20, pts[:, 1] - 20)
     assert (radius < 10).any() and (radius > 13).any()
+
+
+def test_outlines_of_several_masks_at_once_are_each_masks_own():
+    yy, xx = np.mgrid[0:41, 0:41]
+    r2 = (yy - 20) ** 2 + (xx - 20) ** 2
+    masks = [r2 <= 15**2, (r2 <= 15**2) & (r2 >= 8**2), np.zeros((5, 7), bool), yy[:9, :30] < 4]
+    origins = [(100, 50), (0, 0), (3, 3), (7, 400)]
+    points, normals, counts = outline_points(masks, origins)
+    assert counts[2] == 0 and len(points) == counts.sum()
+    cut = np.cumsum(counts)[:-1]
+    for mask, (x0, y0), p, n in zip(masks, origins, np.split(points, cut), np.split(normals, cut)):
+        one_p, one_n = mask_points(mask, x0, y0)
+        np.testing.assert_array_equal(p, one_p)
+        np.testing.assert_array_equal(n, one_n)
+    # the ring's inner outline has normals towards its hole, the outer ones away from it
+    p, n = np.split(points, cut)[1], np.split(normals, cut)[1]
+    radial = np.sum((p - 20) * n, axis=1) / np.hypot(*(p - 20).T)
+    inner = np.hypot(*(p - 20).T) < 10
+    assert (radial[inner] < 0).mean() > 0.9 and (radial[~inner] > 0).mean() > 0.9
 
 
 def test_world_coordinates_follow_the_axis_convention():

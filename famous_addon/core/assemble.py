@@ -15,7 +15,7 @@ import tifffile
 
 from . import runfolder as rf
 from .fileio import atomic_path, write_csv
-from .pointcloud import PointStore, clean_grouped, mask_points, to_world
+from .pointcloud import PointStore, clean_grouped, mask_points, outline_points, to_world
 from .slicecache import iter_slices
 
 
@@ -44,6 +44,7 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
             img, areas = result.paint_areas((rows, cols), lab, m + 1)
             voxels[:] += areas
             on_slice = set()
+            kept = []
             for i, organelle in enumerate(lab):
                 mask = result.mask(i)
                 if organelle < 0 or not mask.any():
@@ -61,8 +62,8 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
                     max(xr[organelle, 1], x0 + cc[-1]),
                 )
                 on_slice.add(organelle)
-                p, n = mask_points(mask, x0, y0, settings.points)
-                store.add(organelle, to_world(p, k, vs), np.column_stack([n, np.zeros(len(n))]))
+                kept.append((i, organelle))
+            _add_points(store, result, kept, k, vs, settings.points)
             n_sl[list(on_slice)] += 1
             progress((k + 1) / n_slices, f"assembling slice {k + 1}/{n_slices}")
             yield img
@@ -92,6 +93,19 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
         for i in range(m)
     ]
     return organelles, store
+
+
+def _add_points(store, result, kept, k, voxel_size_nm, mode) -> None:
+    """The point clouds of slice ``k``'s kept detections ``(index, organelle)`` into ``store``."""
+    if mode == "all":
+        found = [mask_points(result.mask(i), *result.bounds[i][:2], mode) for i, _ in kept]
+    else:  # all outlines of the slice at once
+        masks = [result.mask(i) for i, _ in kept]
+        p, n, counts = outline_points(masks, [result.bounds[i][:2] for i, _ in kept])
+        cut = np.cumsum(counts)[:-1]
+        found = zip(np.split(p, cut), np.split(n, cut))
+    for (_, organelle), (p, n) in zip(kept, found):
+        store.add(organelle, to_world(p, k, voxel_size_nm), np.column_stack([n, np.zeros(len(n))]))
 
 
 def _write_labels(path: Path, slices, shape, vs, m: int) -> None:
