@@ -298,9 +298,16 @@ def refined_recipe(
     if not recipe.adaptive:
         t = otsu + recipe.threshold_offset * std
         return _refined_mask(img, context.box, context.full_box, t, recipe, pixel_nm, cut)
-    # Per box, the offset whose mask best fits the box and stays put when the
-    # box is drawn looser (the calibration's criterion, see calibrate.py).
-    g = max(2, int(round(JITTER * max(h, w))))
+    best = _adaptive_mask(img, context, otsu, std, recipe, pixel_nm, cut)
+    return _finish_edge(img, context.box, best, recipe, pixel_nm, cut)
+
+
+def _adaptive_mask(img, context, otsu, std, recipe, pixel_nm, cut) -> np.ndarray:
+    """Per box, the mask (before the edge refinement) of the offset that best fits the
+    box and stays put when the box is drawn looser (the calibration's criterion, see
+    calibrate.py)."""
+    x0, y0, x1, y1 = context.box
+    g = max(2, int(round(JITTER * max(y1 - y0, x1 - x0))))
     rows, cols = img.shape
     loose = (max(x0 - g, 0), max(y0 - g, 0), min(x1 + g, cols), min(y1 + g, rows))
     fx0, fy0, fx1, fy1 = context.full_box
@@ -324,7 +331,7 @@ def refined_recipe(
         score = fit * mask_iou(m, context.box, wide, loose)
         if score > best_score:
             best, best_score = m, score
-    return _finish_edge(img, context.box, best, recipe, pixel_nm, cut)
+    return best
 
 
 JITTER = 0.15
