@@ -168,8 +168,9 @@ def join_gaps(truth: np.ndarray, gaps: list[tuple[int, int, int]]) -> np.ndarray
 
 def object_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
     """Object P/R/F1/Jaccard (one-to-one, 3-D IoU >= 0.5), voxel IoU and volume overlap."""
-    cls_p = {int(i): "mito" for i in np.unique(pred) if i}
-    cls_t = {int(i): "mito" for i in np.unique(truth) if i}
+    # the ids present, counted: np.unique sorts the whole volume (30 s on lucchi)
+    cls_p = {int(i): "mito" for i in np.flatnonzero(np.bincount(pred.ravel())) if i}
+    cls_t = {int(i): "mito" for i in np.flatnonzero(np.bincount(truth.ravel())) if i}
     (s,) = match_objects(pred, cls_p, truth, cls_t, 0.5, 1.0, adjust_splits=False)
     fg_p, fg_t = pred > 0, truth > 0
     inter = np.count_nonzero(fg_p & fg_t)
