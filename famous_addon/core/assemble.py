@@ -62,8 +62,8 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
                     max(xr[organelle, 1], x0 + cc[-1]),
                 )
                 on_slice.add(organelle)
-                kept.append((i, organelle))
-            _add_points(store, result, kept, k, vs, settings.points)
+                kept.append((organelle, mask, (x0, y0)))
+            _add_points(store, kept, k, vs, settings.points)
             n_sl[list(on_slice)] += 1
             progress((k + 1) / n_slices, f"assembling slice {k + 1}/{n_slices}")
             yield img
@@ -95,16 +95,15 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
     return organelles, store
 
 
-def _add_points(store, result, kept, k, voxel_size_nm, mode) -> None:
-    """The point clouds of slice ``k``'s kept detections ``(index, organelle)`` into ``store``."""
+def _add_points(store, kept, k, voxel_size_nm, mode) -> None:
+    """The point clouds of slice ``k``'s kept detections, ``(organelle, mask, (x0, y0))``."""
     if mode == "all":
-        found = [mask_points(result.mask(i), *result.bounds[i][:2], mode) for i, _ in kept]
+        found = [mask_points(mask, x0, y0, mode) for _, mask, (x0, y0) in kept]
     else:  # all outlines of the slice at once
-        masks = [result.mask(i) for i, _ in kept]
-        p, n, counts = outline_points(masks, [result.bounds[i][:2] for i, _ in kept])
+        p, n, counts = outline_points([m for _, m, _ in kept], [o for _, _, o in kept])
         cut = np.cumsum(counts)[:-1]
         found = zip(np.split(p, cut), np.split(n, cut))
-    for (_, organelle), (p, n) in zip(kept, found):
+    for (organelle, _, _), (p, n) in zip(kept, found):
         store.add(organelle, to_world(p, k, voxel_size_nm), np.column_stack([n, np.zeros(len(n))]))
 
 

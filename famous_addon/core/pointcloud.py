@@ -62,9 +62,9 @@ def outline_points(masks: list[np.ndarray], origins) -> tuple[np.ndarray, np.nda
     counts : (len(masks),) int array
         Points of each mask.
     """
+    masks = [np.ascontiguousarray(m, dtype=np.uint8) for m in masks]
     contours, owner = [], []
-    for i, mask in enumerate(masks):
-        m = np.ascontiguousarray(mask, dtype=np.uint8)
+    for i, m in enumerate(masks):
         found, _ = cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         contours += found
         owner += [i] * len(found)
@@ -85,8 +85,8 @@ def outline_points(masks: list[np.ndarray], origins) -> tuple[np.ndarray, np.nda
     ).astype(int)
     # each point's own mask, its pixels found in the masks laid end to end
     which = np.asarray(owner)[cid]
-    shapes = np.array([np.shape(m) for m in masks]).reshape(-1, 2)
-    flat = np.concatenate([np.asarray(m, bool).ravel() for m in masks])
+    shapes = np.array([m.shape for m in masks]).reshape(-1, 2)
+    flat = np.concatenate([m.ravel() for m in masks]) > 0
     base = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]])[which]
     rows, cols = shapes[which, 0], shapes[which, 1]
     inside = (probe[:, 0] >= 0) & (probe[:, 1] >= 0) & (probe[:, 0] < cols) & (probe[:, 1] < rows)

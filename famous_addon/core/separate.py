@@ -72,15 +72,17 @@ def split_spanning(
     for order in (range(1, n), range(n - 2, -1, -1)):
         # the slice beside, painted once: each slice is read and painted once a sweep
         beside = state(order.start - order.step) if n > 1 else None
-        painted = beside[0].paint_areas(shape, beside[1], m) if beside else None
+        painted_beside = beside[0].paint_areas(shape, beside[1], m) if beside else None
         for k in order:
             result, labels = state(k)
             if len(labels):
-                cut = _cut_slice(stack, k, result, labels, painted, seeds, classes, separation)
+                cut = _cut_slice(
+                    stack, k, result, labels, painted_beside, seeds, classes, separation
+                )
                 if cut is not None:
                     changed[k] = cut
                     result, labels = cut
-            painted = result.paint_areas(shape, labels, m)  # with its areas
+            painted_beside = result.paint_areas(shape, labels, m)
             done = k if order.step == 1 else 2 * n - 2 - k
             progress(done / max(2 * n - 2, 1), "separating organelles boxed together")
     return with_slices(out, det, det_labels, changed)
