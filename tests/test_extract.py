@@ -124,6 +124,78 @@ def test_overlapping_boxes_give_each_pixel_to_one_organelle():
     assert (both == 2).any()
 
 
+def _neighbours(gap: float):
+    """Two long dark organelles lying diagonally side by side, ``gap`` px apart."""
+    shape = (120, 130)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+
+    def tilted(cy, cx):
+        u = (xx - cx) * np.cos(-0.8) + (yy - cy) * np.sin(-0.8)
+        v = -(xx - cx) * np.sin(-0.8) + (yy - cy) * np.cos(-0.8)
+        return (u / 36) ** 2 + (v / 14) ** 2 <= 1
+
+    d = 28 + gap  # across their long axes
+    a, b = tilted(50, 40), tilted(50 + 0.70 * d, 40 + 0.72 * d)
+    assert not (cv2.dilate(a.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & b).any()
+    return a, b, render([(a, 70), (b, 70)], shape)
+
+
+def _masks(res: SliceResult, shape) -> list[np.ndarray]:
+    out = []
+    for i in range(len(res)):
+        x0, y0, x1, y1 = res.bounds[i]
+        m = np.zeros(shape, bool)
+        m[y0:y1, x0:x1] = res.mask(i)
+        out.append(m)
+    return out
+
+
+def test_neighbours_boxed_side_by_side_are_divided_along_the_image():
+    from famous_addon.core.extract import resolve_overlaps
+
+    # a one-pixel light gap between them; a's box reaches 25 px over b, as a
+    # detector's box did on lucchi (docs/results.md, session 32)
+    a, b, img = _neighbours(1)
+    ta, tb = tight_box(a), tight_box(b)
+    boxes = [Box(0, ta.x, ta.y, ta.w + 25, ta.h, 0.9), Box(0, tb.x, tb.y, tb.w, tb.h, 0.95)]
+    config = ClassConfig((ClassSpec("m", extract=REFINED),))
+    mask_a, mask_b = _masks(segment_slice(img, boxes, config, PIXEL_NM), a.shape)
+    assert iou(mask_a, a) > 0.9 and iou(mask_b, b) > 0.9
+    assert np.count_nonzero(mask_a & b) < 0.02 * b.sum()
+    # The depth rule alone (no image) cuts them along a line the boxes set: a's
+    # mask, whose threshold crossed the gap, keeps a wedge of b.
+    raw = segment_slice(img, boxes, config, PIXEL_NM, resolve=False)
+    bounds = [tuple(int(v) for v in raw.bounds[i]) for i in range(2)]
+    masks = [raw.mask(i).copy() for i in range(2)]
+    resolve_overlaps(boxes, bounds, masks)
+    depth_a, depth_b = _masks(SliceResult.of(boxes, bounds, masks), a.shape)
+    assert np.count_nonzero(depth_a & b) > 0.1 * b.sum() and iou(depth_b, b) < 0.8
+
+
+def test_a_box_over_two_neighbours_is_divided_by_the_depth_rule():
+    from famous_addon.core.extract import resolve_overlaps
+
+    # b boxed tightly, a by a box over its upper end only, and a third box over
+    # a's lower end and the side of b that faces it (as on CDeep3M, session 32):
+    # each box overlaps two others, so each pixel goes to the box it lies
+    # deeper in, as without the image
+    a, b, img = _neighbours(1)
+    ta, tb = tight_box(a), tight_box(b)
+    boxes = [
+        Box(0, ta.x + 0.2 * ta.w, ta.y, 0.8 * ta.w, 0.8 * ta.h, 0.9),
+        tb,
+        Box(0, ta.x + 0.2 * ta.w, ta.y + 0.4 * ta.h, 0.4 * ta.w + tb.w / 2, 0.5 * ta.h, 0.8),
+    ]
+    config = ClassConfig((ClassSpec("m", extract=REFINED),))
+    divided = _masks(segment_slice(img, boxes, config, PIXEL_NM), a.shape)
+    raw = segment_slice(img, boxes, config, PIXEL_NM, resolve=False)
+    bounds = [tuple(int(v) for v in raw.bounds[i]) for i in range(3)]
+    masks = [raw.mask(i).copy() for i in range(3)]
+    resolve_overlaps(boxes, bounds, masks)
+    for got, want in zip(divided, _masks(SliceResult.of(boxes, bounds, masks), a.shape)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_box_on_image_border():
     big = (64, 80)
     full_truth, layers = mito(big, 32, 64, 12, 20)

@@ -7,7 +7,9 @@ a run from the phantom's truth boxes and one from the bundled detector.
 
 Rules added since then that change outputs are switched off here
 (:data:`SINCE`), so the reference stays the pre-refactor run; each has tests
-of its own. A deliberate change of behaviour rewrites the reference::
+of its own. A deliberate change of behaviour rewrites the reference (the
+detector's run was rewritten when the masks of two boxes side by side came
+to be divided along the image, 2026-12-07)::
 
     .venv/bin/python tests/test_same_outputs.py
 """

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from skimage.segmentation import watershed
 
 from .boxes import Box, boxes_from_array, boxes_to_array
 from .classes import ClassConfig, ExtractRecipe
@@ -173,6 +174,13 @@ def _depth(box: Box, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     return np.minimum(dy[:, None], dx[None, :])
 
 
+def _deeper_in(bi: Box, bj: Box, win) -> np.ndarray:
+    """Where in the window ``win`` a pixel lies deeper in box ``bi`` than in ``bj``
+    (relative to their sizes), the higher score on a tie."""
+    di, dj = _depth(bi, *win), _depth(bj, *win)
+    return (di > dj) | ((di == dj) & (bi.score >= bj.score))
+
+
 def _pairs(g: np.ndarray) -> list[tuple[int, int, tuple[int, int, int, int]]]:
     """Pairs of boxes whose bounds intersect, with the intersection."""
     ix0 = np.maximum(g[:, None, 0], g[None, :, 0])
@@ -210,7 +218,13 @@ def _unwindow(mask: np.ndarray, bnd, win, values: np.ndarray) -> None:
         ]
 
 
-def resolve_overlaps(boxes: list[Box], bounds: list, masks: list[np.ndarray]) -> None:
+def resolve_overlaps(
+    boxes: list[Box],
+    bounds: list,
+    masks: list[np.ndarray],
+    image: np.ndarray | None = None,
+    classes: ClassConfig | None = None,
+) -> None:
     """Give every pixel to at most one organelle, in place.
 
     Where two boxes overlap, a pixel both masks claim goes to the box it lies
@@ -218,6 +232,18 @@ def resolve_overlaps(boxes: list[Box], bounds: list, masks: list[np.ndarray]) ->
     boxes of the same class, a pixel only box A's mask claims but which lies
     deeper in box B, whose own recipe rejected it, is removed from A too: it
     is the gap between two neighbours that A leaked into.
+
+    With the slice (``image``, and ``classes`` for each class's polarity), two
+    same-class boxes that overlap each other and no other box of their class
+    are neighbours boxed side by side: their masks are divided along the
+    image (:func:`_divide`). The depth rule cuts them along a line set by
+    the boxes alone; where a detector's box reached over the neighbour, its
+    mask took a wedge of the neighbour, and that wedge joined the two
+    mitochondria in 3-D (lucchi, docs/results.md, session 32). Where a box
+    overlaps two or more others (:func:`_side_by_side`), each pair would be
+    divided seeing only its own two boxes, and a seed outside one box may lie
+    in a third; dividing every pair along the image lost objects on both
+    development sets, so the depth rule divides those.
 
     Giving pixels away can cut a mask in pieces; a piece under
     :data:`SLIVER_FRACTION` of the mask's largest is dropped (on real SBEM such
@@ -227,15 +253,20 @@ def resolve_overlaps(boxes: list[Box], bounds: list, masks: list[np.ndarray]) ->
     if len(boxes) < 2:
         return
     b = np.asarray(bounds, np.int64).reshape(-1, 4)
+    pairs = _pairs(b)
+    beside = _side_by_side(boxes, b, pairs) if image is not None else set()
     cut = set()
-    for i, j, win in _pairs(b):
+    for i, j, win in pairs:
         bi, bj = boxes[i], boxes[j]
         mi, mj = _window(masks[i], b[i], win), _window(masks[j], b[j], win)
         # A box whose recipe found nothing gives no evidence against its neighbour.
         if not (mi.any() or mj.any()) or not (masks[i].any() and masks[j].any()):
             continue
-        di, dj = _depth(bi, *win), _depth(bj, *win)
-        i_wins = (di > dj) | ((di == dj) & (bi.score >= bj.score))
+        if (i, j) in beside and mi.any() and mj.any():
+            if _divide(image, classes[bi.cls].extract.polarity, boxes, b, masks, i, j):
+                cut.update((i, j))
+                continue
+        i_wins = _deeper_in(bi, bj, win)
         if bi.cls == bj.cls:
             mi &= i_wins
             mj &= ~i_wins
@@ -248,6 +279,71 @@ def resolve_overlaps(boxes: list[Box], bounds: list, masks: list[np.ndarray]) ->
         cut.update((i, j))
     for i in cut:
         masks[i] &= ~_slivers(masks[i])
+
+
+# Two boxes overlap in earnest where they share this fraction of the smaller box.
+SHARED_FRACTION = 0.1
+
+
+def _side_by_side(boxes: list[Box], b: np.ndarray, pairs) -> set[tuple[int, int]]:
+    """The same-class pairs whose boxes overlap each other in earnest and no other box
+    of their class (see :data:`SHARED_FRACTION`)."""
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    found = [
+        (i, j)
+        for i, j, (x0, y0, x1, y1) in pairs
+        if boxes[i].cls == boxes[j].cls
+        and (x1 - x0) * (y1 - y0) >= SHARED_FRACTION * min(area[i], area[j])
+    ]
+    count = np.bincount(np.array(found, np.int64).ravel(), minlength=len(boxes))
+    return {(i, j) for i, j in found if count[i] == 1 and count[j] == 1}
+
+
+def _divide(image, polarity, boxes, b, masks, i, j) -> bool:
+    """Divide the masks of boxes ``i`` and ``j`` along the image, in place.
+
+    Each mask's largest piece outside the other's box seeds a watershed of
+    the smoothed slice over the two masks, so that the line between them
+    follows the membrane or gap between two neighbours. A pixel stays in the
+    mask whose seed floods it, and only where that mask claimed it; pieces
+    no seed reaches go by the depth rule. Returns False, changing nothing,
+    where a mask has no pixel outside the other's box.
+    """
+    win = (
+        min(b[i][0], b[j][0]),
+        min(b[i][1], b[j][1]),
+        max(b[i][2], b[j][2]),
+        max(b[i][3], b[j][3]),
+    )
+    x0, y0, x1, y1 = (int(v) for v in win)
+    mi, mj = _window(masks[i], b[i], win), _window(masks[j], b[j], win)
+    markers = np.zeros(mi.shape, np.int32)
+    for n, (mask, other) in enumerate(((mi, b[j]), (mj, b[i])), 1):
+        outside = mask.copy()
+        outside[other[1] - y0 : other[3] - y0, other[0] - x0 : other[2] - x0] = False
+        seed = _largest(outside)
+        if seed is None:
+            return False
+        markers[seed] = n
+    grey = cv2.GaussianBlur(image[y0:y1, x0:x1].astype(np.float32), (0, 0), 1.0)
+    if polarity != "dark":
+        grey = -grey  # the basins are the organelles
+    either = mi | mj
+    flooded = watershed(grey, markers, mask=either)
+    left = either & (flooded == 0)
+    if left.any():
+        flooded[left] = np.where(_deeper_in(boxes[i], boxes[j], win)[left], 1, 2)
+    _unwindow(masks[i], b[i], win, mi & (flooded == 1))
+    _unwindow(masks[j], b[j], win, mj & (flooded == 2))
+    return True
+
+
+def _largest(mask: np.ndarray) -> np.ndarray | None:
+    """The largest 8-connected piece of ``mask``, or None where it is empty."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n < 2:
+        return None
+    return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
 # A piece of a mask smaller than this fraction of its largest piece is a sliver.
@@ -289,7 +385,7 @@ def add_boxes(
         bounds.append(bnd)
         masks.append(m)
     every = old + list(boxes)
-    resolve_overlaps(every, bounds, masks)
+    resolve_overlaps(every, bounds, masks, image, classes)
     return SliceResult.of(every, bounds, masks)
 
 
@@ -313,5 +409,5 @@ def segment_slice(
         bounds.append(bnd)
         masks.append(m)
     if resolve:
-        resolve_overlaps(boxes, bounds, masks)
+        resolve_overlaps(boxes, bounds, masks, image, classes)
     return SliceResult.of(boxes, bounds, masks)
