@@ -405,7 +405,7 @@ def main() -> int:
                 "merges (organelles holding >= 2 objects)"
             ]
         several = several_profiles(truth)
-        rows["truth objects of separate profiles on a slice"] = (
+        rows["truth objects of 2+ profiles on a slice"] = (
             f"{len(several)} of {len(np.flatnonzero(np.bincount(truth.ravel()))) - 1}"
         )
         rows.update(box_recall(run, tifffile.imread(ds.run_labels)))
