@@ -150,9 +150,18 @@ def _masks(res: SliceResult, shape) -> list[np.ndarray]:
     return out
 
 
-def test_neighbours_boxed_side_by_side_are_divided_along_the_image():
+def _by_depth(img, boxes, config) -> list[np.ndarray]:
+    """The boxes' masks divided by the depth rule alone (no image)."""
     from famous_addon.core.extract import resolve_overlaps
 
+    raw = segment_slice(img, boxes, config, PIXEL_NM, resolve=False)
+    bounds = [tuple(int(v) for v in raw.bounds[i]) for i in range(len(boxes))]
+    masks = [raw.mask(i).copy() for i in range(len(boxes))]
+    resolve_overlaps(boxes, bounds, masks)
+    return _masks(SliceResult.of(boxes, bounds, masks), img.shape)
+
+
+def test_neighbours_boxed_side_by_side_are_divided_along_the_image():
     # a one-pixel light gap between them; a's box reaches 25 px over b, as a
     # detector's box did on lucchi (docs/results.md, session 32)
     a, b, img = _neighbours(1)
@@ -164,17 +173,11 @@ def test_neighbours_boxed_side_by_side_are_divided_along_the_image():
     assert np.count_nonzero(mask_a & b) < 0.02 * b.sum()
     # The depth rule alone (no image) cuts them along a line the boxes set: a's
     # mask, whose threshold crossed the gap, keeps a wedge of b.
-    raw = segment_slice(img, boxes, config, PIXEL_NM, resolve=False)
-    bounds = [tuple(int(v) for v in raw.bounds[i]) for i in range(2)]
-    masks = [raw.mask(i).copy() for i in range(2)]
-    resolve_overlaps(boxes, bounds, masks)
-    depth_a, depth_b = _masks(SliceResult.of(boxes, bounds, masks), a.shape)
+    depth_a, depth_b = _by_depth(img, boxes, config)
     assert np.count_nonzero(depth_a & b) > 0.1 * b.sum() and iou(depth_b, b) < 0.8
 
 
 def test_a_box_over_two_neighbours_is_divided_by_the_depth_rule():
-    from famous_addon.core.extract import resolve_overlaps
-
     # b boxed tightly, a by a box over its upper end only, and a third box over
     # a's lower end and the side of b that faces it (as on CDeep3M, session 32):
     # each box overlaps two others, so each pixel goes to the box it lies
@@ -188,11 +191,7 @@ def test_a_box_over_two_neighbours_is_divided_by_the_depth_rule():
     ]
     config = ClassConfig((ClassSpec("m", extract=REFINED),))
     divided = _masks(segment_slice(img, boxes, config, PIXEL_NM), a.shape)
-    raw = segment_slice(img, boxes, config, PIXEL_NM, resolve=False)
-    bounds = [tuple(int(v) for v in raw.bounds[i]) for i in range(3)]
-    masks = [raw.mask(i).copy() for i in range(3)]
-    resolve_overlaps(boxes, bounds, masks)
-    for got, want in zip(divided, _masks(SliceResult.of(boxes, bounds, masks), a.shape)):
+    for got, want in zip(divided, _by_depth(img, boxes, config)):
         np.testing.assert_array_equal(got, want)
 
 
