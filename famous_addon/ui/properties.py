@@ -23,6 +23,7 @@ from bpy.props import (
 )
 
 from ..core.classes import PRESETS
+from ..core.detector.config import DEFAULT_EPOCHS
 from ..core.errors import FamousError
 
 # Blender needs the items of a dynamic enum kept alive by Python.
@@ -83,7 +84,9 @@ class FamousTrainSettings(bpy.types.PropertyGroup):
         ],
         default="slim",
     )
-    epochs: IntProperty(name="Epochs", default=60, min=1, description="Passes of 16 batches")
+    epochs: IntProperty(
+        name="Epochs", default=DEFAULT_EPOCHS, min=1, description="Passes of 16 batches"
+    )
     neighbours: BoolProperty(
         name="Neighbouring slices",
         default=True,

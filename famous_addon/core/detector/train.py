@@ -44,7 +44,7 @@ from ..fileio import atomic_path, atomic_write_bytes, write_json
 from ..progress import ProgressFn, silent, sub
 from .annotated import read_boxed, split_images
 from .calibrate import calibrate_model
-from .config import PRECISIONS, PseudoShare, TrainConfig
+from .config import DEFAULT_EPOCHS, PRECISIONS, PseudoShare, TrainConfig
 from .darknet import (
     CFG_NAME,
     CLASSES_NAME,
@@ -127,7 +127,7 @@ def train_model(
     annotations: str | Path,
     classes,
     out: str | Path,
-    epochs: int = 60,
+    epochs: int = DEFAULT_EPOCHS,
     width: str = "slim",
     progress: ProgressFn | None = None,
     *,
