@@ -38,10 +38,10 @@ def require_torch():
 
 
 # Passes of 16 batches. 200, not 60: on real EM the longer training boxes large
-# and border organelles better (lucchi volume overlap 0.876 / 0.895 -> 0.917 /
-# 0.922, CDeep3M 0.621 -> 0.721) at the same object F1 within one object, now
-# that boxes side by side no longer merge them (docs/results.md, session 32);
-# 11-12 minutes on two cores.
+# and border organelles better (volume overlap, two seeds: lucchi 0.886 -> 0.920,
+# CDeep3M 0.650 -> 0.720), with object F1 up on CDeep3M (0.646 -> 0.693) and
+# within one object on lucchi, now that boxes side by side no longer merge
+# neighbours (docs/results.md, session 32); 11-12 minutes on two cores.
 DEFAULT_EPOCHS = 200
 
 
