@@ -325,9 +325,7 @@ def _divide(image, polarity, boxes, b, masks, i, j) -> bool:
         if seed is None:
             return False
         markers[seed] = n
-    grey = cv2.GaussianBlur(image[y0:y1, x0:x1].astype(np.float32), (0, 0), 1.0)
-    if polarity != "dark":
-        grey = -grey  # the basins are the organelles
+    grey = basins(image, (x0, y0, x1, y1), polarity)
     either = mi | mj
     flooded = watershed(grey, markers, mask=either)
     left = either & (flooded == 0)
@@ -336,6 +334,14 @@ def _divide(image, polarity, boxes, b, masks, i, j) -> bool:
     _unwindow(masks[i], b[i], win, mi & (flooded == 1))
     _unwindow(masks[j], b[j], win, mj & (flooded == 2))
     return True
+
+
+def basins(image: np.ndarray, window, polarity: str) -> np.ndarray:
+    """The slice's grey values in ``window`` (x0, y0, x1, y1), smoothed by a pixel, for
+    a watershed whose basins are the organelles: dark ones, or light ones turned dark."""
+    x0, y0, x1, y1 = window
+    grey = cv2.GaussianBlur(image[y0:y1, x0:x1].astype(np.float32), (0, 0), 1.0)
+    return grey if polarity == "dark" else -grey
 
 
 def _largest(mask: np.ndarray) -> np.ndarray | None:

@@ -26,7 +26,7 @@ from skimage.segmentation import watershed
 
 from .boxes import Box, boxes_from_array
 from .classes import ClassConfig
-from .extract import SliceResult
+from .extract import SliceResult, basins
 from .progress import ProgressFn
 from .recipes import disk
 from .slicecache import load_slice, with_slices
@@ -181,9 +181,7 @@ def cut_parts(image, bounds, mask, painted, pair, polarity: str = "dark"):
     pad = 3
     rows, cols = image.shape
     X0, Y0, X1, Y1 = max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, cols), min(y1 + pad, rows)
-    grey = cv2.GaussianBlur(image[Y0:Y1, X0:X1].astype(np.float32), (0, 0), 1.0)
-    if polarity != "dark":
-        grey = -grey  # the basins are the organelles: dark ones, or light ones turned dark
+    grey = basins(image, (X0, Y0, X1, Y1), polarity)
     big = np.zeros(grey.shape, bool)
     big[y0 - Y0 : y1 - Y0, x0 - X0 : x1 - X0] = mask
     seeds = np.zeros(grey.shape, np.int32)
