@@ -288,7 +288,8 @@ def _add_keeping(p) -> None:
         type=float,
         default=0.5,
         help="join same-class organelles whose masks touch on this share of the shorter one's "
-        "slices: pieces of one organelle boxed side by side (default 0.5; 0: off)",
+        "slices: pieces of one organelle boxed side by side; neighbours it keeps apart are not "
+        "joined through a box over one's edge either (default 0.5; 0: off)",
     )
     p.add_argument(
         "--confirm-boxes",

@@ -3,7 +3,8 @@
 Algorithm 4 (:mod:`.link`) links boxes by their centres; these rules work on
 its organelle labels (one per detection, -1 for none) with the masks:
 same-class organelles whose masks overlap on adjacent slices are joined
-(:func:`merge_bridges`), and detector flashes are dropped, short ones
+(:func:`merge_bridges`), but not through a box over a neighbour's edge
+(:func:`neighbours`), and detector flashes are dropped, short ones
 (:func:`drop_small`) and those the detector is never confident about
 (:func:`drop_unconfirmed`). :mod:`.follow` adds boxes where an organelle was
 missed. Last, pieces of one organelle that the detector boxed side by side
@@ -17,12 +18,15 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from .link import merge_labels, overlap_pairs
-from .slicecache import iter_slices
+from .slicecache import iter_slices, load_slice
 
 
 def merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
     """Join same-class organelles whose masks overlap on adjacent slices.
 
+    An overlap that is only a box's mask over a neighbour's edge joins
+    nothing (:func:`neighbours`; off with ``settings.join_touching`` 0, the
+    rule that judges which organelles side by side are one).
     With ``settings.short_joins_one``, organelles spanning fewer slices than
     :meth:`~.request.RunSettings.min_span` are bridges that may join one long
     organelle only (see :func:`bridge_pairs`).
@@ -40,7 +44,11 @@ def merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
             pairs.append(p[label_class[p[:, 0]] == label_class[p[:, 1]]])
         prev = cur
         progress((k + 1) / n, "joining bridged organelles")
-    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 3), np.int64)
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 5), np.int64)
+    if settings.join_touching > 0 and len(pairs):
+        min_span = settings.min_span(stack.voxel_size_nm[0])
+        apart = neighbours(out, det, labels0, pairs, stack.shape, min_span, settings.join_touching)
+        pairs = pairs[~apart]
     if settings.short_joins_one:
         min_span = settings.min_span(stack.voxel_size_nm[0])
         long = long_enough(labels0, det["slice"], min_span, n, int(labels0.max()) + 1)
@@ -51,6 +59,73 @@ def merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
 # a touch counts where the shared border is this long over the square root of the
 # smaller cross-section (a disc touching along about a fifth of its perimeter: 0.8)
 TOUCH_CONTACT = 0.8
+
+# organelles on adjacent slices continue each other where each mask holds this much
+# of the other; a bridge between two neighbours holds this much of the smaller one
+CONTINUES = 0.5
+NEIGHBOURS_HOLD = 0.5
+
+
+def neighbours(out, det, labels, pairs, shape, min_span: int, share: float) -> np.ndarray:
+    """Which bridge pairs only touch a neighbour's edge (True: do not join them).
+
+    The bridge merge joins two organelles where a mask on one slice overlaps
+    the other's on the slice beside. Where a box's mask spreads over the edge
+    of a neighbouring mitochondrion, that overlap is a part of the neighbour,
+    and on lucchi it joined two mitochondria that lie side by side for 18
+    slices (t8 and t10, 0.36 of the smaller cross-section; session 33).
+    Here organelles that continue each other (masks holding
+    :data:`CONTINUES` of each other on adjacent slices) form chains. A pair
+    is a neighbour's edge where its overlap holds less than
+    :data:`NEIGHBOURS_HOLD` of the smaller cross-section and its two chains
+    are long (:func:`long_enough`), lie on two or more common slices and touch
+    on fewer than ``share`` of them, as :func:`join_touching` judges: pieces
+    of one organelle boxed side by side touch along their border on most
+    slices, two neighbours on few. A dumbbell's bridge holds most of both
+    lobes, so it still joins them.
+
+    Parameters
+    ----------
+    pairs : (k, 5) int array
+        :func:`~.link.overlap_pairs` ``with_counts`` over all adjacent slices.
+    shape : (n, rows, cols)
+        The stack's shape.
+
+    Returns
+    -------
+    (k,) bool array
+    """
+    n, m = shape[0], int(labels.max()) + 1
+    a, b, w = pairs[:, 0], pairs[:, 1], pairs[:, 2]
+    continues = w >= CONTINUES * np.maximum(pairs[:, 3], pairs[:, 4])
+    chain = merge_labels(np.arange(m), pairs[continues, :2])
+    c = int(chain.max()) + 1
+    long = long_enough(chain[labels], det["slice"], min_span, n, c)
+    ca, cb = np.minimum(chain[a], chain[b]), np.maximum(chain[a], chain[b])
+    test = (w < NEIGHBOURS_HOLD * np.minimum(pairs[:, 3], pairs[:, 4])) & (ca != cb)
+    test &= long[ca] & long[cb]
+    if not test.any():
+        return test
+    keys = set(zip(ca[test].tolist(), cb[test].tolist()))
+    on = [set() for _ in range(c)]
+    for x, k in zip(chain[labels].tolist(), det["slice"].tolist()):
+        on[x].add(k)
+    common = {key: on[key[0]] & on[key[1]] for key in keys}
+    touched = dict.fromkeys(keys, 0)
+    for k in sorted(set().union(*common.values())):
+        sel = slice(det["start"][k], det["start"][k + 1])
+        img, area = load_slice(out, k).paint_areas(shape[1:], chain[labels[sel]], c + 1)
+        contacts = _contacts(img, c + 1)
+        for x, y in keys:
+            border = contacts.get((x + 1) * (c + 1) + y + 1, 0)
+            if k in common[x, y] and border >= TOUCH_CONTACT * np.sqrt(
+                min(area[x + 1], area[y + 1])
+            ):
+                touched[x, y] += 1
+    apart = {
+        key for key in keys if len(common[key]) >= 2 and touched[key] < share * len(common[key])
+    }
+    return test & np.array([key in apart for key in zip(ca.tolist(), cb.tolist())], bool)
 
 
 def join_touching(out, stack, det, det_labels, share: float, progress) -> np.ndarray:

@@ -43,7 +43,9 @@ class RunSettings:
     beside it by ``follow_iou`` (0: off; see :func:`~.follow.follow`).
     Last, organelles whose masks touch on ``join_touching`` of the shorter
     one's slices are joined: pieces of one organelle the detector boxed side
-    by side (0: off; see :func:`~.refine.join_touching`).
+    by side (0: off; see :func:`~.refine.join_touching`). The same rule keeps
+    the bridge merge from joining two neighbours through a box over one's
+    edge (:func:`~.refine.neighbours`).
     """
 
     layers_to_scan: int = 50
