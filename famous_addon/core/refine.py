@@ -112,10 +112,17 @@ def neighbours(out, det, labels, pairs, shape, min_span: int, share: float) -> n
         on[x].add(k)
     common = {key: on[key[0]] & on[key[1]] for key in keys}
     touched = dict.fromkeys(keys, 0)
+    tested = np.zeros(c, bool)
+    tested[[x for key in keys for x in key]] = True
     for k in sorted(set().union(*common.values())):
         sel = slice(det["start"][k], det["start"][k + 1])
-        img, area = load_slice(out, k).paint_areas(shape[1:], chain[labels[sel]], c + 1)
-        contacts = _contacts(img, c + 1)
+        # only the chains tested are painted, and their contacts counted around them
+        painted = np.where(tested[chain[labels[sel]]], chain[labels[sel]], -1)
+        result = load_slice(out, k)
+        img, area = result.paint_areas(shape[1:], painted, c + 1)
+        b = result.bounds[painted >= 0]
+        window = img[b[:, 1].min() : b[:, 3].max(), b[:, 0].min() : b[:, 2].max()]
+        contacts = _contacts(window, c + 1)
         for x, y in keys:
             border = contacts.get((x + 1) * (c + 1) + y + 1, 0)
             if k in common[x, y] and border >= TOUCH_CONTACT * np.sqrt(
