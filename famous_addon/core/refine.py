@@ -72,7 +72,7 @@ def neighbours(out, det, labels, pairs, shape, min_span: int, share: float) -> n
     The bridge merge joins two organelles where a mask on one slice overlaps
     the other's on the slice beside. Where a box's mask spreads over the edge
     of a neighbouring mitochondrion, that overlap is a part of the neighbour,
-    and on lucchi it joined two mitochondria that lie side by side for 18
+    and on lucchi it joined two mitochondria that lie side by side on 19
     slices (t8 and t10, 0.36 of the smaller cross-section; session 33).
     Here organelles that continue each other (masks holding
     :data:`CONTINUES` of each other on adjacent slices) form chains. A pair
