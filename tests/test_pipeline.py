@@ -367,6 +367,22 @@ def test_an_organelle_is_followed_into_the_slices_its_boxes_miss(tmp_path):
             assert c[4:8] == [set()] * 4
 
 
+def _owners_of_two(folder, truth: np.ndarray, setting: str, values) -> dict:
+    """Runs of ``folder``'s stack and boxes with each value of the run setting
+    ``setting``; per value, the organelles holding most of truth objects 1 and 2.
+    Where the value is not 0, each must match its object (IoU > 0.8)."""
+    owners = {}
+    for value in values:
+        run = folder / f"{setting}{value:g}"
+        run_pipeline(_synthetic_request(folder, run, **{setting: value}))
+        labels = tifffile.imread(run / "labels.tif")
+        owners[value] = [np.bincount(labels[truth == t]).argmax() for t in (1, 2)]
+        if value:
+            for t, o in zip((1, 2), owners[value]):
+                assert o and _iou(labels == o, truth == t) > 0.8, (t, o)
+    return owners
+
+
 def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
     import cv2
 
@@ -382,15 +398,7 @@ def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
     for k in range(n):
         pieces = [truth[k] > 0] if 10 <= k < 16 else [truth[k] == 1, truth[k] == 2]
         _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
-    owners = {}
-    for separation in (0.0, RunSettings().separation):
-        run = tmp_path / f"sep{separation:g}"
-        run_pipeline(_synthetic_request(tmp_path, run, separation=separation))
-        labels = tifffile.imread(run / "labels.tif")
-        owners[separation] = [np.bincount(labels[truth == t]).argmax() for t in (1, 2)]
-        if separation:
-            for t, o in zip((1, 2), owners[separation]):
-                assert o and _iou(labels == o, truth == t) > 0.8, (t, o)
+    owners = _owners_of_two(tmp_path, truth, "separation", (0.0, RunSettings().separation))
     a, b = owners[RunSettings().separation]
     assert a != b
     # without the cut the boxes that span both join them into one organelle
@@ -459,15 +467,7 @@ def test_a_box_over_a_neighbours_edge_does_not_join_the_two(tmp_path):
         one, two = truth[k] == 1, truth[k] == 2
         pieces = [one | (two & near)] if k == 14 else [one, two]
         _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
-    owners = {}
-    for share in (0.0, RunSettings().join_touching):
-        run = tmp_path / f"join{share:g}"
-        run_pipeline(_synthetic_request(tmp_path, run, join_touching=share))
-        labels = tifffile.imread(run / "labels.tif")
-        owners[share] = [np.bincount(labels[truth == t]).argmax() for t in (1, 2)]
-        if share:
-            for t, o in zip((1, 2), owners[share]):
-                assert o and _iou(labels == o, truth == t) > 0.8, (t, o)
+    owners = _owners_of_two(tmp_path, truth, "join_touching", (0.0, RunSettings().join_touching))
     a, b = owners[RunSettings().join_touching]
     assert a != b
     # without the touching rule, which also judges what a bridge joins, they are one
