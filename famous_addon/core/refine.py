@@ -99,25 +99,26 @@ def neighbours(out, det, labels, pairs, shape, min_span: int, share: float) -> n
     a, b, w = pairs[:, 0], pairs[:, 1], pairs[:, 2]
     continues = w >= CONTINUES * np.maximum(pairs[:, 3], pairs[:, 4])
     chain = merge_labels(np.arange(m), pairs[continues, :2])
-    c = int(chain.max()) + 1
-    long = long_enough(chain[labels], det["slice"], min_span, n, c)
+    c, of = int(chain.max()) + 1, chain[labels]  # of: each detection's chain
+    long = long_enough(of, det["slice"], min_span, n, c)
     ca, cb = np.minimum(chain[a], chain[b]), np.maximum(chain[a], chain[b])
     test = (w < NEIGHBOURS_HOLD * np.minimum(pairs[:, 3], pairs[:, 4])) & (ca != cb)
     test &= long[ca] & long[cb]
     if not test.any():
         return test
     keys = set(zip(ca[test].tolist(), cb[test].tolist()))
-    on = [set() for _ in range(c)]
-    for x, k in zip(chain[labels].tolist(), det["slice"].tolist()):
+    tested = np.zeros(c, bool)
+    tested[[x for key in keys for x in key]] = True
+    # the slices each tested chain is on
+    on = {x: set() for x in np.flatnonzero(tested).tolist()}
+    for x, k in zip(of[tested[of]].tolist(), det["slice"][tested[of]].tolist()):
         on[x].add(k)
     common = {key: on[key[0]] & on[key[1]] for key in keys}
     touched = dict.fromkeys(keys, 0)
-    tested = np.zeros(c, bool)
-    tested[[x for key in keys for x in key]] = True
     for k in sorted(set().union(*common.values())):
         sel = slice(det["start"][k], det["start"][k + 1])
         # only the chains tested are painted, and their contacts counted around them
-        painted = np.where(tested[chain[labels[sel]]], chain[labels[sel]], -1)
+        painted = np.where(tested[of[sel]], of[sel], -1)
         result = load_slice(out, k)
         img, area = result.paint_areas(shape[1:], painted, c + 1)
         b = result.bounds[painted >= 0]
