@@ -13,6 +13,7 @@ from .boxes import Box, boxes_from_array
 from .extract import SliceResult, add_boxes, extract_box
 from .link import merge_labels, overlap_pairs
 from .recipes import mask_iou
+from .refine import bridges_to_join
 from .slicecache import iter_slices, load_slice, with_slices
 
 
@@ -88,7 +89,8 @@ def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
     of how the class's masks overlap from slice to slice in this stack
     (:func:`continuity`), and its area within :data:`FOLLOW_AREA` of it, and
     the sweep goes on from it. An organelle followed into another is joined
-    to it as a bridge is (``settings.merge_bridges``). Changed
+    to it as a bridge is (``settings.merge_bridges``; the same vetoes:
+    :func:`.refine.bridges_to_join`). Changed
     slices are written as ``filled_NNNNN.npz`` (see :func:`fill_gaps`).
     Returns the detections and their organelle labels with the followed
     boxes added, and the IoU each class was followed at.
@@ -124,15 +126,17 @@ def follow(out, stack, classes, pixel_nm, det, det_labels, settings, progress):
                 changed[k] = (_appended(result, extra), np.append(labels, followed))
             if order.step == -1 and settings.merge_bridges:
                 # the down sweep meets each slice pair after both have their last additions
-                p = overlap_pairs(beside[0], here, settings.merge_min_overlap)
+                p = overlap_pairs(beside[0], here, settings.merge_min_overlap, with_counts=True)
                 pairs.append(p[cls_of[p[:, 0]] == cls_of[p[:, 1]]])
             beside = (here, here_on, changed.get(k, (result, labels)))
             done = k if order.step == 1 else 2 * n - 2 - k
             progress(done / max(2 * n - 2, 1), "following organelles past missed slices")
     det, det_labels = with_slices(out, det, det_labels, changed)
     if pairs:
+        # joined by the bridge merge's rules: an overlap it refused must not join here
+        pairs = bridges_to_join(out, stack, det, det_labels, np.concatenate(pairs), settings)
         # not in place: with no slice changed, det_labels is still the caller's array
-        joined = merge_labels(np.arange(len(cls_of)), np.concatenate(pairs))
+        joined = merge_labels(np.arange(len(cls_of)), pairs)
         det_labels = np.where(det_labels >= 0, joined[det_labels], det_labels)
     return det, det_labels, {classes.names[c]: round(float(v), 3) for c, v in enumerate(class_iou)}
 

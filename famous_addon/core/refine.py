@@ -45,15 +45,31 @@ def merge_bridges(out, stack, det, labels0, settings, progress) -> np.ndarray:
         prev = cur
         progress((k + 1) / n, "joining bridged organelles")
     pairs = np.concatenate(pairs) if pairs else np.zeros((0, 5), np.int64)
-    if settings.join_touching > 0 and len(pairs):
-        min_span = settings.min_span(stack.voxel_size_nm[0])
-        apart = neighbours(out, det, labels0, pairs, stack.shape, min_span, settings.join_touching)
+    return merge_labels(labels0, bridges_to_join(out, stack, det, labels0, pairs, settings))
+
+
+def bridges_to_join(out, stack, det, labels, pairs, settings) -> np.ndarray:
+    """Which overlap pairs the bridge merge joins, as ``(j, 2)`` label pairs.
+
+    ``pairs`` are :func:`~.link.overlap_pairs` ``with_counts`` over adjacent
+    slices, in the label space of ``labels`` (per detection, -1: none). Those
+    that only touch a neighbour's edge are left out (:func:`neighbours`), and
+    with ``settings.short_joins_one`` a short organelle joins one long one
+    only (:func:`bridge_pairs`). Following joins what its own slices overlap
+    by this rule too: on lucchi it joined two neighbours the bridge merge had
+    kept apart (t8 and t10, docs/results.md, session 34).
+    """
+    if not len(pairs):
+        return pairs[:, :2]
+    min_span = settings.min_span(stack.voxel_size_nm[0])
+    if settings.join_touching > 0:
+        apart = neighbours(out, det, labels, pairs, stack.shape, min_span, settings.join_touching)
         pairs = pairs[~apart]
     if settings.short_joins_one:
-        min_span = settings.min_span(stack.voxel_size_nm[0])
-        long = long_enough(labels0, det["slice"], min_span, n, int(labels0.max()) + 1)
-        return merge_labels(labels0, bridge_pairs(pairs, long))
-    return merge_labels(labels0, pairs[:, :2])
+        m = max(int(labels.max()) + 1, int(pairs[:, :2].max()) + 1 if len(pairs) else 0)
+        long = long_enough(labels, det["slice"], min_span, stack.shape[0], m)
+        return bridge_pairs(pairs, long)
+    return pairs[:, :2]
 
 
 # a touch counts where the shared border is this long over the square root of the
@@ -99,7 +115,8 @@ def neighbours(out, det, labels, pairs, shape, min_span: int, share: float) -> n
     a, b, w = pairs[:, 0], pairs[:, 1], pairs[:, 2]
     continues = w >= CONTINUES * np.maximum(pairs[:, 3], pairs[:, 4])
     chain = merge_labels(np.arange(m), pairs[continues, :2])
-    c, of = int(chain.max()) + 1, chain[labels]  # of: each detection's chain
+    c = int(chain.max()) + 1
+    of = np.where(labels >= 0, chain[labels], -1)  # each detection's chain (-1: none)
     long = long_enough(of, det["slice"], min_span, n, c)
     ca, cb = np.minimum(chain[a], chain[b]), np.maximum(chain[a], chain[b])
     test = (w < NEIGHBOURS_HOLD * np.minimum(pairs[:, 3], pairs[:, 4])) & (ca != cb)
@@ -111,14 +128,15 @@ def neighbours(out, det, labels, pairs, shape, min_span: int, share: float) -> n
     tested[[x for key in keys for x in key]] = True
     # the slices each tested chain is on
     on = {x: set() for x in np.flatnonzero(tested).tolist()}
-    for x, k in zip(of[tested[of]].tolist(), det["slice"][tested[of]].tolist()):
+    mine = (of >= 0) & tested[of]
+    for x, k in zip(of[mine].tolist(), det["slice"][mine].tolist()):
         on[x].add(k)
     common = {key: on[key[0]] & on[key[1]] for key in keys}
     touched = dict.fromkeys(keys, 0)
     for k in sorted(set().union(*common.values())):
         sel = slice(det["start"][k], det["start"][k + 1])
         # only the chains tested are painted, and their contacts counted around them
-        painted = np.where(tested[of[sel]], of[sel], -1)
+        painted = np.where(mine[sel], of[sel], -1)
         result = load_slice(out, k)
         img, area = result.paint_areas(shape[1:], painted, c + 1)
         b = result.bounds[painted >= 0]
