@@ -173,9 +173,10 @@ def pick_slices(
     """The ``n`` slices of most doubt, at least ``spacing`` slices from boxed and picked ones.
 
     ``spacing`` defaults to half the stack's depth over the number of boxed
-    and suggested slices, so suggestions spread over the stack and never sit
-    next to a slice the user has boxed. Where no slice holds doubt, the slice
-    furthest from every boxed and picked one is taken.
+    and suggested slices, so suggestions spread over the stack and, on a stack
+    deep enough for a spacing of 2 or more, never sit next to a slice the user
+    has boxed. Where no slice holds doubt, the slice furthest from every boxed
+    and picked one is taken.
     """
     n_slices = len(next(iter(doubts.values())))
     score = sum(WEIGHTS[kind] * doubts[kind] for kind in REASONS).astype(float)
