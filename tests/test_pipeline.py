@@ -447,26 +447,33 @@ def test_pieces_boxed_side_by_side_are_joined_and_neighbours_touching_briefly_ar
     assert low["left"] == low["right"] == low["neighbour"]
 
 
-def test_a_box_over_a_neighbours_edge_does_not_join_the_two(tmp_path):
+def _two_side_by_side(folder, last: int) -> np.ndarray:
+    """Two organelles side by side (the neighbour, 2, on slices 0..``last``), their
+    outlines meeting over a few pixels, each boxed on its own; on slice 14 the
+    neighbour is missed and 1's box reaches 20 px over its near side, as a
+    detector's box did on lucchi (t8 and t10, session 33): 1's mask there takes
+    0.38 of 2. Writes the stack and boxes; returns the truth."""
     import cv2
 
-    # two organelles side by side on all 30 slices, their outlines meeting over a
-    # few pixels, each boxed on its own; on slice 14 the neighbour (2) is missed and
-    # 1's box reaches 20 px over 2's near side, as a detector's box did on lucchi
-    # (t8 and t10, session 33): 1's mask there takes 0.38 of 2, which 2's masks on
-    # slices 13 and 15 overlap
     n = 30
     truth = np.zeros((n, 120, 200), np.int32)
     for k in range(n):
         cv2.ellipse(truth[k], (70, 60), (24, 30), 0, 0, 360, 1, -1)
-        cv2.ellipse(truth[k], (114, 60), (24, 30), 0, 0, 360, 2, -1)
-    _write_dark_organelles(tmp_path, truth)
+        if k <= last:
+            cv2.ellipse(truth[k], (114, 60), (24, 30), 0, 0, 360, 2, -1)
+    _write_dark_organelles(folder, truth)
     near = np.zeros(truth.shape[1:], bool)
     near[:, :110] = True
     for k in range(n):
         one, two = truth[k] == 1, truth[k] == 2
-        pieces = [one | (two & near)] if k == 14 else [one, two]
-        _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
+        pieces = [one | (two & near)] if k == 14 else [one, two] if two.any() else [one]
+        _write_piece_boxes(folder, k, pieces, truth.shape[1:])
+    return truth
+
+
+def test_a_box_over_a_neighbours_edge_does_not_join_the_two(tmp_path):
+    # the neighbour on all 30 slices: 2's masks on slices 13 and 15 overlap 1's on 14
+    truth = _two_side_by_side(tmp_path, last=29)
     owners = _owners_of_two(tmp_path, truth, "join_touching", (0.0, RunSettings().join_touching))
     a, b = owners[RunSettings().join_touching]
     assert a != b
@@ -475,25 +482,11 @@ def test_a_box_over_a_neighbours_edge_does_not_join_the_two(tmp_path):
 
 
 def test_following_does_not_join_a_neighbour_the_bridge_merge_kept_apart(tmp_path):
-    import cv2
-
-    # as above, but the neighbour (2) ends on slice 14, where it is missed: no gap to
-    # fill, so 1's mask there keeps its 0.38 of 2 and overlaps 2 on slice 13. The bridge
-    # merge refuses that pair; following, which joins what its slices overlap, joined
-    # it again (lucchi's t8 and t10 with a freshly trained detector, session 34)
-    n = 30
-    truth = np.zeros((n, 120, 200), np.int32)
-    for k in range(n):
-        cv2.ellipse(truth[k], (70, 60), (24, 30), 0, 0, 360, 1, -1)
-        if k <= 14:
-            cv2.ellipse(truth[k], (114, 60), (24, 30), 0, 0, 360, 2, -1)
-    _write_dark_organelles(tmp_path, truth)
-    near = np.zeros(truth.shape[1:], bool)
-    near[:, :110] = True
-    for k in range(n):
-        one, two = truth[k] == 1, truth[k] == 2
-        pieces = [one | (two & near)] if k == 14 else [one, two] if k < 14 else [one]
-        _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
+    # the neighbour ends on slice 14, where it is missed: no gap to fill, so 1's mask
+    # there keeps its 0.38 of 2 and overlaps 2 on slice 13. The bridge merge refuses
+    # that pair; following, which joins what its slices overlap, joined it again
+    # (lucchi's t8 and t10 with a freshly trained detector, session 34)
+    truth = _two_side_by_side(tmp_path, last=14)
     run = tmp_path / "run"
     run_pipeline(_synthetic_request(tmp_path, run))
     labels = tifffile.imread(run / "labels.tif")
