@@ -66,8 +66,7 @@ def bridges_to_join(out, stack, det, labels, pairs, settings) -> np.ndarray:
         apart = neighbours(out, det, labels, pairs, stack.shape, min_span, settings.join_touching)
         pairs = pairs[~apart]
     if settings.short_joins_one:
-        m = max(int(labels.max()) + 1, int(pairs[:, :2].max()) + 1 if len(pairs) else 0)
-        long = long_enough(labels, det["slice"], min_span, stack.shape[0], m)
+        long = long_enough(labels, det["slice"], min_span, stack.shape[0], int(labels.max()) + 1)
         return bridge_pairs(pairs, long)
     return pairs[:, :2]
 
@@ -141,13 +140,9 @@ def neighbours(out, det, labels, pairs, shape, min_span: int, share: float) -> n
         img, area = result.paint_areas(shape[1:], painted, c + 1)
         b = result.bounds[painted >= 0]
         window = img[b[:, 1].min() : b[:, 3].max(), b[:, 0].min() : b[:, 2].max()]
-        contacts = _contacts(window, c + 1)
-        for x, y in keys:
-            border = contacts.get((x + 1) * (c + 1) + y + 1, 0)
-            if k in common[x, y] and border >= TOUCH_CONTACT * np.sqrt(
-                min(area[x + 1], area[y + 1])
-            ):
-                touched[x, y] += 1
+        for x, y in _touching(window, area, c + 1):
+            if k in common.get((x - 1, y - 1), ()):
+                touched[x - 1, y - 1] += 1
     apart = {
         key for key in keys if len(common[key]) >= 2 and touched[key] < share * len(common[key])
     }
@@ -185,11 +180,9 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     touched: dict[tuple[int, int], int] = {}  # slices each pair touches on
     for k, result, sel in iter_slices(out, det, n):
         img, area = result.paint_areas(shape, det_labels[sel], m + 1)
-        for key, contact in _contacts(img, m + 1).items():
-            a, b = divmod(key, m + 1)
+        for a, b in _touching(img, area, m + 1):
             if label_class[a] == label_class[b]:
-                if contact >= TOUCH_CONTACT * np.sqrt(min(area[a], area[b])):
-                    touched[a - 1, b - 1] = touched.get((a - 1, b - 1), 0) + 1
+                touched[a - 1, b - 1] = touched.get((a - 1, b - 1), 0) + 1
         progress((k + 1) / n, "joining pieces of organelles")
     pairs = np.array([p for p, t in touched.items() if t >= 2], np.int64).reshape(-1, 2)
     spans = label_spans(det_labels, det["slice"], m)
@@ -201,6 +194,18 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     out_labels = det_labels.copy()
     out_labels[ok] = merge_labels(det_labels[ok], join)
     return out_labels
+
+
+def _touching(img: np.ndarray, area: np.ndarray, m: int) -> list[tuple[int, int]]:
+    """The painted labels (low, high; 1..m-1) that touch on this slice: a border
+    of at least :data:`TOUCH_CONTACT` times the square root of the smaller of
+    their cross-sections ``area``."""
+    found = []
+    for key, contact in _contacts(img, m).items():
+        a, b = divmod(key, m)
+        if contact >= TOUCH_CONTACT * np.sqrt(min(area[a], area[b])):
+            found.append((a, b))
+    return found
 
 
 def _contacts(img: np.ndarray, m: int) -> dict[int, int]:
