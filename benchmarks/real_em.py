@@ -340,6 +340,8 @@ def annotate_and_train(ds: Dataset, work: Path, train_args: list[str]) -> dict:
         args += ["--split-touching", ds.split_touching]
     t["boxes-from-labels"] = famous(*args, log=work / "boxes.log")
     args = ["train", ann, "--classes", names, "--out", model, "--neighbours", *train_args]
+    # as a user whose stack lacks the voxel size gives it (annotate-pick records it otherwise)
+    args += ["--voxel-size", *ds.voxel_size] if ds.voxel_size else []
     t["train"] = famous(*args, log=work / "train.log")
     return t
 

@@ -11,9 +11,11 @@ import tifffile
 
 from famous_addon.commands.detector import add_parsers
 from famous_addon.core.annotations import (
+    SOURCE_NAME,
     boxes_from_label_slice,
     parse_slice_list,
     read_yolo_mark,
+    recorded_voxel_size,
     spread_indices,
     write_yolo_mark,
 )
@@ -216,6 +218,41 @@ def test_cli_annotate_pick_and_boxes_from_labels(tmp_path, capsys):
     b = boxes[0][0]
     assert (b.cls, b.x, b.y, b.w, b.h) == (2, 10, 5, 20, 10)
     np.testing.assert_array_equal(images[1], stack[7])
+
+
+def test_exported_slices_record_the_voxel_size_their_stack_gives(tmp_path):
+    stack = np.random.default_rng(4).integers(0, 255, (20, 40, 50), dtype=np.uint8)
+    # ImageJ metadata: 5 nm pixels, 40 nm sections
+    tifffile.imwrite(
+        tmp_path / "stack.tif",
+        stack,
+        imagej=True,
+        resolution=(0.2, 0.2),
+        metadata={"spacing": 40.0, "unit": "nm"},
+    )
+    tifffile.imwrite(tmp_path / "plain.tif", stack)
+    labels = np.zeros((20, 40, 50), np.uint16)
+    labels[:, 5:15, 10:30] = 1
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    for argv in (
+        ["annotate-pick", str(tmp_path / "stack.tif"), "--out", str(tmp_path / "pick")],
+        ["boxes-from-labels", str(tmp_path / "labels.tif"), "--slices", "3",
+         "--out", str(tmp_path / "ann"), "--stack", str(tmp_path / "stack.tif")],
+        ["annotate-pick", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "plain")],
+    ):  # fmt: skip
+        args = _parse(argv)
+        assert args.func(args) == 0
+    assert recorded_voxel_size([tmp_path / "pick"]) == (40.0, 5.0, 5.0)
+    assert recorded_voxel_size([tmp_path / "plain", tmp_path / "ann"]) == (40.0, 5.0, 5.0)
+    # a stack without a voxel size records none: training is told nothing wrong
+    assert not (tmp_path / "plain" / SOURCE_NAME).exists()
+    assert recorded_voxel_size([tmp_path / "plain"]) is None
+    (tmp_path / "pick" / SOURCE_NAME).write_text('{"voxel_size_nm": [40, 0, 5]}')
+    with pytest.raises(FamousError, match="source.json.*not positive"):
+        recorded_voxel_size([tmp_path / "pick"])
+    (tmp_path / "pick" / SOURCE_NAME).write_text('{"voxel": 5}')
+    with pytest.raises(FamousError, match="source.json.*not a voxel size record"):
+        recorded_voxel_size([tmp_path / "pick"])
 
 
 def test_neighbours_are_written_beside_the_slices_and_checked_on_reading(tmp_path, capsys):

@@ -118,6 +118,13 @@ def test_suggest_draws_the_prefilled_boxes_and_saves_corrections(addon, phantom_
 
     args = _train_args(s)
     assert args[:2] == [str(first), str(sug)] and args[args.index("--init") + 1] == str(DEMO)
+    # a voxel size set in the panel goes along (training chooses the extraction
+    # recipes with it); without, training reads the one the folders record
+    assert "--voxel-size" not in args and s.voxel_size_nm() is None
+    s.voxel_size = (40.0, 6.0, 6.0)
+    args = _train_args(s)
+    at = args.index("--voxel-size")
+    assert [float(v) for v in args[at + 1 : at + 4]] == [40.0, 6.0, 6.0]
 
 
 def _corner(obj, px: float, py: float) -> np.ndarray:

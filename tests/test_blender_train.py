@@ -50,12 +50,17 @@ def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
     )
     assert not net.empty()
     assert "channels=3" in (tmp_path / "model" / "model.cfg").read_text()
+    import json
+
+    # the export recorded the stack's voxel size, so training also chose each boxed
+    # class's extraction recipe on the boxes, for `famous run --model`
+    assert (tmp_path / "ann" / "source.json").is_file()
+    report = json.loads((tmp_path / "model" / "report.json").read_text())
+    assert report["extraction_calibration"] and set(report["extraction_calibration"]) <= set(names)
 
     # self-training on the panel's stack: a second round on pseudo-boxes, in report.json
     t.self_train, t.model_out = True, str(tmp_path / "model2")
     assert addon.ops.famous.train() == {"FINISHED"}
-    import json
-
     report = json.loads((tmp_path / "model2" / "report.json").read_text())
     assert [r["round"] for r in report["self_training"]["rounds"]] == [0, 1]
     assert list((tmp_path / "model2" / "self-training" / "round-1" / "pseudo").glob("*.png"))

@@ -355,6 +355,42 @@ def test_train_command_line(tmp_path, capsys):
             args.func(args)
 
 
+def test_training_chooses_the_extraction_recipes_where_the_pixel_size_is_known(tmp_path):
+    import argparse
+
+    from famous_addon.commands.detector import add_parsers
+    from famous_addon.core.annotations import SOURCE_NAME, read_yolo_mark
+    from famous_addon.core.calibrate import calibrate
+    from famous_addon.core.classes import load_classes
+
+    _toy_folder(tmp_path / "ann", seed=3, n=3)
+    # the annotation folder says where its slices come from (annotate-pick writes it)
+    (tmp_path / "ann" / SOURCE_NAME).write_text('{"voxel_size_nm": [30, 4, 9]}')
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "train", str(tmp_path / "ann"), "--classes", str(tmp_path / "ann" / "obj.names"),
+            "--out", str(tmp_path / "m"), "--epochs", "1", "--steps-per-epoch", "1", "--batch", "2",
+            "--train-size", "64", "--input-size", "96", "--threads", "1", "--workers", "1",
+        ]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert set(report["extraction_calibration"]) == {"dark", "light"}
+    # what the model folder's classes.toml holds (and `famous run` reads) is the
+    # calibration's choice on the boxes at the pixel size of 6 nm (4 x 9)
+    images, boxes = read_yolo_mark(tmp_path / "ann", 2, load_images=True)
+    given = load_classes(tmp_path / "ann" / "obj.names", annotations=tmp_path / "ann")
+    chosen, facts = calibrate(images, boxes, given, 6.0)
+    stored = load_classes(tmp_path / "m" / "classes.toml")
+    assert [c.extract for c in stored.classes] == [c.extract for c in chosen.classes]
+    assert stored[0].extract != given[0].extract  # the dark toys get another threshold
+    assert {k: v["choice"] for k, v in report["extraction_calibration"].items()} == {
+        k: v["choice"] for k, v in facts.items()
+    }
+
+
 def test_neighbour_crops_are_each_slice_cropped_alike():
     rng = np.random.default_rng(4)
     slices = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)

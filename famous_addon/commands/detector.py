@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -57,6 +58,7 @@ def cmd_boxes_from_labels(args) -> int:
         parse_slice_list,
         spread_indices,
         write_neighbours,
+        write_source,
         write_yolo_mark,
     )
     from ..core.boxes import write_yolo_txt
@@ -102,6 +104,7 @@ def cmd_boxes_from_labels(args) -> int:
         write_yolo_mark(args.out, [image_stack.read(k) for k in picks], stems, classes.names, boxes)
         if args.neighbours:
             write_neighbours(args.out, image_stack, picks)
+        write_source(args.out, image_stack)
     else:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -156,6 +159,8 @@ def cmd_train(args) -> int:
     bar = TqdmProgress("train")
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
+    pixel_nm = None if args.stack else _pixel_nm(args)
+
     def train(out, pseudo=None, mix=None, progress=bar):
         return train_model(
             annotations,
@@ -169,6 +174,7 @@ def cmd_train(args) -> int:
             resume=not args.restart,
             pseudo=pseudo,
             mix=mix,
+            pixel_nm=pixel_nm,
         )
 
     try:
@@ -187,6 +193,15 @@ def cmd_train(args) -> int:
         )
     print(f"model written to {args.out}")
     return 0
+
+
+def _pixel_nm(args) -> float | None:
+    """The slices' pixel size (nm): ``--voxel-size``, or the one an annotation folder records."""
+    # imported when the command runs, so that `famous --help` stays quick
+    from ..core.annotations import recorded_voxel_size
+
+    voxel = args.voxel_size or recorded_voxel_size(args.annotations)
+    return math.sqrt(voxel[1] * voxel[2]) if voxel else None
 
 
 def _self_train(args, annotations, classes, train, bar) -> dict:
@@ -413,7 +428,12 @@ def _add_train_extras(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="slices pseudo-labelled per round (default: 4 per boxed slice, 10-40)",
     )
-    add_voxel_size(p, "voxel size in nm for --stack, where its metadata lacks it")
+    add_voxel_size(
+        p,
+        "the stack's voxel size in nm, where its metadata (--stack) or the annotation "
+        "folder's source.json (annotate-pick) lacks it: with it, each class's extraction "
+        "recipe is chosen on your boxes too",
+    )
     p.set_defaults(func=cmd_train)
 
 

@@ -7,6 +7,7 @@ with one box a line, ``class cx cy w h`` normalised by the image size::
     DIR/obj.names         class names, one a line (class id = line number - 1)
     DIR/train.txt         the image names, one a line, as darknet and YOLO_mark list them
     DIR/neighbours/slice_00120.png   optional: slices 119, 120, 121 as one 3-channel PNG
+    DIR/source.json       optional: the stack the slices come from and its voxel size
 
 The ``neighbours/`` images are for a detector that sees each slice between its
 neighbours in z (``famous train --neighbours``): a faint organelle cap that
@@ -16,10 +17,15 @@ slice itself, in YOLO_mark, as always.
 YOLO_mark writes a ``.txt`` (possibly empty) for every image the user opened,
 so an image without one is reported as not annotated and left out, and an
 empty ``.txt`` means "annotated, nothing there".
+
+``source.json`` lets ``famous train`` choose each class's extraction recipe
+on the boxes (the recipes' kernels are in nm, so they need the pixel size),
+with no option to repeat what the stack already said.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import warnings
@@ -35,7 +41,7 @@ from skimage.segmentation import watershed
 
 from .boxes import Box, parse_yolo_lines, write_yolo_txt
 from .errors import FamousError
-from .fileio import atomic_path, atomic_write_bytes
+from .fileio import atomic_path, atomic_write_bytes, write_json
 from .guard import decode_text
 from .progress import ProgressFn, silent
 
@@ -133,6 +139,37 @@ def write_neighbours(folder: str | Path, stack, picks: list[int]) -> None:
         with atomic_path(path) as tmp:
             if not cv2.imwrite(str(tmp), stack.read_with_neighbours(k)):
                 raise FamousError("could not be written.", path, "check the disk and permissions.")
+
+
+SOURCE_NAME = "source.json"
+
+
+def write_source(folder: str | Path, stack) -> None:
+    """Record in ``folder`` the stack its slices come from and its voxel size, where known."""
+    if stack.voxel_size_nm is None:
+        return
+    facts = {"stack": str(Path(stack.path).resolve()), "voxel_size_nm": list(stack.voxel_size_nm)}
+    write_json(Path(folder) / SOURCE_NAME, facts)
+
+
+def recorded_voxel_size(folders) -> tuple[float, float, float] | None:
+    """The voxel size (z, y, x) in nm that the first of ``folders`` recording one gives."""
+    for folder in folders:
+        path = Path(folder) / SOURCE_NAME
+        if not path.is_file():
+            continue
+        try:
+            z, y, x = (float(v) for v in json.loads(path.read_text())["voxel_size_nm"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise FamousError(
+                f"is not a voxel size record ({err}).", path, "delete it, or write it again."
+            ) from None
+        if min(z, y, x) <= 0:
+            raise FamousError(
+                "gives a voxel size that is not positive.", path, "delete it, or write it again."
+            )
+        return z, y, x
+    return None
 
 
 def read_yolo_mark(
@@ -310,6 +347,7 @@ def export_for_annotation(
     )
     if neighbours:
         write_neighbours(out, stack, picks)
+    write_source(out, stack)
     return picks
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import runfolder as rf
-from .annotations import read_yolo_mark, write_neighbours, write_yolo_mark
+from .annotations import read_yolo_mark, write_neighbours, write_source, write_yolo_mark
 from .boxes import Box
 from .classes import load_classes
 from .detector.boxops import iou_matrix
@@ -251,6 +251,7 @@ def export_suggestions(
     stems = [f"slice_{k:05d}" for k in slices]
     write_yolo_mark(out, (stack.read(k) for k in slices), stems, names, boxes)
     write_neighbours(out, stack, slices)
+    write_source(out, stack)
     rows = [
         (p.slice, round(p.score, 2), *(p.counts[k] for k in REASONS), len(b), p.why())
         for p, b in zip(picks, boxes)

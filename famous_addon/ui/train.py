@@ -14,6 +14,7 @@ runs ``famous train`` in the Python the add-on's preferences name
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -113,14 +114,23 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
 
             annotations = merge_folders(folders, Path(out) / MERGED_DIR)
 
+        # read here, in Blender's thread: the work runs in another
+        voxel = settings.voxel_size_nm()
+        # the slices' pixel size (the panel's, else the one the export recorded): each
+        # class's extraction recipe is chosen on the boxes too (self-training does that
+        # itself, for its runs)
+        # OpenCV (the annotations module): loaded on first use, not at Blender's start-up
+        from ..core.annotations import recorded_voxel_size
+
+        known = voxel or recorded_voxel_size(folders)
+        pixel_nm = math.sqrt(known[1] * known[2]) if known and not t.self_train else None
+
         def train(folder, pseudo=None, mix=None, progress=None):
             return train_model(
                 annotations, classes, folder, epochs, width, progress, config=config,
-                command=command, pseudo=pseudo, mix=mix,
+                command=command, pseudo=pseudo, mix=mix, pixel_nm=pixel_nm,
             )  # fmt: skip
 
-        # read here, in Blender's thread: the work runs in another
-        voxel = settings.voxel_size_nm()
         stack = None
         if t.self_train:
             # the stack module (OpenCV) loads on first use, not at Blender's start-up
@@ -182,8 +192,8 @@ def _train_args(settings) -> list[str]:
     args += ["--neighbours"] if t.neighbours else []
     if t.self_train:
         args += ["--stack", settings.stack_path()]
-        voxel = settings.voxel_size_nm()
-        args += ["--voxel-size", *(str(v) for v in voxel)] if voxel else []
+    voxel = settings.voxel_size_nm()
+    args += ["--voxel-size", *(str(v) for v in voxel)] if voxel else []
     return args
 
 

@@ -38,6 +38,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..annotations import read_yolo_mark
+from ..calibrate import calibrate
 from ..classes import load_classes, save_classes
 from ..errors import FamousError
 from ..fileio import atomic_path, atomic_write_bytes, write_json
@@ -136,6 +137,7 @@ def train_model(
     resume: bool = True,
     pseudo: str | Path | None = None,
     mix: PseudoShare | None = None,
+    pixel_nm: float | None = None,
 ) -> dict:
     """Train a detector on a YOLO_mark folder and write a model folder.
 
@@ -163,6 +165,9 @@ def train_model(
         A YOLO_mark folder of pseudo-labelled slices (:mod:`~famous_addon.core.selftrain`)
         mixed into the crops as ``mix`` says; anchors, split, thresholds and
         calibration come from the user's boxes alone.
+    pixel_nm : float, optional
+        The slices' pixel size (nm): each class's extraction recipe is then
+        chosen on the user's boxes too and kept in ``classes.toml`` for ``famous run``.
 
     Returns
     -------
@@ -188,21 +193,36 @@ def train_model(
         trainer.resume()
     train_seconds = trainer.run([images[i] for i in train_idx], amp_dtype, progress, extra)
     trainer.export(out, classes)
-
-    progress(0.92, "choosing thresholds")  # on the user's boxes alone
-    thresholds, metrics = calibrate_model(
-        out, classes, images, boxes, trainer.detect_settings(zoom), held_out=val_idx or None
-    )
+    settings = trainer.detect_settings(zoom)
     report = {
         **_given(command, annotations, boxes, (train_idx, val_idx), given),
         **trainer.facts(train_seconds, amp_dtype),
-        "metrics": metrics,
-        "thresholds": dict(zip(classes.names, thresholds)),
+        **_calibrate(out, classes, images, boxes, settings, val_idx, pixel_nm, progress),
     }
     write_json(out / REPORT_NAME, report)
     trainer.ckpt_path.unlink(missing_ok=True)
-    progress(1.0, f"done: mAP@0.5 {metrics['mAP50']:.3f}")
+    progress(1.0, f"done: mAP@0.5 {report['metrics']['mAP50']:.3f}")
     return report
+
+
+def _calibrate(out, classes, images, boxes, settings, held_out, pixel_nm, progress) -> dict:
+    """``report.json``'s entries of what is chosen on the user's boxes after training.
+
+    The score thresholds (``metrics``, ``thresholds``; on the ``held_out``
+    images, all without), and with ``pixel_nm`` each class's extraction
+    recipe (``extraction_calibration``), saved to the folder's ``classes.toml``.
+    """
+    progress(0.92, "choosing thresholds")  # on the user's boxes alone
+    thresholds, metrics = calibrate_model(
+        out, classes, images, boxes, settings, held_out=held_out or None
+    )
+    facts = {"metrics": metrics, "thresholds": dict(zip(classes.names, thresholds))}
+    if pixel_nm:
+        progress(0.96, "choosing each class's extraction recipe")
+        slices = [im[..., 1] if im.ndim == 3 else im for im in images]  # the middle of three
+        chosen, facts["extraction_calibration"] = calibrate(slices, boxes, classes, pixel_nm)
+        save_classes(chosen, out / CLASSES_NAME)
+    return facts
 
 
 def _pseudo_set(pseudo, mix: PseudoShare | None, first: int, n_classes: int, neighbours: bool):
