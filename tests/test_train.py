@@ -324,22 +324,26 @@ def test_exported_weights_are_the_average_and_a_resumed_run_keeps_it(tmp_path):
     assert weights("resumed", stop="epoch 2/") == averaged
 
 
-def test_train_command_line(tmp_path, capsys):
+def _tiny_train_command(tmp_path, *extra: str):
+    """``famous train`` of the toy folder ``tmp_path/ann`` into ``tmp_path/m``, one tiny epoch."""
     import argparse
 
     from famous_addon.commands.detector import add_parsers
 
-    _toy_folder(tmp_path / "ann", seed=2, n=3)
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers())
-    args = parser.parse_args(
+    return parser.parse_args(
         [
             "train", str(tmp_path / "ann"), "--classes", str(tmp_path / "ann" / "obj.names"),
             "--out", str(tmp_path / "m"), "--epochs", "1", "--steps-per-epoch", "1", "--batch", "2",
-            "--train-size", "64", "--input-size", "96", "--threads", "1", "--workers", "1",
-            "--zoom-pass", "light=0.9",
+            "--train-size", "64", "--input-size", "96", "--threads", "1", "--workers", "1", *extra,
         ]
     )  # fmt: skip
+
+
+def test_train_command_line(tmp_path, capsys):
+    _toy_folder(tmp_path / "ann", seed=2, n=3)
+    args = _tiny_train_command(tmp_path, "--zoom-pass", "light=0.9")
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "mAP@0.5" in out and "recall by case" in out
@@ -356,9 +360,6 @@ def test_train_command_line(tmp_path, capsys):
 
 
 def test_training_chooses_the_extraction_recipes_where_the_pixel_size_is_known(tmp_path):
-    import argparse
-
-    from famous_addon.commands.detector import add_parsers
     from famous_addon.core.annotations import SOURCE_NAME, read_yolo_mark
     from famous_addon.core.calibrate import calibrate
     from famous_addon.core.classes import load_classes
@@ -366,15 +367,7 @@ def test_training_chooses_the_extraction_recipes_where_the_pixel_size_is_known(t
     _toy_folder(tmp_path / "ann", seed=3, n=3)
     # the annotation folder says where its slices come from (annotate-pick writes it)
     (tmp_path / "ann" / SOURCE_NAME).write_text('{"voxel_size_nm": [30, 4, 9]}')
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers())
-    args = parser.parse_args(
-        [
-            "train", str(tmp_path / "ann"), "--classes", str(tmp_path / "ann" / "obj.names"),
-            "--out", str(tmp_path / "m"), "--epochs", "1", "--steps-per-epoch", "1", "--batch", "2",
-            "--train-size", "64", "--input-size", "96", "--threads", "1", "--workers", "1",
-        ]
-    )  # fmt: skip
+    args = _tiny_train_command(tmp_path)
     assert args.func(args) == 0
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     assert set(report["extraction_calibration"]) == {"dark", "light"}
