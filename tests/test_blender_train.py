@@ -1,5 +1,6 @@
 """The panel's Train section: export slices to box, train, and detect with the result."""
 
+import json
 import shutil
 
 import cv2
@@ -50,8 +51,6 @@ def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
     )
     assert not net.empty()
     assert "channels=3" in (tmp_path / "model" / "model.cfg").read_text()
-    import json
-
     # the export recorded the stack's voxel size, so training also chose each boxed
     # class's extraction recipe on the boxes, for `famous run --model`
     assert (tmp_path / "ann" / "source.json").is_file()

@@ -114,14 +114,14 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
 
             annotations = merge_folders(folders, Path(out) / MERGED_DIR)
 
+        # OpenCV (the annotations module): loaded on first use, not at Blender's start-up
+        from ..core.annotations import recorded_voxel_size
+
         # read here, in Blender's thread: the work runs in another
         voxel = settings.voxel_size_nm()
         # the slices' pixel size (the panel's, else the one the export recorded): each
         # class's extraction recipe is chosen on the boxes too (self-training does that
         # itself, for its runs)
-        # OpenCV (the annotations module): loaded on first use, not at Blender's start-up
-        from ..core.annotations import recorded_voxel_size
-
         known = voxel or recorded_voxel_size(folders)
         pixel_nm = math.sqrt(known[1] * known[2]) if known and not t.self_train else None
 
