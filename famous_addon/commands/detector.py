@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -121,6 +120,7 @@ def cmd_boxes_from_labels(args) -> int:
 def cmd_train(args) -> int:
     """Train a YOLOv4-tiny detector on a YOLO_mark folder and write a model folder."""
     # imported when the command runs, so that `famous --help` stays quick
+    from ..core.annotations import slices_pixel_nm
     from ..core.classes import load_classes
     from ..core.detector.config import TrainConfig, require_torch
     from ..core.progress import TqdmProgress
@@ -159,7 +159,8 @@ def cmd_train(args) -> int:
     bar = TqdmProgress("train")
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
-    pixel_nm = None if args.stack else _pixel_nm(args)
+    # each class's extraction recipe chosen on the boxes too (self-training does that itself)
+    pixel_nm = None if args.stack else slices_pixel_nm(args.annotations, args.voxel_size)
 
     def train(out, pseudo=None, mix=None, progress=bar):
         return train_model(
@@ -193,15 +194,6 @@ def cmd_train(args) -> int:
         )
     print(f"model written to {args.out}")
     return 0
-
-
-def _pixel_nm(args) -> float | None:
-    """The slices' pixel size (nm): ``--voxel-size``, or the one an annotation folder records."""
-    # imported when the command runs, so that `famous --help` stays quick
-    from ..core.annotations import recorded_voxel_size
-
-    voxel = args.voxel_size or recorded_voxel_size(args.annotations)
-    return math.sqrt(voxel[1] * voxel[2]) if voxel else None
 
 
 def _self_train(args, annotations, classes, train, bar) -> dict:

@@ -44,6 +44,7 @@ from .errors import FamousError
 from .fileio import atomic_path, atomic_write_bytes, write_json
 from .guard import decode_text
 from .progress import ProgressFn, silent
+from .stack import in_plane_nm
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 NAMES_FILE = "obj.names"
@@ -170,6 +171,13 @@ def recorded_voxel_size(folders) -> tuple[float, float, float] | None:
             )
         return z, y, x
     return None
+
+
+def slices_pixel_nm(folders, voxel_size_nm=None) -> float | None:
+    """The annotated slices' in-plane pixel size (nm): from ``voxel_size_nm`` (z, y, x)
+    where given, else from the first of ``folders`` recording one; None without either."""
+    voxel = voxel_size_nm or recorded_voxel_size(folders)
+    return in_plane_nm(voxel) if voxel else None
 
 
 def read_yolo_mark(

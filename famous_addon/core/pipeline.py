@@ -48,7 +48,7 @@ from .request import RunRequest
 from .separate import split_spanning
 from .slicecache import cache_path, clear_filled, fingerprint, gather_detections, prepare_out
 from .slices import make_box_source, run_slices
-from .stack import Stack, open_stack
+from .stack import Stack, in_plane_nm, open_stack
 from .version import __version__
 
 
@@ -109,7 +109,7 @@ def _open_inputs(request: RunRequest, progress: ProgressFn) -> _Inputs:
     if not isinstance(classes, ClassConfig):
         classes = load_classes(classes)
     source = make_box_source(stack, classes, request)
-    pixel_nm = float(np.sqrt(vs[1] * vs[2]))
+    pixel_nm = in_plane_nm(vs)
     calibration = None
     if request.annotations is not None:
         images, marked = read_yolo_mark(request.annotations, len(classes), load_images=True)

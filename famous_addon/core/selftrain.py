@@ -71,7 +71,7 @@ from .detector.darknet import (
 from .fileio import atomic_path, read_csv, write_json
 from .progress import ProgressFn, silent, sub
 from .request import RunRequest, RunSettings
-from .stack import Stack, open_stack
+from .stack import Stack, in_plane_nm, open_stack
 
 SELF_DIR = "self-training"
 MODEL_FILES = (
@@ -226,7 +226,7 @@ def self_train(
     images, boxes = read_yolo_mark(annotations, len(classes), load_images=True)
     vs = stack.require_voxel_size()
     # each class's extraction recipe chosen on the user's boxes, as `famous run --annotations`
-    classes, extraction = calibrate(images, boxes, classes, float(np.sqrt(vs[1] * vs[2])))
+    classes, extraction = calibrate(images, boxes, classes, in_plane_nm(vs))
     best, best_dir, best_round = report, where / "round-0", 0
     boxed = user_slices(annotations, images, stack)
     count = config.slices or min(40, max(10, 4 * max(1, len(boxed))))

@@ -530,6 +530,12 @@ def _tiff_voxel_size(tf) -> tuple[tuple[float, float, float] | None, str]:
     return None, "none"
 
 
+def in_plane_nm(voxel_size_nm) -> float:
+    """The in-plane pixel size (nm) of a voxel size (z, y, x): the mean of y and x
+    (geometric, so a pixel's area is kept)."""
+    return float(math.sqrt(voxel_size_nm[1] * voxel_size_nm[2]))
+
+
 def open_stack(
     path: str | Path,
     voxel_size_nm: tuple[float, float, float] | None = None,

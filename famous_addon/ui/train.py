@@ -14,7 +14,6 @@ runs ``famous train`` in the Python the add-on's preferences name
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
@@ -115,15 +114,13 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
             annotations = merge_folders(folders, Path(out) / MERGED_DIR)
 
         # OpenCV (the annotations module): loaded on first use, not at Blender's start-up
-        from ..core.annotations import recorded_voxel_size
+        from ..core.annotations import slices_pixel_nm
 
         # read here, in Blender's thread: the work runs in another
         voxel = settings.voxel_size_nm()
-        # the slices' pixel size (the panel's, else the one the export recorded): each
-        # class's extraction recipe is chosen on the boxes too (self-training does that
-        # itself, for its runs)
-        known = voxel or recorded_voxel_size(folders)
-        pixel_nm = math.sqrt(known[1] * known[2]) if known and not t.self_train else None
+        # the panel's pixel size, else the export's: each class's extraction recipe is
+        # chosen on the boxes too (self-training does that itself, for its runs)
+        pixel_nm = None if t.self_train else slices_pixel_nm(folders, voxel)
 
         def train(folder, pseudo=None, mix=None, progress=None):
             return train_model(

@@ -197,7 +197,7 @@ def train_model(
     report = {
         **_given(command, annotations, boxes, (train_idx, val_idx), given),
         **trainer.facts(train_seconds, amp_dtype),
-        **_calibrate(out, classes, images, boxes, settings, val_idx, pixel_nm, progress),
+        **_chosen_on_boxes(out, classes, images, boxes, settings, val_idx, pixel_nm, progress),
     }
     write_json(out / REPORT_NAME, report)
     trainer.ckpt_path.unlink(missing_ok=True)
@@ -205,7 +205,7 @@ def train_model(
     return report
 
 
-def _calibrate(out, classes, images, boxes, settings, held_out, pixel_nm, progress) -> dict:
+def _chosen_on_boxes(out, classes, images, boxes, settings, held_out, pixel_nm, progress) -> dict:
     """``report.json``'s entries of what is chosen on the user's boxes after training.
 
     The score thresholds (``metrics``, ``thresholds``; on the ``held_out``
