@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from famous_addon.cli import main
-from famous_addon.core.annotations import boxes_from_label_slice, read_yolo_mark
+from famous_addon.core.annotations import boxes_from_label_slice, read_unconfirmed, read_yolo_mark
 from famous_addon.core.boxes import Box
 from famous_addon.core.detector.boxops import iou_matrix
 from famous_addon.core.detector.darknet import check_model
@@ -126,11 +126,20 @@ def test_a_self_training_round_adds_pseudo_boxes_and_never_overrides_a_users_box
         if len(found) and len(want):
             matched += int((iou_matrix(_xyxy(found), want)[0].max(1) >= 0.5).sum())
     assert n_boxes >= 10 and matched >= 0.8 * n_boxes, (n_boxes, matched)
+    # what the first detector saw there is left out of the loss: every pseudo-box
+    # lies in a region of unconfirmed/, which holds more (its boxes at low score)
+    seen = read_unconfirmed(pseudo, None)
+    for found, regions in zip(boxes, seen):
+        if len(found):
+            assert (iou_matrix(_xyxy(found), _xyxy(regions))[0].max(1) > 0.99).all()
+    n_seen = sum(map(len, seen))
+    assert n_seen > n_boxes
     # the user's boxes are trained as given
     assert len(read_yolo_mark(ann)[1][0]) == len(user_lines)
     rounds = report["self_training"]["rounds"]
     assert [r["round"] for r in rounds] == [0, 1]
     assert rounds[1]["pseudo"]["n_boxes"] == n_boxes and rounds[1]["pseudo"]["n_images"] == 11
+    assert rounds[1]["pseudo"]["n_unconfirmed"] == n_seen
     assert report["self_training"]["boxed_slices"] == [8, 16]
     assert (tmp_path / "m" / "model.weights").is_file()
     # the weights' checksum travels with them (loading compares the two)

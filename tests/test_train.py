@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from famous_addon.core.annotations import write_yolo_mark  # noqa: E402
 from famous_addon.core.boxes import Box  # noqa: E402
 from famous_addon.core.classes import from_names  # noqa: E402
-from famous_addon.core.detector.config import TrainConfig  # noqa: E402
+from famous_addon.core.detector.config import PseudoShare, TrainConfig  # noqa: E402
 from famous_addon.core.detector.darknet import check_model, yolo_tiny_cfg  # noqa: E402
 from famous_addon.core.detector.data import AugmentConfig, CropSampler, kmeans_anchors  # noqa: E402
 from famous_addon.core.detector.inference import load_detector  # noqa: E402
@@ -384,6 +384,53 @@ def test_training_chooses_the_extraction_recipes_where_the_pixel_size_is_known(t
     }
 
 
+def test_regions_left_out_of_the_loss_teach_nothing_and_the_rest_is_background():
+    net = _random_net(2)
+    raws = [r.detach().requires_grad_() for r in net(torch.rand(2, 1, 96, 96))]
+    no_boxes = torch.zeros((0, 6))
+
+    def grads(unknown):
+        loss, _ = yolo_loss(net, raws, no_boxes, (96, 96), unknown=unknown)
+        return torch.autograd.grad(loss, raws)
+
+    # image 0 wholly left out: nothing learnt from it; image 1 is taught background
+    for g in grads(torch.tensor([[0, 48.0, 48.0, 96.0, 96.0]])):
+        assert g[0].abs().sum() == 0 and g[1].abs().sum() > 0
+    # a region x 0-44 on image 1: only the cells whose centre lies in it are left out
+    for g in grads(torch.tensor([[1, 22.0, 48.0, 44.0, 96.0]])):
+        centres = (torch.arange(g.shape[-1]) + 0.5) * 96 / g.shape[-1]
+        inside = centres <= 44
+        assert g[1][..., inside].abs().sum() == 0
+        assert g[1][..., ~inside].abs().amax(dim=(0, 1)).min() > 0
+        assert g[0].abs().sum() > 0
+
+
+def test_left_out_regions_travel_with_the_crop_and_are_never_boxes():
+    image = np.full((128, 128), 60, np.uint8)
+    image[30:70, 40:90] = 128  # a pseudo-box
+    image[90:110, 10:40] = 255  # a region the first detector saw, unconfirmed
+    user = np.zeros((0, 5))
+    pseudo = np.array([(0, 40, 30, 90, 70), (-1, 10, 90, 40, 110)], np.float64)
+    plain = AugmentConfig(
+        scale=(1, 1), contrast=(1, 1), brightness=0, gamma=(1, 1), noise=0, blur_p=0
+    )
+    for background in (True, False):
+        mix = PseudoShare(first=1, share=1.0, background=background)
+        sampler = CropSampler([image, image], [user, pseudo], 64, plain, mix)
+        x, targets, negatives, unknown = sampler.batch(16, (0, 1))
+        assert (targets[:, 1] >= 0).all() and len(unknown) > 0
+        assert negatives.tolist() == [1.0 if background else 0.0] * 16
+        for b, cx, cy, w, h in unknown.tolist():
+            # inside by a pixel: the crop's sub-pixel shift blends the edge pixels
+            y0, y1, x0, x1 = (
+                int(v) for v in (cy - h / 2 + 1, cy + h / 2 - 1, cx - w / 2 + 1, cx + w / 2 - 1)
+            )
+            region = x[int(b), 0, y0:y1, x0:x1]
+            assert region.numel() > 0 and torch.all(region == 1.0)
+    # the region (row 1 of image 1) is never a box to centre crops on
+    assert sampler.large == [(1, 0)] and (1, 1) not in sampler.small
+
+
 def test_neighbour_crops_are_each_slice_cropped_alike():
     rng = np.random.default_rng(4)
     slices = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
@@ -398,7 +445,7 @@ def test_neighbour_crops_are_each_slice_cropped_alike():
         x1, t1 = CropSampler([one], boxes, 64, plain).sample(np.random.default_rng(9))
         np.testing.assert_array_equal(x3[..., c], x1)
         np.testing.assert_array_equal(t3, t1)
-    batch, _, _ = CropSampler([slices], boxes, 64, plain).batch(2, (0, 0))
+    batch, *_ = CropSampler([slices], boxes, 64, plain).batch(2, (0, 0))
     assert tuple(batch.shape) == (2, 3, 64, 64)
 
 

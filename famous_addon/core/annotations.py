@@ -8,6 +8,9 @@ with one box a line, ``class cx cy w h`` normalised by the image size::
     DIR/train.txt         the image names, one a line, as darknet and YOLO_mark list them
     DIR/neighbours/slice_00120.png   optional: slices 119, 120, 121 as one 3-channel PNG
     DIR/source.json       optional: the stack the slices come from and its voxel size
+    DIR/unconfirmed/slice_00120.txt  self-training's pseudo-boxes only: regions left
+                          out of the loss (what the first detector saw there but
+                          3-D did not confirm), in the same format
 
 The ``neighbours/`` images are for a detector that sees each slice between its
 neighbours in z (``famous train --neighbours``): a faint organelle cap that
@@ -50,6 +53,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 NAMES_FILE = "obj.names"
 LIST_FILE = "train.txt"
 NEIGHBOURS_DIR = "neighbours"
+UNCONFIRMED_DIR = "unconfirmed"
 
 
 def _read_gray(path: Path) -> np.ndarray:
@@ -129,6 +133,23 @@ def read_neighbours(path: Path, image: np.ndarray) -> np.ndarray:
     if img.shape[:2] != image.shape or not np.array_equal(img[..., 1], image):
         raise FamousError(f"does not hold {path.name} as its middle slice.", n_path, fix)
     return img
+
+
+def read_unconfirmed(folder: str | Path, n_classes: int | None) -> list[list[Box]] | None:
+    """Per annotated image of ``folder`` (:func:`read_yolo_mark`'s order), the boxes
+    of ``unconfirmed/`` (an image without a file there has none); None where the
+    folder has no ``unconfirmed/``."""
+    where = Path(folder) / UNCONFIRMED_DIR
+    if not where.is_dir():
+        return None
+    out = []
+    for path in find_annotated(folder)[0]:
+        txt = where / f"{path.stem}.txt"
+        shape = _image_shape(path)
+        out.append(
+            parse_yolo_lines(txt.read_bytes(), shape, n_classes, txt) if txt.is_file() else []
+        )
+    return out
 
 
 def write_neighbours(folder: str | Path, stack, picks: list[int]) -> None:

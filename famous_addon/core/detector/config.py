@@ -91,8 +91,13 @@ class PseudoShare:
         slices alone teach the background, so they keep the rest.
     weight : float
         Loss weight of a pseudo-box against a user's box (1).
+    background : bool
+        The pseudo-labelled images come with the regions to leave out of the
+        loss (class -1 rows), and the rest of them is taught as background.
+        Without, nothing on them is.
     """
 
     first: int
     share: float = 0.5
     weight: float = 0.5
+    background: bool = False

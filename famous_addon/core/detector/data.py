@@ -94,8 +94,11 @@ class CropSampler:
     pseudo : PseudoShare, optional
         The images from ``pseudo.first`` on hold pseudo-boxes (self-training,
         :mod:`~famous_addon.core.selftrain`): they are drawn for a share
-        ``pseudo.share`` of the crops, their boxes weigh ``pseudo.weight``
-        and nothing on them is taught as background (what the first detector
+        ``pseudo.share`` of the crops and their boxes weigh ``pseudo.weight``.
+        With ``pseudo.background``, their rows of class -1 are regions left
+        out of the loss (what the first detector saw there but 3-D did not
+        confirm) and the rest of them is taught as background; without,
+        nothing on them is taught as background (what the first detector
         missed there is unknown, not absent).
 
     Every draw takes its own random generator, so batches can be made in
@@ -118,8 +121,9 @@ class CropSampler:
         self.p = _draw_chances(images, self.pseudo)
         self.fill = [float(np.median(im)) for im in images]
         # (image, box) pairs of the small boxes, which small_focus centres crops on
-        pairs = [(i, j) for i, b in enumerate(boxes) for j in range(len(b))]
-        every = np.concatenate(boxes) if pairs else np.zeros((0, 5))
+        # (class -1 rows: regions left out of the loss, never a box to focus on)
+        pairs = [(i, j) for i, b in enumerate(boxes) for j in range(len(b)) if b[j, 0] >= 0]
+        every = np.array([boxes[i][j] for i, j in pairs]).reshape(-1, 5)
         area = (every[:, 3] - every[:, 1]) * (every[:, 4] - every[:, 2])
         self.small = [pair for pair, s in zip(pairs, small_boxes(every[:, 0], area)) if s]
         longer = np.maximum(every[:, 3] - every[:, 1], every[:, 4] - every[:, 2])
@@ -175,7 +179,9 @@ class CropSampler:
         if len(b):
             b[:, [1, 3]] = np.clip((b[:, [1, 3]] - x0) * zoom, 0, size)
             b[:, [2, 4]] = np.clip((b[:, [2, 4]] - y0) * zoom, 0, size)
-            keep = (b[:, 3] - b[:, 1] >= a.min_box_px) & (b[:, 4] - b[:, 2] >= a.min_box_px)
+            w, h = b[:, 3] - b[:, 1], b[:, 4] - b[:, 2]
+            keep = (w >= a.min_box_px) & (h >= a.min_box_px)
+            keep |= (b[:, 0] < 0) & (w > 0) & (h > 0)  # any part of a left-out region counts
             b = b[keep]
         k = int(rng.integers(4))
         crop = np.rot90(crop, k)
@@ -215,7 +221,9 @@ class CropSampler:
             the user's.
         negatives : tensor (n,)
             1 where the crop's background is taught as background, 0 for a
-            crop of a pseudo-labelled image.
+            crop of a pseudo-labelled image (without ``pseudo.background``).
+        unknown : tensor (K, 5)
+            image index, cx, cy, w, h of the regions left out of the loss.
         """
         rng = np.random.default_rng(seed)
         xs, ts, negatives = [], [], []
@@ -229,16 +237,19 @@ class CropSampler:
                     [np.full((len(t), 1), k, np.float32), t, np.full((len(t), 1), weight)], 1
                 )
             )
-            negatives.append(0.0 if pseudo else 1.0)
+            negatives.append(0.0 if pseudo and not self.pseudo.background else 1.0)
         x = np.stack(xs)
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x[:, None]
-        targets = np.concatenate(ts).reshape(-1, 7).astype(np.float32)
+        rows = np.concatenate(ts).reshape(-1, 7).astype(np.float32)
+        left_out = rows[:, 1] < 0
+        targets, unknown = rows[~left_out], rows[left_out][:, [0, 2, 3, 4, 5]]
         if self.pseudo.first >= len(self.images):  # all boxes the user's: no weights
             targets = targets[:, :6]
         return (
             torch.from_numpy(x),
-            torch.from_numpy(targets),
+            torch.from_numpy(np.ascontiguousarray(targets)),
             torch.tensor(negatives, dtype=torch.float32),
+            torch.from_numpy(np.ascontiguousarray(unknown)),
         )
 
 

@@ -48,6 +48,7 @@ def yolo_loss(
     ignore_iou: float = 0.7,
     match_iou: float = 0.25,
     negatives=None,
+    unknown=None,
 ):
     """YOLO loss for one batch.
 
@@ -62,6 +63,10 @@ def yolo_loss(
         Per image, the weight of its background (no object) in the
         objectness loss: 0 leaves everything but its boxes out of the loss,
         for images whose boxes are known to be incomplete. Default: 1.
+    unknown : tensor (K, 5), optional
+        image index, cx, cy, w, h (input pixels) of regions neither object nor
+        background: a grid cell whose centre lies in one learns nothing unless
+        a truth box is assigned to it (self-training: unconfirmed regions).
 
     Each truth box is assigned, in the grid cell holding its centre, to its
     best-fitting anchor and to every other anchor whose shape IoU exceeds
@@ -89,9 +94,7 @@ def yolo_loss(
         pred = decode_head(raw, head, n_cls, input_hw)
         n, a, h, w, _ = pred.shape
         obj_target = torch.zeros(n, a, h, w, device=dev)
-        obj_weight = torch.ones(n, a, h, w, device=dev)
-        if negatives is not None:  # images whose background is not taught
-            obj_weight = obj_weight * negatives.to(dev).view(n, 1, 1, 1)
+        obj_weight = _background_weight(pred.shape[:4], negatives, unknown, input_hw, dev)
         if len(targets):
             _ignore_covered(pred, targets, obj_weight, ignore_iou)
             loss_box, loss_cls, n_head = _positive_losses(
@@ -150,6 +153,24 @@ def _ignore_covered(pred, targets, obj_weight, ignore_iou: float) -> None:
             pb = boxes[b].reshape(-1, 1, 4).expand(-1, len(tb), 4).reshape(-1, 4)
             ious = _box_iou_xywh(pb, tb.repeat(a * h * w, 1)).view(-1, len(tb))
             obj_weight[b].view(-1)[ious.max(1).values > ignore_iou] = 0
+
+
+def _background_weight(shape, negatives, unknown, input_hw, dev):
+    """(N, A, H, W) objectness weights before the truth boxes: each image's
+    ``negatives`` weight, and 0 at the grid cells whose centre lies in an ``unknown`` box."""
+    n, a, h, w = shape
+    obj_weight = torch.ones(n, a, h, w, device=dev)
+    if negatives is not None:  # images whose background is not taught
+        obj_weight = obj_weight * negatives.to(dev).view(n, 1, 1, 1)
+    if unknown is None or not len(unknown):
+        return obj_weight
+    cx = (torch.arange(w, device=dev) + 0.5) * (input_hw[1] / w)
+    cy = (torch.arange(h, device=dev) + 0.5) * (input_hw[0] / h)
+    for b, x, y, bw, bh in unknown.tolist():
+        cols = (cx >= x - bw / 2) & (cx <= x + bw / 2)
+        rows = (cy >= y - bh / 2) & (cy <= y + bh / 2)
+        obj_weight[int(b)] *= ~(rows[:, None] & cols[None, :])
+    return obj_weight
 
 
 def _cells(t0, fx, fy, reach: bool, w: int, h: int) -> list[tuple]:

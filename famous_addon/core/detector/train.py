@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..annotations import read_yolo_mark
+from ..annotations import read_unconfirmed, read_yolo_mark
 from ..calibrate import calibrate
 from ..classes import load_classes, save_classes
 from ..errors import FamousError
@@ -233,14 +233,18 @@ def _pseudo_set(pseudo, mix: PseudoShare | None, first: int, n_classes: int, nei
     images, boxes = read_yolo_mark(
         pseudo, n_classes=n_classes, load_images=True, neighbours=neighbours
     )
-    mix = replace(mix or PseudoShare(first), first=first)
+    unconfirmed = read_unconfirmed(pseudo, n_classes)
+    mix = replace(mix or PseudoShare(first), first=first, background=unconfirmed is not None)
     facts = {
         "folder": str(Path(pseudo).resolve()),
         "n_images": len(images),
         "n_boxes": sum(len(b) for b in boxes),
+        "n_unconfirmed": sum(map(len, unconfirmed)) if unconfirmed is not None else None,
         "share": mix.share,
         "weight": mix.weight,
     }
+    if unconfirmed is not None:  # class -1: a region left out of the loss (CropSampler)
+        boxes = [b + [replace(u, cls=-1) for u in us] for b, us in zip(boxes, unconfirmed)]
     return (images, boxes, mix), facts
 
 
@@ -432,8 +436,8 @@ class _Trainer:
                         pending[g + ahead] = pool.submit(
                             sampler.batch, cfgt.batch, (cfgt.seed, g + ahead)
                         )
-                    x, t, negatives = pending.pop(g).result()
-                    loss, parts = self._step(g, x, t, negatives, amp_dtype)
+                    x, t, negatives, unknown = pending.pop(g).result()
+                    loss, parts = self._step(g, x, t, (negatives, unknown), amp_dtype)
                     sums["loss"] += loss
                     for k in ("box", "obj", "cls"):
                         sums[k] += parts[k]
@@ -444,10 +448,12 @@ class _Trainer:
             pool.shutdown(wait=True)
         return self.elapsed()
 
-    def _step(self, g: int, x, t, negatives, amp_dtype) -> tuple[float, dict]:
+    def _step(self, g: int, x, t, background, amp_dtype) -> tuple[float, dict]:
         """One optimiser step (global step ``g``) on images ``x`` with targets ``t``.
 
-        ``negatives``: per image, the weight of its background (see :func:`~.loss.yolo_loss`).
+        ``background``: per image, the weight of its background, and the
+        regions left out of the loss (``negatives``, ``unknown`` of
+        :func:`~.loss.yolo_loss`).
         """
         cfgt = self.cfgt
         for group in self.opt.param_groups:
@@ -455,7 +461,10 @@ class _Trainer:
         with torch.autocast(self.device_type, amp_dtype, enabled=amp_dtype is not None):
             raws = self.net(x.to(cfgt.device))
         hw = (cfgt.train_size, cfgt.train_size)
-        loss, parts = yolo_loss(self.net, [r.float() for r in raws], t, hw, negatives=negatives)
+        negatives, unknown = background
+        loss, parts = yolo_loss(
+            self.net, [r.float() for r in raws], t, hw, negatives=negatives, unknown=unknown
+        )
         self.opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
