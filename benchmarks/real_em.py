@@ -342,6 +342,10 @@ def annotate_and_train(ds: Dataset, work: Path, train_args: list[str]) -> dict:
     args = ["train", ann, "--classes", names, "--out", model, "--neighbours", *train_args]
     # as a user whose stack lacks the voxel size gives it (annotate-pick records it otherwise)
     args += ["--voxel-size", *ds.voxel_size] if ds.voxel_size else []
+    if ds.run_stack != ds.train_stack:
+        # self-training on the stack the detector is for, as README says for boxes of another
+        # (the default, the slices' own stack, has every slice boxed on CDeep3M)
+        args += ["--stack", ds.run_stack]
     t["train"] = famous(*args, log=work / "train.log")
     return t
 

@@ -43,6 +43,9 @@ def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
         addon.ops.famous.train()
     t.model_out = str(tmp_path / "model")
     t.epochs = 1
+    # the panel's default: self-training on the stack (below); first the boxes alone
+    assert t.self_train
+    t.self_train = False
     assert addon.ops.famous.train() == {"FINISHED"}
     assert s.source == "MODEL" and s.model == str(tmp_path / "model")
     assert s.status.startswith("model: ") and "mAP@0.5" in s.status
@@ -64,6 +67,13 @@ def test_export_box_and_train_from_the_panel(addon, phantom_run, tmp_path):
     assert [r["round"] for r in report["self_training"]["rounds"]] == [0, 1]
     assert list((tmp_path / "model2" / "self-training" / "round-1" / "pseudo").glob("*.png"))
     assert s.model == str(tmp_path / "model2")
+    # a stack without a voxel size cannot be run for pseudo-boxes: the boxes alone, said so
+    bare = tmp_path / "bare.tif"
+    tifffile.imwrite(bare, tifffile.imread(phantom / "stack.tif"))
+    s.stack, s.voxel_size, t.model_out = str(bare), (0, 0, 0), str(tmp_path / "model3")
+    assert addon.ops.famous.train() == {"FINISHED"}
+    assert "self_training" not in json.loads((tmp_path / "model3" / "report.json").read_text())
+    assert "not self-trained: the stack has no voxel size" in s.status
 
 
 def test_training_in_another_python_reports_its_error_and_stops_on_cancel(addon, tmp_path):

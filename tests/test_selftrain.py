@@ -13,6 +13,7 @@ import tifffile
 from famous_addon.cli import main
 from famous_addon.core.annotations import boxes_from_label_slice, read_unconfirmed, read_yolo_mark
 from famous_addon.core.boxes import Box
+from famous_addon.core.classes import load_classes
 from famous_addon.core.detector.boxops import iou_matrix
 from famous_addon.core.detector.darknet import check_model
 from famous_addon.core.fileio import write_csv
@@ -168,3 +169,53 @@ def test_an_annotation_folder_of_another_stack_shares_no_slice_with_it(tmp_path)
     images = read_yolo_mark(ann, load_images=True)[0]
     assert user_slices(ann, images, open_stack(tmp_path / "a" / "stack.tif")) == [3, 6]
     assert user_slices(ann, images, open_stack(tmp_path / "b" / "stack.tif")) == []
+
+
+def test_a_round_is_kept_unless_its_held_out_map_falls_past_the_tolerance(tmp_path):
+    ph = tmp_path / "ph"
+    write_phantom(ph, shape=(12, 160, 160), seed=2, stl=False)
+    ann = tmp_path / "ann"
+    args = ["boxes-from-labels", str(ph / "truth_labels.tif"), "--slices", "5", "--out", str(ann)]
+    args += ["--stack", str(ph / "stack.tif"), "--classes", str(ph / "classes.toml")]
+    assert main(args + ["--label-classes", str(ph / "truth.csv")]) == 0
+    classes = load_classes(ph / "classes.toml")
+    # the held-out mAP of rounds 0-3: a fall within 0.05 of the best is kept,
+    # then one 0.06 under the best (0.90) ends self-training
+    held_out = iter([0.90, 0.86, 0.88, 0.84])
+
+    def train(out, pseudo, mix, progress):
+        shutil.copytree(DEMO, out)
+        report = json.loads((out / "report.json").read_text())
+        report["metrics"] = {**report["metrics"], "mAP50": next(held_out)}
+        return report
+
+    config = SelfTrainConfig(rounds=3, slices=3)
+    report = self_train(ann, ph / "stack.tif", classes, tmp_path / "m", train, config)
+    rounds = report["self_training"]["rounds"]
+    assert [r["mAP50"] for r in rounds] == [0.90, 0.86, 0.88, 0.84]
+    assert report["self_training"]["kept_round"] == 2
+
+
+def test_train_self_trains_on_the_stack_the_slices_record_unless_told_not_to(tmp_path, capsys):
+    pytest.importorskip("torch")
+    ph = tmp_path / "ph"
+    write_phantom(ph, shape=(12, 160, 160), seed=1, stl=False)
+    ann = tmp_path / "ann"
+    args = ["boxes-from-labels", str(ph / "truth_labels.tif"), "--slices", "3,8", "--out", str(ann)]
+    args += ["--stack", str(ph / "stack.tif"), "--label-classes", str(ph / "truth.csv")]
+    assert main(args) == 0  # records the stack in ann/source.json
+
+    def train(out, *extra):
+        args = ["train", str(ann), "--classes", "fibsem", "--out", str(tmp_path / out)]
+        args += ["--epochs", "1", "--steps-per-epoch", "1", "--batch", "2", "--train-size", "64"]
+        args += ["--input-size", "96", "--threads", "1", "--workers", "1", "--pseudo-slices", "2"]
+        assert main(args + list(extra)) == 0
+        return json.loads((tmp_path / out / "report.json").read_text())
+
+    report = train("m")
+    assert f"self-training on {(ph / 'stack.tif').resolve()}" in capsys.readouterr().out
+    assert [r["round"] for r in report["self_training"]["rounds"]] == [0, 1]
+    assert "self_training" not in train("plain", "--no-self-train")
+    shutil.move(ph / "stack.tif", tmp_path / "moved.tif")
+    assert "self_training" not in train("moved")
+    assert "the slices' stack (source.json), is not there" in capsys.readouterr().out

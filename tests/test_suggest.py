@@ -198,6 +198,7 @@ def test_train_takes_several_annotation_folders(tmp_path):
                 "1",
                 "--workers",
                 "1",
+                "--no-self-train",
             ]
         )  # fmt: skip
         == 0

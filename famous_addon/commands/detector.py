@@ -159,8 +159,9 @@ def cmd_train(args) -> int:
     bar = TqdmProgress("train")
     command = "famous " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
+    stack = _self_training_stack(args)
     # each class's extraction recipe chosen on the boxes too (self-training does that itself)
-    pixel_nm = None if args.stack else slices_pixel_nm(args.annotations, args.voxel_size)
+    pixel_nm = None if stack else slices_pixel_nm(args.annotations, args.voxel_size)
 
     def train(out, pseudo=None, mix=None, progress=bar):
         return train_model(
@@ -180,7 +181,7 @@ def cmd_train(args) -> int:
 
     try:
         report = (
-            _self_train(args, annotations, classes, train, bar) if args.stack else train(args.out)
+            _self_train(args, stack, annotations, classes, train, bar) if stack else train(args.out)
         )
     finally:
         bar.close()
@@ -196,14 +197,39 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _self_train(args, annotations, classes, train, bar) -> dict:
-    """``famous train --stack``: the first training, then rounds on the stack's other slices."""
+def _self_training_stack(args):
+    """The stack ``famous train`` self-trains on: ``--stack``, else the one the slices'
+    ``source.json`` records (``annotate-pick`` writes it); None with ``--no-self-train``
+    or where no stack is known or it is not there (said in one line)."""
+    # imported when the command runs, so that `famous --help` stays quick
+    from ..core.annotations import recorded_stack, recorded_voxel_size
+    from ..core.stack import open_stack
+
+    if args.no_self_train:
+        return None
+    voxel = tuple(args.voxel_size) if args.voxel_size else recorded_voxel_size(args.annotations)
+    path = args.stack or recorded_stack(args.annotations)
+    if path is None:
+        print("no self-training: the boxed slices' stack is not known (--stack STACK)")
+        return None
+    if not args.stack and not Path(path).exists():
+        print(f"no self-training: {path}, the slices' stack (source.json), is not there")
+        return None
+    stack = open_stack(path, voxel)
+    if stack.voxel_size_nm is None:  # its runs need it
+        print(f"no self-training: {path} has no voxel size (--voxel-size Z Y X)")
+        return None
+    print(f"self-training on {path} (--no-self-train: off)")
+    return stack
+
+
+def _self_train(args, stack, annotations, classes, train, bar) -> dict:
+    """Self-training: the first training, then rounds on the stack's other slices."""
     # imported when the command runs, so that `famous --help` stays quick
     from ..core.selftrain import SelfTrainConfig, self_train
 
     config = SelfTrainConfig(rounds=args.rounds, slices=args.pseudo_slices)
-    voxel = tuple(args.voxel_size) if args.voxel_size else None
-    return self_train(annotations, args.stack, classes, args.out, train, config, bar, voxel)
+    return self_train(annotations, stack, classes, args.out, train, config, bar)
 
 
 def _zoom_pass_option(items: list[str]) -> dict[str, float]:
@@ -407,12 +433,16 @@ def _add_train_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out")
     p.add_argument(
         "--stack",
-        help="the stack the boxed slices come from: after training, FAMOUS runs on it and "
-        "retrains on the organelles it confirms in 3-D on other slices (self-training)",
+        help="the stack to self-train on: after training, FAMOUS runs on it and retrains on "
+        "the organelles it confirms in 3-D on slices you did not box (default: the stack "
+        "the slices come from, which annotate-pick records; give the one you will run)",
     )
     p.add_argument(
-        "--rounds", type=int, default=1, help="self-training rounds with --stack (default 1)"
+        "--no-self-train",
+        action="store_true",
+        help="train on your boxes only (about half the time)",
     )
+    p.add_argument("--rounds", type=int, default=1, help="self-training rounds (default 1)")
     p.add_argument(
         "--pseudo-slices",
         type=int,

@@ -22,8 +22,9 @@ so an image without one is reported as not annotated and left out, and an
 empty ``.txt`` means "annotated, nothing there".
 
 ``source.json`` lets ``famous train`` choose each class's extraction recipe
-on the boxes (the recipes' kernels are in nm, so they need the pixel size),
-with no option to repeat what the stack already said.
+on the boxes (the recipes' kernels are in nm, so they need the pixel size)
+and self-train on the stack, with no option to repeat what the stack
+already said.
 """
 
 from __future__ import annotations
@@ -191,6 +192,23 @@ def recorded_voxel_size(folders) -> tuple[float, float, float] | None:
                 "gives a voxel size that is not positive.", path, "delete it, or write it again."
             )
         return z, y, x
+    return None
+
+
+def recorded_stack(folders) -> Path | None:
+    """The stack the first of ``folders`` recording one says its slices come from."""
+    for folder in folders:
+        path = Path(folder) / SOURCE_NAME
+        if path.is_file():
+            try:
+                stack = json.loads(path.read_text()).get("stack")
+                return Path(stack) if stack else None
+            except (ValueError, AttributeError, TypeError) as err:
+                raise FamousError(
+                    f"is not a record of the slices' stack ({err}).",
+                    path,
+                    "delete it, or write it again.",
+                ) from None
     return None
 
 

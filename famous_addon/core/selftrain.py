@@ -23,8 +23,14 @@ confirms in 3-D become training boxes on slices spread over it:
   user's own slices are never pseudo-labelled (a pseudo-box never overrides
   a user's box);
 * **judged on the user's boxes alone**: anchors, thresholds, the held-out
-  split and its metric come from the user's slices, and a round is kept only
-  when its held-out mAP@0.5 is at least the best before it.
+  split and its metric come from the user's slices, and a round is kept
+  unless its held-out mAP@0.5 falls more than ``SelfTrainConfig.tolerance``
+  below the best kept round's. The held-out slices are a few of the user's; a
+  round learns from the rest of the stack, which they do not show. On both
+  development sets (two seeds each) every round raised object F1 (by
+  0.013-0.068) and voxel IoU, while the held-out mAP moved by -0.045 to
+  +0.016; a rule that refused any fall refused three of the four
+  (docs/results.md, session 36).
 
 Each round trains a new detector from scratch on the user's boxes and the
 pseudo-boxes of the round's run (the weights of a detector trained on its own
@@ -112,12 +118,16 @@ class SelfTrainConfig:
         Share of the training crops cut from pseudo-labelled slices.
     weight : float
         Weight of a pseudo-box in the loss against a user's box (1).
+    tolerance : float
+        A round is kept unless its held-out mAP@0.5 falls more than this
+        below the best round's (see the module docstring).
     """
 
     rounds: int = 1
     slices: int = 0
     share: float = 0.5
     weight: float = 0.5
+    tolerance: float = 0.05
 
 
 def user_slices(annotations: str | Path, images: list[np.ndarray], stack: Stack) -> list[int]:
@@ -238,8 +248,7 @@ def self_train(
         user's settings into the folder ``out``, with the pseudo-labelled
         YOLO_mark folder ``pseudo`` mixed in as ``mix`` says
         (:class:`~.detector.config.PseudoShare`; both None for the first).
-    config : SelfTrainConfig, optional
-    progress : callable, optional
+    config, progress : SelfTrainConfig, callable, optional
     voxel_size_nm : (z, y, x), optional
         Overrides the stack's metadata, for the runs that pseudo-label.
 
@@ -262,6 +271,7 @@ def self_train(
     # each class's extraction recipe chosen on the user's boxes, as `famous run --annotations`
     classes, extraction = calibrate(images, boxes, classes, in_plane_nm(vs))
     best, best_dir, best_round = report, where / "round-0", 0
+    top = _held_out(report)  # the best held-out mAP of a kept round: no drift round by round
     boxed = user_slices(annotations, images, stack)
     count = config.slices or min(40, max(10, 4 * max(1, len(boxed))))
     picks = pseudo_slices(stack.shape[0], boxed, count)
@@ -275,9 +285,10 @@ def self_train(
         mix = PseudoShare(0, config.share, config.weight)
         report = train(base / "model", pseudo, mix, sub(part, 0.3, 1.0))
         rounds.append(_round_facts(r, report, pseudo))
-        if _held_out(report) < _held_out(best):
+        if _held_out(report) < top - config.tolerance:
             break
         best, best_dir, best_round = report, base / "model", r
+        top = max(top, _held_out(report))
     report = {
         **best,
         "extraction_calibration": extraction,

@@ -118,9 +118,6 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
 
         # read here, in Blender's thread: the work runs in another
         voxel = settings.voxel_size_nm()
-        # the panel's pixel size, else the export's: each class's extraction recipe is
-        # chosen on the boxes too (self-training does that itself, for its runs)
-        pixel_nm = None if t.self_train else slices_pixel_nm(folders, voxel)
 
         def train(folder, pseudo=None, mix=None, progress=None):
             return train_model(
@@ -134,6 +131,11 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
             from ..core.stack import open_stack
 
             stack = open_stack(settings.stack_path(), voxel, settings.channel_index())
+            # its runs need the voxel size: without one, the boxes alone (done() says so)
+            stack = stack if stack.voxel_size_nm else None
+        # the panel's pixel size, else the export's: each class's extraction recipe is
+        # chosen on the boxes too (self-training does that itself, for its runs)
+        pixel_nm = None if stack is not None else slices_pixel_nm(folders, voxel)
 
         def work(progress):
             if stack is None:
@@ -149,7 +151,10 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
         out, report = result
         settings = context.scene.famous
         settings.model, settings.source = str(out), "MODEL"
-        return f"model: {out} (held-out mAP@0.5 {report['metrics']['mAP50']:.2f})"
+        message = f"model: {out} (held-out mAP@0.5 {report['metrics']['mAP50']:.2f})"
+        if settings.train.self_train and "self_training" not in report:
+            message += "; not self-trained: the stack has no voxel size (set it above)"
+        return message
 
 
 def _suggested(t) -> Path | None:
@@ -187,8 +192,7 @@ def _train_args(settings) -> list[str]:
     args += ["--init", init] if init else []
     args += ["--epochs", str(t.epochs), "--width", t.width]
     args += ["--neighbours"] if t.neighbours else []
-    if t.self_train:
-        args += ["--stack", settings.stack_path()]
+    args += ["--stack", settings.stack_path()] if t.self_train else ["--no-self-train"]
     voxel = settings.voxel_size_nm()
     args += ["--voxel-size", *(str(v) for v in voxel)] if voxel else []
     return args
