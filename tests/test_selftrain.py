@@ -129,7 +129,7 @@ def test_a_self_training_round_adds_pseudo_boxes_and_never_overrides_a_users_box
     assert n_boxes >= 10 and matched >= 0.8 * n_boxes, (n_boxes, matched)
     # what the first detector saw there is left out of the loss: every pseudo-box
     # lies in a region of unconfirmed/, which holds more (its boxes at low score)
-    seen = read_unconfirmed(pseudo, None)
+    seen = read_unconfirmed(pseudo, images, None)
     for found, regions in zip(boxes, seen):
         if len(found):
             assert (iou_matrix(_xyxy(found), _xyxy(regions))[0].max(1) > 0.99).all()

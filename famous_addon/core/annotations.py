@@ -73,10 +73,6 @@ def _read_gray(path: Path) -> np.ndarray:
     return img
 
 
-def _image_shape(path: Path) -> tuple[int, int]:
-    return _read_gray(path).shape
-
-
 def find_annotated(folder: str | Path) -> tuple[list[Path], list[Path], list[Path]]:
     """Images with a ``.txt``, images without one, and ``.txt`` files without an image.
 
@@ -136,17 +132,20 @@ def read_neighbours(path: Path, image: np.ndarray) -> np.ndarray:
     return img
 
 
-def read_unconfirmed(folder: str | Path, n_classes: int | None) -> list[list[Box]] | None:
-    """Per annotated image of ``folder`` (:func:`read_yolo_mark`'s order), the boxes
-    of ``unconfirmed/`` (an image without a file there has none); None where the
-    folder has no ``unconfirmed/``."""
+def read_unconfirmed(folder: str | Path, images, n_classes: int | None) -> list[list[Box]] | None:
+    """Per annotated image of ``folder``, the boxes of ``unconfirmed/`` (an image
+    without a file there has none); None where the folder has no ``unconfirmed/``.
+
+    ``images`` are the folder's images as :func:`read_yolo_mark` loaded them
+    (their shapes scale the boxes).
+    """
     where = Path(folder) / UNCONFIRMED_DIR
     if not where.is_dir():
         return None
     out = []
-    for path in find_annotated(folder)[0]:
+    for path, image in zip(find_annotated(folder)[0], images):
         txt = where / f"{path.stem}.txt"
-        shape = _image_shape(path)
+        shape = image.shape[:2]
         out.append(
             parse_yolo_lines(txt.read_bytes(), shape, n_classes, txt) if txt.is_file() else []
         )
@@ -175,41 +174,48 @@ def write_source(folder: str | Path, stack) -> None:
     write_json(Path(folder) / SOURCE_NAME, facts)
 
 
-def recorded_voxel_size(folders) -> tuple[float, float, float] | None:
-    """The voxel size (z, y, x) in nm that the first of ``folders`` recording one gives."""
-    for folder in folders:
-        path = Path(folder) / SOURCE_NAME
-        if not path.is_file():
-            continue
-        try:
-            z, y, x = (float(v) for v in json.loads(path.read_text())["voxel_size_nm"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise FamousError(
-                f"is not a voxel size record ({err}).", path, "delete it, or write it again."
-            ) from None
-        if min(z, y, x) <= 0:
-            raise FamousError(
-                "gives a voxel size that is not positive.", path, "delete it, or write it again."
-            )
-        return z, y, x
-    return None
-
-
-def recorded_stack(folders) -> Path | None:
-    """The stack the first of ``folders`` recording one says its slices come from."""
+def _recorded(folders) -> tuple[Path | None, dict]:
+    """The first of ``folders``' ``source.json`` and what it records ({} without one)."""
     for folder in folders:
         path = Path(folder) / SOURCE_NAME
         if path.is_file():
             try:
-                stack = json.loads(path.read_text()).get("stack")
-                return Path(stack) if stack else None
-            except (ValueError, AttributeError, TypeError) as err:
+                facts = json.loads(path.read_text())
+            except ValueError as err:
+                facts = err
+            if not isinstance(facts, dict):
                 raise FamousError(
-                    f"is not a record of the slices' stack ({err}).",
+                    f"is not a record of the slices' stack ({facts}).",
                     path,
                     "delete it, or write it again.",
-                ) from None
-    return None
+                )
+            return path, facts
+    return None, {}
+
+
+def recorded_voxel_size(folders) -> tuple[float, float, float] | None:
+    """The voxel size (z, y, x) in nm that the first of ``folders`` with a ``source.json``
+    records (:func:`write_source` writes one only with a voxel size)."""
+    path, facts = _recorded(folders)
+    if path is None:
+        return None
+    try:
+        z, y, x = (float(v) for v in facts["voxel_size_nm"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise FamousError(
+            f"is not a voxel size record ({err}).", path, "delete it, or write it again."
+        ) from None
+    if min(z, y, x) <= 0:
+        raise FamousError(
+            "gives a voxel size that is not positive.", path, "delete it, or write it again."
+        )
+    return z, y, x
+
+
+def recorded_stack(folders) -> Path | None:
+    """The stack the first of ``folders`` with a ``source.json`` says its slices come from."""
+    stack = _recorded(folders)[1].get("stack")
+    return Path(stack) if isinstance(stack, str) and stack else None
 
 
 def slices_pixel_nm(folders, voxel_size_nm=None) -> float | None:

@@ -233,7 +233,7 @@ def _pseudo_set(pseudo, mix: PseudoShare | None, first: int, n_classes: int, nei
     images, boxes = read_yolo_mark(
         pseudo, n_classes=n_classes, load_images=True, neighbours=neighbours
     )
-    unconfirmed = read_unconfirmed(pseudo, n_classes)
+    unconfirmed = read_unconfirmed(pseudo, images, n_classes)
     mix = replace(mix or PseudoShare(first), first=first, background=unconfirmed is not None)
     facts = {
         "folder": str(Path(pseudo).resolve()),
