@@ -447,6 +447,33 @@ def test_pieces_boxed_side_by_side_are_joined_and_neighbours_touching_briefly_ar
     assert low["left"] == low["right"] == low["neighbour"]
 
 
+def test_a_short_piece_touching_two_neighbours_joins_one_of_them_not_both(tmp_path):
+    import cv2
+
+    # two tubes 12 px apart on all 30 slices, each boxed on its own; on the last
+    # three, dark cytoplasm between them is boxed with their near edges, as a
+    # detector boxed CDeep3M's t8 and t11 (session 37). That box's mask touches
+    # both tubes there: joining it to both made one organelle of two that touch
+    # nowhere. Truth 3 is the cytoplasm, darkened in the stack, not an organelle
+    n = 30
+    truth = np.zeros((n, 120, 200), np.int32)
+    for k in range(n):
+        cv2.ellipse(truth[k], (70, 60), (22, 30), 0, 0, 360, 1, -1)
+        cv2.ellipse(truth[k], (126, 60), (22, 30), 0, 0, 360, 2, -1)
+    dark = truth.copy()
+    strip = dark[n - 3 :, 40:80, 85:112]
+    strip[strip == 0] = 3
+    _write_dark_organelles(tmp_path, dark)
+    for k in range(n):
+        pieces = [truth[k] == 1, truth[k] == 2]
+        if k >= n - 3:
+            pieces.append(np.pad(dark[k, :, 85:112] > 0, ((0, 0), (85, 88))))
+        _write_piece_boxes(tmp_path, k, pieces, truth.shape[1:])
+    owners = _owners_of_two(tmp_path, truth, "join_touching", (RunSettings().join_touching,))
+    a, b = owners[RunSettings().join_touching]
+    assert a != b
+
+
 def _two_side_by_side(folder, last: int) -> np.ndarray:
     """Two organelles side by side (the neighbour, 2, on slices 0..``last``), their
     outlines meeting over a few pixels, each boxed on its own; on slice 14 the

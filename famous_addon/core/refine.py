@@ -167,7 +167,8 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     counts on a slice where the border (4-neighbour pixel pairs) is at least
     :data:`TOUCH_CONTACT` times the square root of the smaller cross-section,
     and a pair is joined where it touches on at least two slices and on
-    ``share`` of the slices the shorter one is on. Renumbers the organelles
+    ``share`` of the slices the shorter one is on; pairs already joined are
+    judged as one organelle (:func:`_pieces_to_join`). Renumbers the organelles
     by first appearance.
     """
     ok = det_labels >= 0
@@ -177,23 +178,56 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     label_class = np.zeros(m + 1, np.int64)
     label_class[det_labels[ok] + 1] = det["cls"][ok]
     shape, n = stack.shape[1:], stack.shape[0]
-    touched: dict[tuple[int, int], int] = {}  # slices each pair touches on
+    touched: dict[tuple[int, int], set[int]] = {}  # the slices each pair touches on
     for k, result, sel in iter_slices(out, det, n):
         img, area = result.paint_areas(shape, det_labels[sel], m + 1)
         for a, b in _touching(img, area, m + 1):
             if label_class[a] == label_class[b]:
-                touched[a - 1, b - 1] = touched.get((a - 1, b - 1), 0) + 1
+                touched.setdefault((a - 1, b - 1), set()).add(k)
         progress((k + 1) / n, "joining pieces of organelles")
-    pairs = np.array([p for p, t in touched.items() if t >= 2], np.int64).reshape(-1, 2)
-    spans = label_spans(det_labels, det["slice"], m)
-    shorter = np.minimum(spans[pairs[:, 0]], spans[pairs[:, 1]])
-    count = np.array([touched[a, b] for a, b in pairs.tolist()], np.int64)
-    join = pairs[count >= share * shorter]
+    on = np.zeros((m, n), bool)  # the slices each organelle is on
+    on[det_labels[ok], det["slice"][ok]] = True
+    join = _pieces_to_join(touched, on, share)
     if not len(join):
         return det_labels
     out_labels = det_labels.copy()
     out_labels[ok] = merge_labels(det_labels[ok], join)
     return out_labels
+
+
+def _pieces_to_join(touched: dict, on: np.ndarray, share: float) -> np.ndarray:
+    """The touching pairs :func:`join_touching` joins, as ``(j, 2)`` label pairs.
+
+    Pairs are taken strongest first (touching on the largest share of the
+    shorter one's slices), and each is judged with the pieces already joined
+    to either side: the two groups must touch on at least two slices and on
+    ``share`` of the slices the shorter group is on. So a short piece that
+    touches two long neighbours joins one of them, not both: on CDeep3M a
+    box over two mitochondria (and the gap between them) made a 3-slice piece
+    that touched each on 2-3 slices, and joining it to both made one
+    organelle of two that touch nowhere, side by side on all ten sections
+    (t8 and t11, docs/results.md, session 37). Pieces of one organelle boxed
+    side by side each touch the rest on most of their slices, and still join.
+    """
+    spans = on.sum(axis=1)
+    pairs = sorted(
+        (p for p, s in touched.items() if len(s) >= 2),
+        key=lambda p: -len(touched[p]) / min(spans[p[0]], spans[p[1]]),
+    )
+    group = np.arange(len(on))  # each label's group, named by one of its labels
+    join = []
+    for a, b in pairs:
+        ga, gb = group[a], group[b]
+        if ga == gb:
+            continue
+        between = set().union(
+            *(s for (x, y), s in touched.items() if {group[x], group[y]} == {ga, gb})
+        )
+        shorter = min(on[group == ga].any(axis=0).sum(), on[group == gb].any(axis=0).sum())
+        if len(between) >= max(2, share * shorter):
+            group[group == gb] = ga
+            join.append((a, b))
+    return np.array(join, np.int64).reshape(-1, 2)
 
 
 def _touching(img: np.ndarray, area: np.ndarray, m: int) -> list[tuple[int, int]]:
