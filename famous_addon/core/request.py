@@ -42,8 +42,9 @@ class RunSettings:
     the detector missed it, while the mask found there overlaps the one
     beside it by ``follow_iou`` (0: off; see :func:`~.follow.follow`).
     Last, organelles whose masks touch on ``join_touching`` of the shorter
-    one's slices are joined: pieces of one organelle the detector boxed side
-    by side (0: off; see :func:`~.refine.join_touching`). The same rule keeps
+    one's slices are joined, pieces already joined counting as one: pieces of
+    one organelle the detector boxed side by side (0: off; see
+    :func:`~.refine.join_touching`). The same rule keeps
     the bridge merge from joining two neighbours through a box over one's
     edge (:func:`~.refine.neighbours`).
     """
