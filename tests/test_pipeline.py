@@ -454,7 +454,7 @@ def test_a_short_piece_touching_two_neighbours_joins_one_of_them_not_both(tmp_pa
     # three, dark cytoplasm between them is boxed with their near edges, as a
     # detector boxed CDeep3M's t8 and t11 (session 37). That box's mask touches
     # both tubes there: joining it to both made one organelle of two that touch
-    # nowhere. Truth 3 is the cytoplasm, darkened in the stack, not an organelle
+    # nowhere. The cytoplasm is dark in the stack only (3), not in the truth
     n = 30
     truth = np.zeros((n, 120, 200), np.int32)
     for k in range(n):
