@@ -185,9 +185,7 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
             if label_class[a] == label_class[b]:
                 touched.setdefault((a - 1, b - 1), set()).add(k)
         progress((k + 1) / n, "joining pieces of organelles")
-    on = np.zeros((m, n), bool)  # the slices each organelle is on
-    on[det_labels[ok], det["slice"][ok]] = True
-    join = _pieces_to_join(touched, on, share)
+    join = _pieces_to_join(touched, det_labels, det["slice"], share)
     if not len(join):
         return det_labels
     out_labels = det_labels.copy()
@@ -195,7 +193,7 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     return out_labels
 
 
-def _pieces_to_join(touched: dict, on: np.ndarray, share: float) -> np.ndarray:
+def _pieces_to_join(touched: dict, labels: np.ndarray, slices: np.ndarray, share: float):
     """The touching pairs :func:`join_touching` joins, as ``(j, 2)`` label pairs.
 
     Pairs are taken strongest first (touching on the largest share of the
@@ -208,24 +206,36 @@ def _pieces_to_join(touched: dict, on: np.ndarray, share: float) -> np.ndarray:
     organelle of two that touch nowhere, side by side on all ten sections
     (t8 and t11, docs/results.md, session 37). Pieces of one organelle boxed
     side by side each touch the rest on most of their slices, and still join.
+    ``touched`` maps label pairs to the slices they touch on; ``labels`` and
+    ``slices`` are each detection's (-1: none).
     """
-    spans = on.sum(axis=1)
-    pairs = sorted(
-        (p for p, s in touched.items() if len(s) >= 2),
-        key=lambda p: -len(touched[p]) / min(spans[p[0]], spans[p[1]]),
-    )
-    group = np.arange(len(on))  # each label's group, named by one of its labels
+    pairs = [p for p, s in touched.items() if len(s) >= 2]
+    if not pairs:
+        return np.zeros((0, 2), np.int64)
+    # the slices of the labels involved only: a dense labels x slices table would
+    # hold every organelle of a large stack
+    on = {x: set() for p in pairs for x in p}
+    mine = np.isin(labels, list(on))
+    for x, k in zip(labels[mine].tolist(), slices[mine].tolist()):
+        on[x].add(k)
+    pairs.sort(key=lambda p: -len(touched[p]) / min(len(on[p[0]]), len(on[p[1]])))
+    group = {x: x for x in on}  # each label's group, named by one of its labels
     join = []
     for a, b in pairs:
         ga, gb = group[a], group[b]
         if ga == gb:
             continue
+        members_a = [x for x, g in group.items() if g == ga]
+        members_b = [x for x, g in group.items() if g == gb]
         between = set().union(
-            *(s for (x, y), s in touched.items() if {group[x], group[y]} == {ga, gb})
+            *(s for (x, y), s in touched.items() if {group.get(x), group.get(y)} == {ga, gb})
         )
-        shorter = min(on[group == ga].any(axis=0).sum(), on[group == gb].any(axis=0).sum())
+        shorter = min(
+            len(set().union(*(on[x] for x in members))) for members in (members_a, members_b)
+        )
         if len(between) >= max(2, share * shorter):
-            group[group == gb] = ga
+            for x in members_b:
+                group[x] = ga
             join.append((a, b))
     return np.array(join, np.int64).reshape(-1, 2)
 
