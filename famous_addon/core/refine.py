@@ -193,7 +193,9 @@ def join_touching(out, stack, det, det_labels, share: float, progress) -> np.nda
     return out_labels
 
 
-def _pieces_to_join(touched: dict, labels: np.ndarray, slices: np.ndarray, share: float):
+def _pieces_to_join(
+    touched: dict, labels: np.ndarray, slices: np.ndarray, share: float
+) -> np.ndarray:
     """The touching pairs :func:`join_touching` joins, as ``(j, 2)`` label pairs.
 
     Pairs are taken strongest first (touching on the largest share of the
