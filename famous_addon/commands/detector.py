@@ -440,7 +440,7 @@ def _add_train_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-self-train",
         action="store_true",
-        help="train on your boxes only (about half the time)",
+        help="train on your boxes only: no second training and no run over the stack",
     )
     p.add_argument("--rounds", type=int, default=1, help="self-training rounds (default 1)")
     p.add_argument(

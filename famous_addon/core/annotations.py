@@ -178,18 +178,23 @@ def _recorded(folders) -> tuple[Path | None, dict]:
     """The first of ``folders``' ``source.json`` and what it records ({} without one)."""
     for folder in folders:
         path = Path(folder) / SOURCE_NAME
-        if path.is_file():
-            try:
-                facts = json.loads(path.read_text())
-            except ValueError as err:
-                facts = err
-            if not isinstance(facts, dict):
-                raise FamousError(
-                    f"is not a record of the slices' stack ({facts}).",
-                    path,
-                    "delete it, or write it again.",
-                )
-            return path, facts
+        if not path.is_file():
+            continue
+        try:
+            facts = json.loads(path.read_text())
+        except ValueError as err:
+            raise FamousError(
+                f"is not a record of the slices' stack ({err}).",
+                path,
+                "delete it, or write it again.",
+            ) from None
+        if not isinstance(facts, dict):
+            raise FamousError(
+                "is not a record of the slices' stack (not a JSON object).",
+                path,
+                "delete it, or write it again.",
+            )
+        return path, facts
     return None, {}
 
 

@@ -97,8 +97,8 @@ class FamousTrainSettings(bpy.types.PropertyGroup):
         name="Self-train on the stack",
         default=True,
         description="After training, run on the stack and train again on the organelles "
-        "found in 3-D on slices you did not box (about twice the training time; needs the "
-        "voxel size; kept unless your held-out slices disagree)",
+        "found in 3-D on slices you did not box (a second training and a run over the "
+        "stack; needs the voxel size; kept unless your held-out slices disagree)",
     )
     model_out: StringProperty(
         name="Model folder",
