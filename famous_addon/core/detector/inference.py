@@ -224,14 +224,19 @@ class Detector:
             cx, cy, w, h (fractions of the tile), objectness, class scores.
         """
         if tiles.ndim == 4:
-            blob = tiles.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+            blob = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))
         else:
-            blob = tiles.astype(np.float32)[:, None] * np.float32(1 / 255)
+            blob = tiles[:, None]
             if self.info.channels == 3:
                 blob = np.repeat(blob, 3, axis=1)
         n = len(tiles)
         net = self.network(n, blob.shape[2:])
-        net.setInput(blob)
+        if self.backend.startswith("cuda"):
+            net.setInput(blob.astype(np.float32) * np.float32(1 / 255))
+        else:
+            # OpenCV scales a uint8 blob itself, to the same floats: a slice's float
+            # blob, built here and copied by setInput, took a tenth of its forward
+            net.setInput(np.ascontiguousarray(blob), "", 1 / 255)
         outs = net.forward(net.getUnconnectedOutLayersNames())
         return np.concatenate([o.reshape(n, -1, o.shape[-1]) for o in outs], axis=1)
 
