@@ -54,10 +54,15 @@ def boxes_of(folder: Path, ds, slices: list[int], work: Path) -> Path:
     return folder
 
 
-def train(folders: list[Path], model: Path, work: Path, init: Path | None = None) -> float:
+def train(ds, folders: list[Path], model: Path, work: Path, init: Path | None = None) -> float:
     """``famous train`` on ``folders`` (continuing from ``init``); its seconds."""
     args = ["train", *folders, "--classes", work / "obj.names", "--out", model, "--neighbours"]
     args += ["--seed", SEED]
+    # self-training as real_em.py's training does it (README's defaults): a stack without
+    # a voxel size gets one, and the stack self-trained on is the one the detector is for
+    args += ["--voxel-size", *ds.voxel_size] if ds.voxel_size else []
+    if ds.run_stack != ds.train_stack:
+        args += ["--stack", ds.run_stack]
     return famous(*args, *(["--init", init] if init else []), log=work / f"{model.name}.log")
 
 
@@ -125,9 +130,9 @@ def suggested_arm(ds, first: list[int], n: int, work: Path, tag: str) -> tuple[d
             cost[key] += v
     both, scratch = work / f"model-{tag}", work / f"model-{tag}-scratch"
     if not (both / "model.weights").is_file():
-        train([first_dir, fixed], both, work, init=model)
+        train(ds, [first_dir, fixed], both, work, init=model)
     if not (scratch / "model.weights").is_file():
-        train([first_dir, fixed], scratch, work)
+        train(ds, [first_dir, fixed], scratch, work)
     res = {**score(ds, both, work), "slices": picks}
     return res, {**score(ds, scratch, work), "slices": picks}, cost
 
@@ -138,7 +143,7 @@ def even_model(ds, slices: list[int], work: Path) -> tuple[Path, Path]:
     if not folder.exists():
         boxes_of(folder, ds, slices, work)
     if not (model / "model.weights").is_file():
-        train([folder], model, work)
+        train(ds, [folder], model, work)
     return folder, model
 
 

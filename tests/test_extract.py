@@ -415,3 +415,45 @@ def test_painted_areas_are_the_pixels_each_label_shows(overlapping):
         np.testing.assert_array_equal(img, result.paint((12, 40), labels))
         np.testing.assert_array_equal(areas, label_areas(img, minlength))
         assert areas[1] == 120 - 4 * overlapping and areas[4] == 4
+
+
+def test_otsu_threshold_is_skimages_to_the_bit():
+    """The recipes' own Otsu (no skimage wrappers) gives skimage's threshold exactly,
+    also where values sit on the histogram's bin edges."""
+    from skimage.filters import threshold_otsu as skimage_otsu
+
+    from famous_addon.core.recipes import threshold_otsu
+
+    rng = np.random.default_rng(3)
+    for i in range(200):
+        h, w = rng.integers(3, 120, 2)
+        grey = rng.integers(0, 256, (h, w)).astype(np.float32)
+        img = -cv2.GaussianBlur(grey, (0, 0), 1.2) if i % 2 else -grey
+        if img.max() == img.min():
+            continue
+        ours, theirs = threshold_otsu(img), skimage_otsu(img)
+        assert ours == theirs and type(ours) is type(theirs)
+    # two grey values: the threshold is the first bin's centre
+    two = np.array([[0.0, 0.0, 10.0]], np.float32)
+    assert threshold_otsu(two) == skimage_otsu(two) == np.float32(10 / 512)
+
+
+def test_mask_iou_of_a_box_inside_another_equals_the_common_canvas_count():
+    from famous_addon.core.recipes import mask_iou
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        x0, y0 = rng.integers(0, 10, 2)
+        x1, y1 = x0 + rng.integers(1, 20), y0 + rng.integers(1, 20)
+        g = rng.integers(0, 4)
+        loose = (max(x0 - g, 0), max(y0 - g, 0), x1 + g, y1 + g)
+        a = rng.random((y1 - y0, x1 - x0)) < 0.5
+        b = rng.random((loose[3] - loose[1], loose[2] - loose[0])) < 0.5
+        canvas_a, canvas_b = np.zeros((40, 40), bool), np.zeros((40, 40), bool)
+        canvas_a[y0:y1, x0:x1] = a
+        canvas_b[loose[1] : loose[3], loose[0] : loose[2]] = b
+        expected = np.count_nonzero(canvas_a & canvas_b) / max(
+            np.count_nonzero(canvas_a | canvas_b), 1
+        )
+        assert mask_iou(a, (x0, y0, x1, y1), b, loose) == pytest.approx(expected, abs=0)
+        assert mask_iou(b, loose, a, (x0, y0, x1, y1)) == pytest.approx(expected, abs=0)
