@@ -17,8 +17,9 @@ from famous_addon.core.classes import ClassConfig, ClassSpec, ExtractRecipe
 PIXEL_NM = 6.0
 
 
-def scene(seed: int, contrast: bool, n: int = 5, shape=(128, 128)):
-    """A slice with ``n`` separate elliptic organelles and their tight boxes."""
+def scene(seed: int, contrast: bool, n: int = 5, shape=(128, 128), inside: int = 0):
+    """A slice with ``n`` separate elliptic organelles and their tight boxes (drawn
+    ``inside`` px inside the organelle's outer edge: 2 leaves its dark rim out)."""
     rng = np.random.default_rng(seed)
     img = np.full(shape, 170.0, np.float32)
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
@@ -40,7 +41,8 @@ def scene(seed: int, contrast: bool, n: int = 5, shape=(128, 128)):
             img[inner] = 75
             img[inner & (u > 0)] = 125
         # else: no grey-level contrast at all, only the box says where it is.
-        rows, cols = np.flatnonzero(outer.any(1)), np.flatnonzero(outer.any(0))
+        drawn = (u / (rx - inside)) ** 2 + (v / (ry - inside)) ** 2 <= 1
+        rows, cols = np.flatnonzero(drawn.any(1)), np.flatnonzero(drawn.any(0))
         boxes.append(Box(0, cols[0], rows[0], cols[-1] + 1 - cols[0], rows[-1] + 1 - rows[0]))
     img = cv2.GaussianBlur(img, (0, 0), 0.8) + rng.normal(0, 12, shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8), boxes
@@ -104,3 +106,16 @@ def test_configured_ellipse_is_kept():
     assert report["organelle"]["choice"] == "configured"
     scores = report["organelle"]["scores"]
     assert max(scores, key=scores.get).startswith("refined")
+
+
+def test_boxes_drawn_inside_the_dark_rim_make_the_masks_move_inwards():
+    """The annotator who leaves the rim out gets an inset of a pixel or more; the one who
+    boxes the whole organelle gets none (an inset under a pixel moves no pixel)."""
+    insets = {}
+    for inside in (0, 2):
+        data = [scene(seed, True, inside=inside) for seed in range(4)]
+        chosen, report = calibrate([d[0] for d in data], [d[1] for d in data], config(), PIXEL_NM)
+        assert report["organelle"]["inset"]["samples"] >= 100
+        assert report["organelle"]["recipe"]["inset_nm"] == chosen[0].extract.inset_nm
+        insets[inside] = chosen[0].extract.inset_nm / PIXEL_NM
+    assert insets[0] < 1.0 <= insets[2] <= 2.5

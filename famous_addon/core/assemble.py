@@ -1,7 +1,8 @@
 """Assembly: linked detections to organelle records, point clouds, ``labels.tif`` and tables.
 
-One pass over the cached slices paints each slice's organelles, measures
-them and streams their outline points to disk; then each class's point
+One pass over the cached slices paints each slice's organelles, moves their
+edges to where the user draws them (each class's ``inset_nm``, :mod:`.inset`),
+measures them and streams their outline points to disk; then each class's point
 clouds are cleaned of outliers (:mod:`.pointcloud`) and the run folder's
 ``pointclouds.npz``, ``organelles.csv`` and ``detections.csv`` are written.
 """
@@ -15,8 +16,11 @@ import tifffile
 
 from . import runfolder as rf
 from .fileio import atomic_path, write_csv
+from .inset import apply_inset
+from .link import label_areas
 from .pointcloud import PointStore, clean_grouped, mask_points, outline_points, to_world
 from .slicecache import iter_slices
+from .stack import in_plane_nm
 
 
 def assemble(out, stack, classes, det, det_labels, write_labels, settings, progress):
@@ -37,19 +41,31 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
     organelle_class[det_labels[valid]] = det["cls"][valid]
     store = PointStore(out / rf.CACHE_DIR)
     vs = stack.voxel_size_nm
+    # each painted value's inset in pixels (value = organelle + 1); under a pixel
+    # an inset moves no pixel (see .inset), so the slices are not even scanned
+    class_inset = np.array([c.extract.inset_nm for c in classes]) / in_plane_nm(vs)
+    class_inset[class_inset < 1.0] = 0.0
+    inset = np.concatenate([[0.0], class_inset[organelle_class]])
 
     def label_slices():
         for k, result, sel in iter_slices(out, det, n_slices):
             lab = det_labels[sel]
             img, areas = result.paint_areas((rows, cols), lab, m + 1)
+            if inset.any():
+                img = apply_inset(img, inset)
+                areas = label_areas(img, m + 1)
             voxels[:] += areas
             on_slice = set()
             kept = []
             for i, organelle in enumerate(lab):
-                mask = result.mask(i)
-                if organelle < 0 or not mask.any():
+                if organelle < 0:
                     continue
-                x0, y0, _, _ = result.bounds[i]
+                x0, y0, x1, y1 = result.bounds[i]
+                mask = result.mask(i)
+                if inset.any():  # the pixels the inset left it
+                    mask = mask & (img[y0:y1, x0:x1] == organelle + 1)
+                if not mask.any():
+                    continue
                 rr = np.flatnonzero(mask.any(axis=1))
                 cc = np.flatnonzero(mask.any(axis=0))
                 zr[organelle] = min(zr[organelle, 0], k), max(zr[organelle, 1], k)

@@ -22,6 +22,10 @@ same criterion). The configured recipe is kept unless a candidate beats it by
 ``margin``; a class configured with ``ellipse`` keeps it (its scores are still
 reported): the ellipse is chosen for organelles whose grey values do not
 delimit them, where a threshold finds a stable but too small dense core.
+
+Last, with the chosen recipes, where the user puts the boundary relative to
+the extracted masks' edge is fitted on the same boxes (``inset_nm``, applied
+at assembly; see :mod:`.inset`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import numpy as np
 
 from .boxes import Box
 from .classes import ClassConfig, ExtractRecipe
-from .extract import extract_box
+from .extract import extract_box, segment_slice
+from .inset import Profiles, fit_inset
 from .learned import fit_pixel_classifier
 from .progress import ProgressFn, silent, sub
 from .recipes import JITTER, bbox_fit, mask_iou
@@ -147,7 +152,47 @@ def calibrate(
         chosen, report[spec.name] = _choose(spec.extract, cands, table, margin)
         report[spec.name]["n_boxes"] = len(items)
         specs[ci] = replace(spec, extract=chosen)
-    return replace(classes, classes=tuple(specs)), report
+    return _fit_insets(
+        replace(classes, classes=tuple(specs)), images, boxes_per_image, pixel_nm, report
+    )
+
+
+def _fit_insets(config: ClassConfig, images, boxes_per_image, pixel_nm: float, report: dict):
+    """``config`` with each annotated class's ``inset_nm`` fitted on its boxes (:mod:`.inset`).
+
+    An ellipse's edge is the box's, not the image's, so it is left as configured.
+    """
+    fitted = [
+        ci
+        for ci, spec in enumerate(config.classes)
+        if spec.name in report
+        and "recipe" in report[spec.name]
+        and spec.extract.method != "ellipse"
+    ]
+    if not fitted:
+        return config, report
+    profiles = {ci: Profiles() for ci in fitted}
+    for image, boxes in zip(images, boxes_per_image):
+        boxes = [b for b in boxes if b.w >= 2 and b.h >= 2]
+        if not boxes:
+            continue
+        painted = segment_slice(image, boxes, config, pixel_nm).paint(
+            image.shape[:2], np.array([b.cls for b in boxes])
+        )
+        for ci in fitted:
+            own = [b for b in boxes if b.cls == ci]
+            if own:
+                profiles[ci].add(image, own, painted == ci + 1)
+    specs = list(config.classes)
+    for ci in fitted:
+        facts = fit_inset(profiles[ci])
+        spec = specs[ci]
+        if "reason" not in facts:
+            extract = replace(spec.extract, inset_nm=round(facts["inset_px"] * pixel_nm, 3))
+            specs[ci] = replace(spec, extract=extract)
+            report[spec.name]["recipe"]["inset_nm"] = extract.inset_nm
+        report[spec.name]["inset"] = facts
+    return replace(config, classes=tuple(specs)), report
 
 
 def _choose(configured, cands: dict, table: dict, margin: float):

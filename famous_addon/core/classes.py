@@ -83,6 +83,9 @@ class ExtractRecipe:
     adaptive: bool = True
     membrane_nm: float = 0.0
     close_nm: float = 20.0
+    # How far inside the extracted edge the user draws the boundary, applied at
+    # assembly to every method (fitted on the user's boxes: famous_addon.core.inset).
+    inset_nm: float = 0.0
     # The "learned" method's trained pixel classifier (famous_addon.core.learned).
     weights: tuple[float, ...] = ()
 
@@ -173,6 +176,7 @@ _RANGES = {
     "open_nm": (0.0, 10_000.0),
     "membrane_nm": (0.0, 10_000.0),
     "close_nm": (0.0, 10_000.0),
+    "inset_nm": (0.0, 10_000.0),
     "iterations": (0, 100),
     "threshold_offset": (-10.0, 10.0),
     "context_fraction": (0.0, 10.0),
