@@ -16,8 +16,10 @@ Each step is one of the README's commands (``famous boxes-from-labels``,
 ``famous train``, ``famous run``), run with their defaults; ``--boxes-everywhere``
 gives the ceiling instead: boxes from the labels on every slice of the run,
 no training. Printed: object precision, recall, F1 and Jaccard; voxel IoU;
-volume overlap; box recall (all, boxes touching the slice border, small
-boxes, boxes over 128 px); merges (one organelle holding >= 20 % of each of
+volume overlap; each matched organelle's volume over its true object's
+(median, and median error: what a biologist reads per organelle); box
+recall (all, boxes touching the slice border, small boxes, boxes over
+128 px); merges (one organelle holding >= 20 % of each of
 two true objects), splits (one true object >= 20 % in each of two
 organelles), spilled voxels (predicted voxels outside every true object);
 the unmatched true objects by how they are lost (:func:`lost_by_kind`); the
@@ -238,6 +240,23 @@ def merges_splits_spill(pred: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
+def matched_volumes(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Each matched organelle's volume over its true object's (3-D IoU >= 0.5, one to one):
+    the volume a biologist reads per organelle, median and median error."""
+    inter, t_size, _ = overlaps(pred, truth)
+    p_size = np.bincount(pred.ravel(), minlength=inter.shape[0])
+    iou = inter / np.maximum(p_size[:, None] + t_size[None] - inter, 1)
+    iou[0], iou[:, 0] = 0, 0
+    p, t = np.nonzero(iou >= 0.5)  # at most one partner each at IoU >= 0.5
+    ratio = p_size[p] / t_size[t]
+    if not len(ratio):
+        return {"matched volume / true volume, median": "none matched"}
+    return {
+        "matched volume / true volume, median": float(np.median(ratio)),
+        "matched volume error, median": float(np.median(np.abs(ratio - 1))),
+    }
+
+
 def box_recall(run: Path, truth: np.ndarray) -> dict:
     """Recall of the truth's per-slice boxes by the detector's boxes (IoU >= 0.5)."""
     dets = read_csv(run / "detections.csv")
@@ -397,7 +416,8 @@ def main() -> int:
         )  # fmt: skip
         pred = drop_small(tifffile.imread(run / "labels.tif"), ds.min_voxels)
         truth = truth_objects(ds)
-        rows = {**object_scores(pred, truth), **merges_splits_spill(pred, truth)}
+        rows = {**object_scores(pred, truth), **matched_volumes(pred, truth)}
+        rows.update(merges_splits_spill(pred, truth))
         rows.update(lost_by_kind(pred, truth))
         lost = lost_objects(pred, truth) if args.objects else []
         gaps = label_gaps(truth)

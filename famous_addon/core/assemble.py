@@ -41,19 +41,12 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
     organelle_class[det_labels[valid]] = det["cls"][valid]
     store = PointStore(out / rf.CACHE_DIR)
     vs = stack.voxel_size_nm
-    # each painted value's inset in pixels (value = organelle + 1); under a pixel
-    # an inset moves no pixel (see .inset), so the slices are not even scanned
-    class_inset = np.array([c.extract.inset_nm for c in classes]) / in_plane_nm(vs)
-    class_inset[class_inset < 1.0] = 0.0
-    inset = np.concatenate([[0.0], class_inset[organelle_class]])
+    inset = _insets(classes, organelle_class, vs)
 
     def label_slices():
         for k, result, sel in iter_slices(out, det, n_slices):
             lab = det_labels[sel]
-            img, areas = result.paint_areas((rows, cols), lab, m + 1)
-            if inset.any():
-                img = apply_inset(img, inset)
-                areas = label_areas(img, m + 1)
+            img, areas = _painted(result, lab, (rows, cols), m, inset)
             voxels[:] += areas
             on_slice = set()
             kept = []
@@ -62,7 +55,7 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
                     continue
                 x0, y0, x1, y1 = result.bounds[i]
                 mask = result.mask(i)
-                if inset.any():  # the pixels the inset left it
+                if inset is not None:  # the pixels the inset left it
                     mask = mask & (img[y0:y1, x0:x1] == organelle + 1)
                 if not mask.any():
                     continue
@@ -109,6 +102,26 @@ def assemble(out, stack, classes, det, det_labels, write_labels, settings, progr
         for i in range(m)
     ]
     return organelles, store
+
+
+def _insets(classes, organelle_class: np.ndarray, voxel_size_nm) -> np.ndarray | None:
+    """Each painted value's inset in pixels (value = organelle + 1), None where none moves
+    a pixel: under a pixel an inset moves nothing (see :mod:`.inset`), so the slices are
+    not even scanned."""
+    per_class = np.array([c.extract.inset_nm for c in classes]) / in_plane_nm(voxel_size_nm)
+    per_class[per_class < 1.0] = 0.0
+    if not per_class.any():
+        return None
+    return np.concatenate([[0.0], per_class[organelle_class]])
+
+
+def _painted(result, lab, shape, m: int, inset: np.ndarray | None):
+    """A slice's painted organelles, moved inside their edges by ``inset``, and their areas."""
+    img, areas = result.paint_areas(shape, lab, m + 1)
+    if inset is None:
+        return img, areas
+    img = apply_inset(img, inset)
+    return img, label_areas(img, m + 1)
 
 
 def _add_points(store, kept, k, voxel_size_nm, mode) -> None:

@@ -155,30 +155,36 @@ def apply_inset(labels: np.ndarray, inset_px: np.ndarray) -> np.ndarray:
         not an edge: an organelle cut by it goes on past it. An organelle that
         the inset would remove on this slice keeps its deepest pixels.
     """
-    if not labels.any():
-        return labels
     lab = labels.astype(np.int32, copy=False)
+    fg = lab > 0
+    if not fg.any():
+        return labels
     # depth: distance to the nearest pixel of another value, 1 on the edge. To the
-    # background exactly; to a touching organelle through its edge pixels, + 1.
-    depth = cv2.distanceTransform((lab > 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # background exactly to 2 % (a 5 x 5 mask: 9 times faster than the exact
+    # transform on a 2,048 px slice); to a touching organelle through its edge
+    # pixels, + 1.
+    depth = cv2.distanceTransform(fg.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
     meet = np.zeros(lab.shape, bool)  # organelle pixels beside another organelle
-    tx = (lab[:, 1:] != lab[:, :-1]) & (lab[:, 1:] > 0) & (lab[:, :-1] > 0)
-    ty = (lab[1:] != lab[:-1]) & (lab[1:] > 0) & (lab[:-1] > 0)
+    tx = (lab[:, 1:] != lab[:, :-1]) & fg[:, 1:] & fg[:, :-1]
+    ty = (lab[1:] != lab[:-1]) & fg[1:] & fg[:-1]
     meet[:, 1:] |= tx
     meet[:, :-1] |= tx
     meet[1:] |= ty
     meet[:-1] |= ty
     if meet.any():
-        to_meet = cv2.distanceTransform(
-            (~meet).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
-        )
+        to_meet = cv2.distanceTransform((~meet).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
         depth = np.minimum(depth, to_meet + 1.0)
-    out = np.where(depth > inset_px[lab], lab, 0)
-    present = np.flatnonzero(np.bincount(lab.ravel()))[1:]
-    gone = present[np.bincount(out.ravel(), minlength=int(lab.max()) + 1)[present] == 0]
+    # the organelles' pixels only: most of a slice is background
+    values, deep = lab[fg], depth[fg]
+    keep = deep > inset_px[values]
+    n = int(values.max()) + 1
+    gone = np.flatnonzero(
+        (np.bincount(values, minlength=n) > 0) & (np.bincount(values[keep], minlength=n) == 0)
+    )
     if gone.size:  # profiles thinner than twice their inset: their ridges stay
-        deepest = np.zeros(len(inset_px))
-        deepest[gone] = ndimage.maximum(depth, lab, gone)
-        ridge = depth >= deepest[lab]
-        out[ridge & (deepest[lab] > 0)] = lab[ridge & (deepest[lab] > 0)]
-    return out.astype(labels.dtype, copy=False)
+        deepest = np.zeros(n)
+        deepest[gone] = ndimage.maximum(deep, values, gone)
+        keep |= (deepest[values] > 0) & (deep >= deepest[values])
+    out = np.zeros_like(labels)
+    out[fg] = np.where(keep, values, 0)
+    return out
