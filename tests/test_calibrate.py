@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from famous_addon.core.boxes import Box
-from famous_addon.core.calibrate import box_score, calibrate, candidates
+from famous_addon.core.calibrate import box_score, calibrate, candidates, inset_lines
 from famous_addon.core.classes import ClassConfig, ClassSpec, ExtractRecipe
 
 PIXEL_NM = 6.0
@@ -111,11 +111,15 @@ def test_configured_ellipse_is_kept():
 def test_boxes_drawn_inside_the_dark_rim_make_the_masks_move_inwards():
     """The annotator who leaves the rim out gets an inset of a pixel or more; the one who
     boxes the whole organelle gets none (an inset under a pixel moves no pixel)."""
-    insets = {}
+    insets, lines = {}, {}
     for inside in (0, 2):
         data = [scene(seed, True, inside=inside) for seed in range(4)]
         chosen, report = calibrate([d[0] for d in data], [d[1] for d in data], config(), PIXEL_NM)
         assert report["organelle"]["inset"]["samples"] >= 100
         assert report["organelle"]["recipe"]["inset_nm"] == chosen[0].extract.inset_nm
         insets[inside] = chosen[0].extract.inset_nm / PIXEL_NM
+        lines[inside] = inset_lines(report)
     assert insets[0] < 1.0 <= insets[2] <= 2.5
+    # said by `famous train` and the Blender panel only where pixels move
+    assert lines[0] == [] and len(lines[2]) == 1
+    assert lines[2][0].startswith(f"organelle: masks moved {insets[2] * PIXEL_NM:g} nm")

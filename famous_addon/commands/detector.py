@@ -185,6 +185,14 @@ def cmd_train(args) -> int:
         )
     finally:
         bar.close()
+    _print_trained(report, args.out)
+    return 0
+
+
+def _print_trained(report: dict, out) -> None:
+    """What a training did: time, metrics, self-training rounds, insets, where the model is."""
+    from ..core.calibrate import inset_lines  # extraction's modules, once a model exists
+
     print(f"trained in {report['train_seconds'] / 60:.1f} min")
     _print_metrics(report)
     for facts in report.get("self_training", {}).get("rounds", []):
@@ -193,8 +201,9 @@ def cmd_train(args) -> int:
             f"self-training round {facts['round']}: held-out mAP@0.5 {facts['mAP50']:.3f}"
             + (f", {added['n_boxes']} pseudo-boxes on {added['n_images']} slices" if added else "")
         )
-    print(f"model written to {args.out}")
-    return 0
+    for line in inset_lines(report.get("extraction_calibration")):
+        print(line)
+    print(f"model written to {out}")
 
 
 def _self_training_stack(args):

@@ -195,6 +195,21 @@ def _fit_insets(config: ClassConfig, images, boxes_per_image, pixel_nm: float, r
     return replace(config, classes=tuple(specs)), report
 
 
+def inset_lines(calibration: dict) -> list[str]:
+    """One line per class whose masks the fitted inset moves (``report.json``'s
+    ``extraction_calibration``), for the CLI and the Blender panel to say so."""
+    lines = []
+    for name, facts in (calibration or {}).items():
+        px = (facts.get("inset") or {}).get("inset_px", 0.0)
+        if px >= 1.0:
+            nm = facts["recipe"]["inset_nm"]
+            lines.append(
+                f"{name}: masks moved {nm:g} nm ({px:g} px) inside the edge found,"
+                " where your boxes put the boundary"
+            )
+    return lines
+
+
 def _choose(configured, cands: dict, table: dict, margin: float):
     """The recipe to use, from the candidates' scores, and its report."""
     best = max(table, key=lambda name: table[name][0])

@@ -148,13 +148,15 @@ class FAMOUS_OT_train(BackgroundOperator, bpy.types.Operator):
         return work
 
     def done(self, context, result):
+        from ..core.calibrate import inset_lines  # extraction's modules, loaded when needed
+
         out, report = result
         settings = context.scene.famous
         settings.model, settings.source = str(out), "MODEL"
         message = f"model: {out} (held-out mAP@0.5 {report['metrics']['mAP50']:.2f})"
         if settings.train.self_train and "self_training" not in report:
             message += "; not self-trained: the stack has no voxel size (set it above)"
-        return message
+        return "; ".join([message, *inset_lines(report.get("extraction_calibration"))])
 
 
 def _suggested(t) -> Path | None:
