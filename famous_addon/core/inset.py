@@ -1,16 +1,16 @@
 """Where the user draws an organelle's boundary: learnt from their boxes, applied to the masks.
 
 Annotators do not agree on where an organelle ends. Lucchi's FIB-SEM labels
-run just inside the dark outer membrane; CDeep3M's SBEM labels include it.
-Extraction finds the same edge for both (the outside of the membrane), so on
-one dataset every mask is 2-3 px wider all round than the user's own
-segmentation would be, which costs voxel IoU and inflates every volume.
+end on the middle of the dark outer membrane; CDeep3M's SBEM labels hold all
+of it. Extraction finds the same edge for both (the outside of the
+membrane), so on Lucchi every mask is about 2 px wider all round than the
+annotator's, which costs voxel IoU and inflates every volume.
 
 A tight box says where its drawer puts the boundary, at four places: each
 side of the box is the last row (or column) of the organelle. Along the
 outward normal there, the image's grey values form the boundary's profile:
-on Lucchi the darkest value (the membrane) lies just outside the box, on
-CDeep3M inside it. The same profile taken across the extracted masks' edges
+on Lucchi the darkest value (the membrane) lies on the box's last row, on
+CDeep3M 1-2 px inside it. The same profile taken across the extracted masks' edges
 (by signed distance to the mask) has the same shape, shifted by however far
 the masks' edges lie from the user's. :func:`fit_inset` finds that shift on
 the annotated slices (both profiles normalised, so only their shape counts),
@@ -115,7 +115,7 @@ def fit_inset(profiles: Profiles) -> dict:
     """
     facts = {"samples": int(profiles.n_box), "inset_px": 0.0}
     if profiles.n_box < MIN_SAMPLES or profiles.n_mask.min() == 0:
-        facts["reason"] = f"fewer than {MIN_SAMPLES} box-side samples"
+        facts["reason"] = f"fewer than {MIN_SAMPLES} box-side samples, or no mask edge"
         return facts
     box = profiles.box / profiles.n_box
     mask = profiles.mask / profiles.n_mask
