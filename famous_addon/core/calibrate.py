@@ -152,23 +152,18 @@ def calibrate(
         chosen, report[spec.name] = _choose(spec.extract, cands, table, margin)
         report[spec.name]["n_boxes"] = len(items)
         specs[ci] = replace(spec, extract=chosen)
-    return _fit_insets(
-        replace(classes, classes=tuple(specs)), images, boxes_per_image, pixel_nm, report
-    )
+    config = replace(classes, classes=tuple(specs))
+    annotated = [ci for ci in sorted(per_class) if ci < len(specs)]
+    return _fit_insets(config, images, boxes_per_image, pixel_nm, annotated, report)
 
 
-def _fit_insets(config: ClassConfig, images, boxes_per_image, pixel_nm: float, report: dict):
-    """``config`` with each annotated class's ``inset_nm`` fitted on its boxes (:mod:`.inset`).
+def _fit_insets(config: ClassConfig, images, boxes_per_image, pixel_nm, annotated, report):
+    """``config`` with the ``inset_nm`` of each class in ``annotated`` (indices of the
+    classes with boxes) fitted on its boxes (:mod:`.inset`).
 
     An ellipse's edge is the box's, not the image's, so it is left as configured.
     """
-    fitted = [
-        ci
-        for ci, spec in enumerate(config.classes)
-        if spec.name in report
-        and "recipe" in report[spec.name]
-        and spec.extract.method != "ellipse"
-    ]
+    fitted = [ci for ci in annotated if config[ci].extract.method != "ellipse"]
     if not fitted:
         return config, report
     profiles = {ci: Profiles() for ci in fitted}

@@ -73,11 +73,11 @@ class Profiles:
                 for r in y0 + _middle(masks[y0:y1, c]):
                     self.box += img[r, c + step * OFFSETS]
                     self.n_box += 1
-        d = signed_distance(masks)
-        for i, off in enumerate(OFFSETS):
-            on = d == off
-            self.mask[i] += img[on].sum()
-            self.n_mask[i] += np.count_nonzero(on)
+        # grey-value sums and counts by signed distance (clipped to reach + 1: dropped)
+        at = signed_distance(masks).ravel() + reach + 1
+        size = 2 * reach + 3
+        self.mask += np.bincount(at, weights=img.ravel(), minlength=size)[1:-1]
+        self.n_mask += np.bincount(at, minlength=size)[1:-1]
 
 
 def _middle(line: np.ndarray) -> np.ndarray:
