@@ -14,7 +14,13 @@ import pytest
 from famous_addon.core.boxes import Box
 from famous_addon.core.classes import ClassConfig, ClassSpec, ExtractRecipe
 from famous_addon.core.errors import FamousError
-from famous_addon.core.extract import RECIPES, SliceResult, extract_box, segment_slice
+from famous_addon.core.extract import (
+    RECIPES,
+    SliceResult,
+    extract_box,
+    segment_slice,
+    straddling,
+)
 from famous_addon.core.link import label_areas
 from famous_addon.core.recipes import paper_recipe
 
@@ -193,6 +199,60 @@ def test_a_box_over_two_neighbours_is_divided_by_the_depth_rule():
     divided = _masks(segment_slice(img, boxes, config, PIXEL_NM), a.shape)
     for got, want in zip(divided, _by_depth(img, boxes, config)):
         np.testing.assert_array_equal(got, want)
+
+
+def _boxed(masks: list[np.ndarray], windows: list[tuple[int, int, int, int]]):
+    """Boxes (x0, y0, x1, y1 windows) with each mask cut to its window, as a recipe gives it."""
+    boxes = [Box(0, x0, y0, x1 - x0, y1 - y0, 0.9) for x0, y0, x1, y1 in windows]
+    cut = [m[y0:y1, x0:x1] for m, (x0, y0, x1, y1) in zip(masks, windows)]
+    return boxes, windows, cut
+
+
+def test_a_box_over_the_facing_halves_of_two_neighbours_straddles_them():
+    # two organelles a pixel apart, each boxed, and a third box from the middle
+    # of one to the middle of the other whose mask took both halves and the
+    # membranes between them (lucchi t30 and t43, session 41)
+    shape = (80, 120)
+    a, b = ellipse(shape, 40, 35, 26, 18), ellipse(shape, 40, 73, 24, 18)
+    assert not (a & b).any()
+    gap = np.zeros(shape, bool)
+    gap[20:60, 53:56] = True
+    windows = [tight_window(a), tight_window(b), (35, 20, 73, 62)]
+    boxes, bounds, masks = _boxed([a, b, a | b | gap], windows)
+    assert straddling(boxes, bounds, masks) == {2}
+    # a box over one organelle's half and a sliver of the other holds too little of it
+    windows[2] = (35, 20, 58, 62)
+    boxes, bounds, masks = _boxed([a, b, a | b | gap], windows)
+    assert straddling(boxes, bounds, masks) == set()
+
+
+def test_a_whole_organelle_boxed_also_in_pieces_and_a_box_around_two_are_kept():
+    shape = (80, 120)
+    whole = ellipse(shape, 40, 60, 24, 44)
+    left, right = whole.copy(), whole.copy()
+    left[:, 60:] = False
+    right[:, :60] = False
+    # the pieces lie inside the whole box's mask: it is the organelle, not a bridge
+    boxes, bounds, masks = _boxed(
+        [whole, left, right], [tight_window(whole), tight_window(left), tight_window(right)]
+    )
+    assert straddling(boxes, bounds, masks) == set()
+    # a box around two neighbours holds both whole: 3-D cuts it (separate.py)
+    a, b = ellipse(shape, 40, 35, 26, 18), ellipse(shape, 40, 73, 24, 18)
+    boxes, bounds, masks = _boxed(
+        [a, b, a | b], [tight_window(a), tight_window(b), tight_window(a | b)]
+    )
+    assert straddling(boxes, bounds, masks) == set()
+    # two boxes over one organelle (a duplicate) are not two neighbours
+    boxes, bounds, masks = _boxed(
+        [a, a, a | b], [tight_window(a), tight_window(a), (10, 10, 80, 70)]
+    )
+    assert straddling(boxes, bounds, masks) == set()
+
+
+def tight_window(mask: np.ndarray) -> tuple[int, int, int, int]:
+    b = tight_box(mask)
+    return int(b.x), int(b.y), int(b.x + b.w), int(b.y + b.h)
 
 
 def test_box_on_image_border():

@@ -437,6 +437,60 @@ def test_two_tubes_boxed_together_on_some_slices_stay_two_organelles(tmp_path):
     assert owners[0.0][0] == owners[0.0][1]
 
 
+def test_a_detectors_box_over_the_facing_halves_of_two_tubes_is_dropped(tmp_path, monkeypatch):
+    import cv2
+
+    import famous_addon.core.pipeline as pipeline
+    from famous_addon.core.boxes import Box, write_yolo_txt
+
+    # two dark tubes a pixel apart, each boxed on every slice; on slices 10-15 a
+    # third box from the middle of one to the middle of the other, as lucchi's
+    # detector returned between t30 and t43 (docs/results.md, session 41)
+    n = 32
+    truth = np.zeros((n, 160, 200), np.int32)
+    for k in range(n):
+        cv2.ellipse(truth[k], (80, 80), (18, 26), 0, 0, 360, 1, -1)
+        cv2.ellipse(truth[k], (117, 80), (18, 24), 0, 0, 360, 2, -1)
+    _write_dark_organelles(tmp_path, truth)
+    for k in range(n):
+        boxes = [_mask_box(truth[k] == t, 0.9) for t in (1, 2)]
+        if 10 <= k < 16:
+            boxes.append(Box(0, 80, 58, 37, 44, 0.9))
+        write_yolo_txt(tmp_path / "boxes" / f"slice_{k:05d}.txt", boxes, truth.shape[1:])
+
+    class Detected:
+        """The same boxes handed over as a detector's, not as the user's files."""
+
+        def __init__(self, files):
+            self.files = files
+
+        def __call__(self, k, image):
+            return self.files(k, image)
+
+        def __getattr__(self, name):
+            return getattr(self.files, name)
+
+    made = pipeline.make_box_source
+    monkeypatch.setattr(pipeline, "make_box_source", lambda *a, **k: Detected(made(*a, **k)))
+    run = tmp_path / "detected"
+    run_pipeline(_synthetic_request(tmp_path, run))
+    labels = tifffile.imread(run / "labels.tif")
+    owners = [np.bincount(labels[truth == t]).argmax() for t in (1, 2)]
+    assert owners[0] != owners[1]
+    for t, o in zip((1, 2), owners):
+        assert _iou(labels == o, truth == t) > 0.95
+    assert _rows(run / rf.DETECTIONS_CSV) == 2 * n
+    # the user's boxes are never dropped: all 70 stay
+    monkeypatch.setattr(pipeline, "make_box_source", made)
+    run_pipeline(_synthetic_request(tmp_path, tmp_path / "drawn"))
+    assert _rows(tmp_path / "drawn" / rf.DETECTIONS_CSV) == 2 * n + 6
+
+
+def _rows(csv_path) -> int:
+    """Data rows of a CSV file (its header left out)."""
+    return len(csv_path.read_text().splitlines()) - 1
+
+
 def test_pieces_boxed_side_by_side_are_joined_and_neighbours_touching_briefly_are_not(tmp_path):
     import cv2
 

@@ -367,6 +367,60 @@ def _slivers(mask: np.ndarray) -> np.ndarray:
     return small[lab]
 
 
+# A box straddles two neighbours where this share of its mask lies in theirs, each
+# holding at least STRADDLE_PART of it, and one of them lies at most STRADDLE_OWN
+# inside its mask; the two may share at most STRADDLE_APART of the smaller one.
+STRADDLE_MADE_OF = 0.6
+STRADDLE_PART = 0.15
+STRADDLE_OWN = 0.6
+STRADDLE_APART = 0.2
+
+
+def straddling(boxes: list[Box], bounds: list, masks: list[np.ndarray]) -> set[int]:
+    """The boxes a detector put over the facing parts of two neighbours, each boxed too.
+
+    Beside the boxes of two organelles lying side by side, a detector
+    sometimes returns a third over the near half of one and the near half of
+    the other. Its mask is made of their pixels (and the membranes between
+    them), and it joins the two in 3-D: on lucchi, two mitochondria 5-8 px
+    apart through 41 slices were one organelle, with such boxes on 15 of
+    those slices (t30 and t43, docs/results.md, session 41). A box is dropped where
+    :data:`STRADDLE_MADE_OF` of its mask lies in the masks of two other boxes
+    of its class (each holding :data:`STRADDLE_PART` of it) that are two
+    organelles (sharing at most :data:`STRADDLE_APART` of the smaller), one
+    of which lies mostly outside its mask (at most :data:`STRADDLE_OWN`
+    inside). A box around a whole organelle that the detector also boxed in
+    two pieces holds both pieces, so it stays; so does a box around two
+    neighbours, which :mod:`.separate` cuts in 3-D. Masks are the recipes'
+    own, before :func:`resolve_overlaps`.
+    """
+    b = np.asarray(bounds, np.int64).reshape(-1, 4)
+    area = np.array([int(np.count_nonzero(m)) for m in masks])
+    shared: dict[int, dict[int, int]] = {}  # i -> {j: pixels of i's mask in j's}
+    for i, j, win in _pairs(b):
+        if boxes[i].cls != boxes[j].cls or not (area[i] and area[j]):
+            continue
+        n = int(np.count_nonzero(_window(masks[i], b[i], win) & _window(masks[j], b[j], win)))
+        if n:
+            shared.setdefault(i, {})[j] = n
+            shared.setdefault(j, {})[i] = n
+    drop: set[int] = set()
+    for i, parts in shared.items():
+        held = [j for j, n in parts.items() if n >= STRADDLE_PART * area[i] and j not in drop]
+        if len(held) < 2:
+            continue
+        j1, j2 = sorted(held, key=lambda j: -parts[j])[:2]
+        if min(parts[j1] / area[j1], parts[j2] / area[j2]) > STRADDLE_OWN:
+            continue
+        made_of = _window(masks[j1], b[j1], b[i]) | _window(masks[j2], b[j2], b[i])
+        if np.count_nonzero(masks[i] & made_of) < STRADDLE_MADE_OF * area[i]:
+            continue
+        between = shared.get(j1, {}).get(j2, 0)
+        if between <= STRADDLE_APART * min(area[j1], area[j2]):
+            drop.add(i)
+    return drop
+
+
 def add_boxes(
     result: SliceResult,
     image: np.ndarray,
@@ -401,19 +455,29 @@ def segment_slice(
     classes: ClassConfig,
     pixel_nm: float,
     resolve: bool = True,
+    detected: bool = False,
 ) -> SliceResult:
     """Extract every box of a slice with its class's recipe (the per-slice stage).
 
     Boxes with an empty mask are kept (with an empty mask) so that detections
-    and masks stay aligned. With ``resolve`` (default) overlapping boxes are
-    reconciled afterwards (:func:`resolve_overlaps`) so that no pixel belongs
-    to two organelles.
+    and masks stay aligned. With ``detected`` (a detector's boxes, not the
+    user's), a box over the facing parts of two neighbours is left out of the
+    result, box and mask (:func:`straddling`). With ``resolve`` (default)
+    overlapping boxes are reconciled afterwards (:func:`resolve_overlaps`) so
+    that no pixel belongs to two organelles.
     """
     bounds, masks = [], []
     for b in boxes:
         bnd, m = extract_box(image, b, classes[b.cls].extract, pixel_nm)
         bounds.append(bnd)
         masks.append(m)
+    if detected and len(boxes) > 2:
+        drop = straddling(boxes, bounds, masks)
+        if drop:
+            keep = [i for i in range(len(boxes)) if i not in drop]
+            boxes = [boxes[i] for i in keep]
+            bounds = [bounds[i] for i in keep]
+            masks = [masks[i] for i in keep]
     if resolve:
         resolve_overlaps(boxes, bounds, masks, image, classes)
     return SliceResult.of(boxes, bounds, masks)

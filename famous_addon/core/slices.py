@@ -59,7 +59,9 @@ def process_slice(stack: Stack, source, classes: ClassConfig, pixel_nm: float, k
         image = np.ascontiguousarray(seen[..., 1])
     else:
         seen = image = stack.read(k)
-    result = segment_slice(image, source(k, seen), classes, pixel_nm)
+    # boxes from files are the user's: none of them is dropped as a detector's error
+    detected = not isinstance(source, YoloTxtBoxes)
+    result = segment_slice(image, source(k, seen), classes, pixel_nm, detected=detected)
     return result.to_arrays()
 
 
